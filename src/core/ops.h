@@ -1,0 +1,40 @@
+// Dense fp32 kernels the model is built from, each a forward/backward pair. Backward functions
+// ACCUMULATE (+=) into gradient outputs; a null gradient pointer skips that gradient.
+#pragma once
+#include <cstddef>
+
+namespace mtp {
+
+// y[T,out] = x[T,in] · w[out,in]^T   (torch Linear without bias); accumulate adds into y.
+void linear_forward(float* y, const float* x, const float* w, int T, int in, int out, bool accumulate = false);
+// dx[T,in] += dy[T,out] · w[out,in];  dw[out,in] += dy^T · x
+void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int T, int in, int out);
+
+// y[T,n] = w[n] * x / sqrt(mean(x^2) + eps); rstd[T] saved for backward. y may alias x.
+void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps);
+// dx[T,n] += ..., dw[n] += ...   (x is the forward input)
+void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
+                      int T, int n);
+
+// Interleaved RoPE, in place, on n_heads vectors of `rope` floats per row: row t, head h starts at
+// x + t*ld + h*head_stride + offset. cos/sin are [T, rope/2] (row t already at that row's position).
+void rope_forward(float* x, int T, int ld, int n_heads, int head_stride, int offset, int rope,
+                  const float* cos, const float* sin);
+// The transpose (inverse) rotation, applied in place to a gradient.
+void rope_backward(float* dx, int T, int ld, int n_heads, int head_stride, int offset, int rope,
+                   const float* cos, const float* sin);
+
+// a[n] = silu(g) * u
+void silu_mul_forward(float* a, const float* g, const float* u, size_t n);
+// dg[n], du[n] = (overwritten) gradients of a = silu(g)*u
+void silu_mul_backward(float* dg, float* du, const float* da, const float* g, const float* u, size_t n);
+
+// Softmax cross-entropy over rows of logits[T,V] against targets[T] (target < 0: row ignored).
+// Returns the SUM of the losses; when dlogits is non-null writes dlogits = scale * (softmax - onehot)
+// (ignored rows get 0). dlogits may alias logits.
+double cross_entropy(float* dlogits, const float* logits, const int* targets, int T, int V, float scale);
+
+void add_inplace(float* y, const float* x, size_t n);           // y += x
+void scale_inplace(float* y, float s, size_t n);                // y *= s
+
+} // namespace mtp

@@ -1,0 +1,232 @@
+// MLA forward/backward (naive, per-head GEMMs over the sequence) and the absorbed latent-cache form.
+#include "model/attention.h"
+
+#include <cblas.h>
+#include <cmath>
+#include <cstring>
+
+#include "core/ops.h"
+
+namespace mtp {
+
+namespace {
+
+// In-place causal softmax of the rows of s[T, n_ctx]: row i may see columns 0..limit(i).
+template <class Limit>
+void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
+    for (int i = 0; i < T; ++i) {
+        float* r = s + size_t(i) * n_ctx;
+        int lim = limit(i);
+        float mx = r[0];
+        for (int j = 1; j <= lim; ++j) mx = r[j] > mx ? r[j] : mx;
+        float sum = 0;
+        for (int j = 0; j <= lim; ++j) { r[j] = std::exp(r[j] - mx); sum += r[j]; }
+        float inv = 1.0f / sum;
+        for (int j = 0; j <= lim; ++j) r[j] *= inv;
+        for (int j = lim + 1; j < n_ctx; ++j) r[j] = 0.0f;
+    }
+}
+
+// q = q_b(norm(q_a(x))) or q_proj(x); then RoPE on each head's q_pe.
+void project_q(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, const float* x, int T,
+               arena& a) {
+    const int d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
+    m.q = a.alloc(size_t(T) * H * dq);
+    if (c.q_lora_rank > 0) {
+        const int ql = c.q_lora_rank;
+        m.qa = a.alloc(size_t(T) * ql);
+        m.qa_rstd = a.alloc(T);
+        m.qan = a.alloc(size_t(T) * ql);
+        linear_forward(m.qa, x, W + l.q_a, T, d, ql);
+        rmsnorm_forward(m.qan, m.qa_rstd, m.qa, W + l.q_a_norm, T, ql, float(c.rms_norm_eps));
+        linear_forward(m.q, m.qan, W + l.q_b, T, ql, H * dq);
+    } else {
+        linear_forward(m.q, x, W + l.q_proj, T, d, H * dq);
+    }
+    rope_forward(m.q, T, H * dq, H, dq, c.qk_nope_head_dim, c.qk_rope_head_dim, m.cos, m.sin);
+}
+
+// [c | k_pe] = kv_a(x); ckv = norm(c); k_pe rotated.
+void project_kv_latent(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, const float* x,
+                       int T, arena& a) {
+    const int d = c.hidden_size, kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim;
+    float* kva = a.alloc(size_t(T) * (kvl + rope));                    // [T, kvl+rope]
+    linear_forward(kva, x, W + l.kv_a, T, d, kvl + rope);
+    m.c = a.alloc(size_t(T) * kvl);
+    m.kpe = a.alloc(size_t(T) * rope);
+    for (int t = 0; t < T; ++t) {
+        std::memcpy(m.c + size_t(t) * kvl, kva + size_t(t) * (kvl + rope), sizeof(float) * kvl);
+        std::memcpy(m.kpe + size_t(t) * rope, kva + size_t(t) * (kvl + rope) + kvl, sizeof(float) * rope);
+    }
+    m.c_rstd = a.alloc(T);
+    m.ckv = a.alloc(size_t(T) * kvl);
+    rmsnorm_forward(m.ckv, m.c_rstd, m.c, W + l.kv_a_norm, T, kvl, float(c.rms_norm_eps));
+    rope_forward(m.kpe, T, rope, 1, rope, 0, rope, m.cos, m.sin);
+}
+
+} // namespace
+
+void mla_forward(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, float* y,
+                 const float* x, int T, const float* cos, const float* sin, arena& a) {
+    const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
+    const float scale = float(c.attn_scale());
+    m.T = T;
+    m.x = x;
+    m.cos = cos;
+    m.sin = sin;
+    project_q(c, l, W, m, x, T, a);
+    project_kv_latent(c, l, W, m, x, T, a);
+    m.kv = a.alloc(size_t(T) * H * dkv);
+    linear_forward(m.kv, m.ckv, W + l.kv_b, T, kvl, H * dkv);
+
+    m.k = a.alloc(size_t(H) * T * dq);
+    m.p = a.alloc(size_t(H) * T * T);
+    m.o = a.alloc(size_t(T) * H * dv);
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; ++h) {
+        float* kh = m.k + size_t(h) * T * dq;                            // [T, dq]
+        for (int t = 0; t < T; ++t) {
+            std::memcpy(kh + size_t(t) * dq, m.kv + size_t(t) * H * dkv + size_t(h) * dkv, sizeof(float) * nope);
+            std::memcpy(kh + size_t(t) * dq + nope, m.kpe + size_t(t) * rope, sizeof(float) * rope);
+        }
+        float* ph = m.p + size_t(h) * T * T;                             // [T, T]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dq, scale, m.q + size_t(h) * dq, H * dq, kh, dq,
+                    0.0f, ph, T);
+        causal_softmax(ph, T, T, [](int i) { return i; });
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T, m.kv + size_t(h) * dkv + nope,
+                    H * dkv, 0.0f, m.o + size_t(h) * dv, H * dv);
+    }
+    linear_forward(y, m.o, W + l.o_proj, T, H * dv, c.hidden_size);
+}
+
+void mla_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mla_cache& m,
+                  float* dx, const float* dy, arena& a) {
+    const int T = m.T, d = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim;
+    const int rope = c.qk_rope_head_dim, dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
+    const float scale = float(c.attn_scale());
+    auto mk = a.mark();
+
+    float* d_o = a.alloc_zero(size_t(T) * H * dv);                       // [T, H*dv]
+    linear_backward(d_o, G + l.o_proj, dy, m.o, W + l.o_proj, T, H * dv, d);
+
+    float* dkv_ = a.alloc_zero(size_t(T) * H * dkv);                     // [T, H*(nope+v)]
+    float* dq_ = a.alloc_zero(size_t(T) * H * dq);                       // [T, H*dq]
+    float* dk = a.alloc(size_t(H) * T * dq);                             // [H, T, dq]
+    float* ds = a.alloc(size_t(H) * T * T);                              // [H, T, T]
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; ++h) {
+        const float* ph = m.p + size_t(h) * T * T;
+        float* dsh = ds + size_t(h) * T * T;
+        const float* vh = m.kv + size_t(h) * dkv + nope;
+        const float* doh = d_o + size_t(h) * dv;
+        // dV_h = P^T dO_h
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T, doh, H * dv, 0.0f,
+                    dkv_ + size_t(h) * dkv + nope, H * dkv);
+        // dP = dO_h V_h^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dv, 1.0f, doh, H * dv, vh, H * dkv, 0.0f, dsh, T);
+        // dS = scale * P * (dP - rowsum(P*dP))
+        for (int i = 0; i < T; ++i) {
+            float* r = dsh + size_t(i) * T;
+            const float* pr = ph + size_t(i) * T;
+            float dot = 0;
+            for (int j = 0; j <= i; ++j) dot += pr[j] * r[j];
+            for (int j = 0; j <= i; ++j) r[j] = scale * pr[j] * (r[j] - dot);
+            for (int j = i + 1; j < T; ++j) r[j] = 0.0f;
+        }
+        const float* kh = m.k + size_t(h) * T * dq;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, kh, dq, 0.0f,
+                    dq_ + size_t(h) * dq, H * dq);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, m.q + size_t(h) * dq, H * dq,
+                    0.0f, dk + size_t(h) * T * dq, dq);
+    }
+    // Split dK into k_nope (-> dkv) and the shared k_pe (summed over heads, fixed order).
+    float* dkpe = a.alloc_zero(size_t(T) * rope);                        // [T, rope]
+    for (int h = 0; h < H; ++h)
+        for (int t = 0; t < T; ++t) {
+            const float* src = dk + (size_t(h) * T + t) * dq;
+            float* dn = dkv_ + size_t(t) * H * dkv + size_t(h) * dkv;
+            for (int i = 0; i < nope; ++i) dn[i] += src[i];
+            float* dp = dkpe + size_t(t) * rope;
+            for (int i = 0; i < rope; ++i) dp[i] += src[nope + i];
+        }
+    rope_backward(dq_, T, H * dq, H, dq, nope, rope, m.cos, m.sin);
+    rope_backward(dkpe, T, rope, 1, rope, 0, rope, m.cos, m.sin);
+
+    // kv path: kv = kv_b(ckv), ckv = norm(c), [c | k_pe] = kv_a(x)
+    float* dckv = a.alloc_zero(size_t(T) * kvl);
+    linear_backward(dckv, G + l.kv_b, dkv_, m.ckv, W + l.kv_b, T, kvl, H * dkv);
+    float* dkva = a.alloc_zero(size_t(T) * (kvl + rope));                // [T, kvl+rope]
+    float* dc = a.alloc_zero(size_t(T) * kvl);
+    rmsnorm_backward(dc, G + l.kv_a_norm, dckv, m.c, W + l.kv_a_norm, m.c_rstd, T, kvl);
+    for (int t = 0; t < T; ++t) {
+        std::memcpy(dkva + size_t(t) * (kvl + rope), dc + size_t(t) * kvl, sizeof(float) * kvl);
+        std::memcpy(dkva + size_t(t) * (kvl + rope) + kvl, dkpe + size_t(t) * rope, sizeof(float) * rope);
+    }
+    linear_backward(dx, G + l.kv_a, dkva, m.x, W + l.kv_a, T, d, kvl + rope);
+
+    // q path
+    if (c.q_lora_rank > 0) {
+        const int ql = c.q_lora_rank;
+        float* dqan = a.alloc_zero(size_t(T) * ql);
+        linear_backward(dqan, G + l.q_b, dq_, m.qan, W + l.q_b, T, ql, H * dq);
+        float* dqa = a.alloc_zero(size_t(T) * ql);
+        rmsnorm_backward(dqa, G + l.q_a_norm, dqan, m.qa, W + l.q_a_norm, m.qa_rstd, T, ql);
+        linear_backward(dx, G + l.q_a, dqa, m.x, W + l.q_a, T, d, ql);
+    } else {
+        linear_backward(dx, G + l.q_proj, dq_, m.x, W + l.q_proj, T, d, H * dq);
+    }
+    a.rewind(mk);
+}
+
+void mla_absorbed_forward(const model_config& c, const layer_offsets& l, const float* W, mla_latent_cache& lc,
+                          float* y, const float* x, int T, const float* cos, const float* sin, arena& a) {
+    const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
+    const float scale = float(c.attn_scale());
+    auto mk = a.mark();
+    mla_cache m;
+    m.cos = cos;
+    m.sin = sin;
+    project_q(c, l, W, m, x, T, a);
+    project_kv_latent(c, l, W, m, x, T, a);
+
+    const int n0 = lc.n, n = n0 + T;                                      // cache entries after appending
+    if (lc.ckv.size() < size_t(n) * kvl) {
+        lc.ckv.resize(size_t(n) * kvl * 2);
+        lc.kpe.resize(size_t(n) * rope * 2);
+    }
+    std::memcpy(lc.ckv.data() + size_t(n0) * kvl, m.ckv, sizeof(float) * T * kvl);
+    std::memcpy(lc.kpe.data() + size_t(n0) * rope, m.kpe, sizeof(float) * T * rope);
+    lc.n = n;
+
+    const float* wkvb = W + l.kv_b;                                      // [H, nope+v, kvl]
+    float* o = a.alloc(size_t(T) * H * dv);                              // [T, H*dv]
+    float* qabs = a.alloc(size_t(H) * T * kvl);                          // [H, T, kvl]
+    float* s = a.alloc(size_t(H) * T * n);                               // [H, T, n]
+    float* olat = a.alloc(size_t(H) * T * kvl);                          // [H, T, kvl]
+#pragma omp parallel for schedule(static)
+    for (int h = 0; h < H; ++h) {
+        const float* wuk = wkvb + size_t(h) * dkv * kvl;                 // [nope, kvl]
+        const float* wuv = wuk + size_t(nope) * kvl;                     // [dv, kvl]
+        float* qa = qabs + size_t(h) * T * kvl;
+        float* sh = s + size_t(h) * T * n;
+        float* ol = olat + size_t(h) * T * kvl;
+        // q_abs = q_nope · W_UK   ([T,nope]·[nope,kvl])
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, kvl, nope, 1.0f, m.q + size_t(h) * dq, H * dq, wuk,
+                    kvl, 0.0f, qa, kvl);
+        // s = scale * (q_abs · ckv^T + q_pe · kpe^T)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, kvl, scale, qa, kvl, lc.ckv.data(), kvl, 0.0f, sh, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, n, rope, scale, m.q + size_t(h) * dq + nope, H * dq,
+                    lc.kpe.data(), rope, 1.0f, sh, n);
+        causal_softmax(sh, T, n, [n0](int i) { return n0 + i; });
+        // o_lat = P · ckv ; o_h = o_lat · W_UV^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, kvl, n, 1.0f, sh, n, lc.ckv.data(), kvl, 0.0f, ol, kvl);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, dv, kvl, 1.0f, ol, kvl, wuv, kvl, 0.0f,
+                    o + size_t(h) * dv, H * dv);
+    }
+    linear_forward(y, o, W + l.o_proj, T, H * dv, c.hidden_size);
+    a.rewind(mk);
+}
+
+} // namespace mtp

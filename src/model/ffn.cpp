@@ -1,0 +1,226 @@
+// SwiGLU and DeepSeekMoE forward/backward: router in fp32, experts as gathered GEMMs.
+#include "model/ffn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/ops.h"
+
+namespace mtp {
+
+void swiglu_forward(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T, int d,
+                    arena& a, bool accumulate) {
+    const int f = s.inner;
+    m.T = T;
+    m.x = x;
+    m.g = a.alloc(size_t(T) * f);
+    m.u = a.alloc(size_t(T) * f);
+    m.act = a.alloc(size_t(T) * f);
+    linear_forward(m.g, x, W + s.gate, T, d, f);
+    linear_forward(m.u, x, W + s.up, T, d, f);
+    silu_mul_forward(m.act, m.g, m.u, size_t(T) * f);
+    linear_forward(y, m.act, W + s.down, T, f, d, accumulate);
+}
+
+void swiglu_backward(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
+                     const float* dy, int d, arena& a) {
+    const int f = s.inner, T = m.T;
+    if (T == 0) return;
+    auto mk = a.mark();
+    float* dact = a.alloc_zero(size_t(T) * f);
+    linear_backward(dact, G + s.down, dy, m.act, W + s.down, T, f, d);
+    float* dg = a.alloc(size_t(T) * f);
+    float* du = a.alloc(size_t(T) * f);
+    silu_mul_backward(dg, du, dact, m.g, m.u, size_t(T) * f);
+    linear_backward(dx, G + s.gate, dg, m.x, W + s.gate, T, d, f);
+    linear_backward(dx, G + s.up, du, m.x, W + s.up, T, d, f);
+    a.rewind(mk);
+}
+
+void moe_route(const model_config& c, const float* s, const float* bias, int* idx, float* w) {
+    const int E = c.n_routed_experts, K = c.num_experts_per_tok;
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+    float b[1024];
+    std::vector<float> big;
+    float* bp = b;
+    if (E > 1024) { big.resize(E); bp = big.data(); }
+    for (int e = 0; e < E; ++e) bp[e] = s[e] + (bias ? bias[e] : 0.0f);
+    if (c.n_group > 1) {
+        const int G = c.n_group, per = E / G;
+        float gs[256];
+        for (int g = 0; g < G; ++g) {
+            const float* bg = bp + g * per;
+            if (bias) {                                   // sum of the top-2 selection scores in the group
+                float m1 = neg_inf, m2 = neg_inf;
+                for (int i = 0; i < per; ++i) {
+                    if (bg[i] > m1) { m2 = m1; m1 = bg[i]; } else if (bg[i] > m2) m2 = bg[i];
+                }
+                gs[g] = m1 + m2;
+            } else {
+                gs[g] = *std::max_element(bg, bg + per);
+            }
+        }
+        bool keep[256] = {};
+        for (int r = 0; r < c.topk_group; ++r) {          // best topk_group groups, lower index wins ties
+            int best = -1;
+            for (int g = 0; g < G; ++g)
+                if (!keep[g] && (best < 0 || gs[g] > gs[best])) best = g;
+            keep[best] = true;
+        }
+        for (int g = 0; g < G; ++g)
+            if (!keep[g]) for (int i = 0; i < per; ++i) bp[g * per + i] = neg_inf;
+    }
+    for (int k = 0; k < K; ++k) {                         // top-K by selection score, best first
+        int best = -1;
+        for (int e = 0; e < E; ++e) {
+            bool taken = false;
+            for (int j = 0; j < k; ++j) taken |= idx[j] == e;
+            if (!taken && (best < 0 || bp[e] > bp[best])) best = e;
+        }
+        idx[k] = best;
+    }
+    float sum = 0;
+    for (int k = 0; k < K; ++k) { w[k] = s[idx[k]]; sum += w[k]; }
+    const bool norm = c.norm_topk_prob && K > 1;
+    for (int k = 0; k < K; ++k) w[k] = float((norm ? w[k] / sum : w[k]) * c.routed_scaling_factor);
+}
+
+void moe_forward(const model_config& c, const layer_offsets& l, const float* W, moe_cache& m, float* y, const float* x,
+                 int T, float alpha, arena& a, double* load) {
+    const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+    m.T = T;
+    m.x = x;
+    m.s = a.alloc(size_t(T) * E);
+    linear_forward(m.s, x, W + l.router, T, d, E);                       // router logits, then scores in place
+    for (int t = 0; t < T; ++t) {
+        float* r = m.s + size_t(t) * E;
+        if (c.scoring_sigmoid) {
+            for (int e = 0; e < E; ++e) r[e] = 1.0f / (1.0f + std::exp(-r[e]));
+        } else {
+            float mx = *std::max_element(r, r + E), sum = 0;
+            for (int e = 0; e < E; ++e) { r[e] = std::exp(r[e] - mx); sum += r[e]; }
+            for (int e = 0; e < E; ++e) r[e] /= sum;
+        }
+    }
+    m.idx = a.alloc_int(size_t(T) * K);
+    m.w = a.alloc(size_t(T) * K);
+    const float* bias = l.router_bias != no_param ? W + l.router_bias : nullptr;
+#pragma omp parallel for if (T * E > 4096)
+    for (int t = 0; t < T; ++t) moe_route(c, m.s + size_t(t) * E, bias, m.idx + size_t(t) * K, m.w + size_t(t) * K);
+
+    // Gather rows by expert (counting sort keeps token order inside each expert: deterministic).
+    m.start.assign(E + 1, 0);
+    for (int i = 0; i < T * K; ++i) m.start[m.idx[i] + 1]++;
+    for (int e = 0; e < E; ++e) m.start[e + 1] += m.start[e];
+    if (load) for (int e = 0; e < E; ++e) load[e] += m.start[e + 1] - m.start[e];
+    m.tok = a.alloc_int(size_t(T) * K);
+    m.slot = a.alloc_int(size_t(T) * K);
+    if (int(m.experts.size()) != E) m.experts.resize(E);
+    int pos[4096];
+    std::vector<int> pos_big;
+    int* pp = pos;
+    if (E > 4096) { pos_big.resize(E); pp = pos_big.data(); }
+    for (int e = 0; e < E; ++e) pp[e] = m.start[e];
+    for (int t = 0; t < T; ++t)
+        for (int k = 0; k < K; ++k) {
+            int r = pp[m.idx[t * K + k]]++;
+            m.tok[r] = t;
+            m.slot[r] = k;
+        }
+    m.xe = a.alloc(size_t(T) * K * d);
+    m.ye = a.alloc(size_t(T) * K * d);
+    for (int r = 0; r < T * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
+    for (int e = 0; e < E; ++e) {
+        int n = m.start[e + 1] - m.start[e];
+        swiglu_forward(W, l.experts[e], m.experts[e], m.ye + size_t(m.start[e]) * d, m.xe + size_t(m.start[e]) * d,
+                       n, d, a);
+    }
+    // y = shared(x) + Σ_k w_k y_k   (summed in fixed k order per token)
+    if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, T, d, a);
+    else std::memset(y, 0, sizeof(float) * size_t(T) * d);
+    int* where = a.alloc_int(size_t(T) * K);                             // gathered row of (t, k)
+    for (int r = 0; r < T * K; ++r) where[m.tok[r] * K + m.slot[r]] = r;
+#pragma omp parallel for if (size_t(T) * d > 16384)
+    for (int t = 0; t < T; ++t)
+        for (int k = 0; k < K; ++k) {
+            const float* yr = m.ye + size_t(where[t * K + k]) * d;
+            float wk = m.w[t * K + k];
+            float* out = y + size_t(t) * d;
+            for (int i = 0; i < d; ++i) out[i] += wk * yr[i];
+        }
+
+    m.bal_loss = 0;
+    if (alpha > 0) {                                                      // L_bal = α Σ_e f_e P_e
+        m.f.assign(E, 0.0f);
+        for (int e = 0; e < E; ++e) m.f[e] = float(double(E) / (double(K) * T) * (m.start[e + 1] - m.start[e]));
+        double bal = 0;
+        for (int t = 0; t < T; ++t) {
+            const float* r = m.s + size_t(t) * E;
+            double S = 0;
+            for (int e = 0; e < E; ++e) S += r[e];
+            for (int e = 0; e < E; ++e) bal += m.f[e] * r[e] / S;
+        }
+        m.bal_loss = alpha * bal / T;
+    }
+}
+
+void moe_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const moe_cache& m,
+                  float* dx, const float* dy, float alpha, float bal_scale, arena& a) {
+    const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, T = m.T;
+    auto mk = a.mark();
+    if (l.shared.inner > 0) swiglu_backward(W, G, l.shared, m.shared, dx, dy, d, a);
+
+    float* dw = a.alloc(size_t(T) * K);                                  // dL/dw[t,k]
+    float* dye = a.alloc(size_t(T) * K * d);                             // dL/dy_e rows
+    for (int r = 0; r < T * K; ++r) {
+        int t = m.tok[r], k = m.slot[r];
+        const float* g = dy + size_t(t) * d;
+        const float* ye = m.ye + size_t(r) * d;
+        float wk = m.w[t * K + k];
+        float* o = dye + size_t(r) * d;
+        double dot = 0;
+        for (int i = 0; i < d; ++i) { dot += double(g[i]) * ye[i]; o[i] = wk * g[i]; }
+        dw[t * K + k] = float(dot);
+    }
+    float* dxe = a.alloc_zero(size_t(T) * K * d);
+    for (int e = 0; e < E; ++e)
+        swiglu_backward(W, G, l.experts[e], m.experts[e], dxe + size_t(m.start[e]) * d, dye + size_t(m.start[e]) * d, d, a);
+    for (int r = 0; r < T * K; ++r) add_inplace(dx + size_t(m.tok[r]) * d, dxe + size_t(r) * d, d);
+
+    // dw -> ds (through selection weights) and the balance loss -> dlogits of the router.
+    float* dl = a.alloc_zero(size_t(T) * E);                             // [T, E]
+    const bool norm = c.norm_topk_prob && K > 1;
+    const float sf = float(c.routed_scaling_factor);
+    for (int t = 0; t < T; ++t) {
+        const float* s = m.s + size_t(t) * E;
+        float* ds = dl + size_t(t) * E;
+        const int* id = m.idx + size_t(t) * K;
+        const float* g = dw + size_t(t) * K;
+        if (norm) {
+            double S = 0, gs = 0;
+            for (int k = 0; k < K; ++k) { S += s[id[k]]; gs += double(g[k]) * s[id[k]]; }
+            for (int k = 0; k < K; ++k) ds[id[k]] += float(sf * (g[k] / S - gs / (S * S)));
+        } else {
+            for (int k = 0; k < K; ++k) ds[id[k]] += sf * g[k];
+        }
+        if (alpha > 0) {
+            double S = 0, fs = 0;
+            for (int e = 0; e < E; ++e) { S += s[e]; fs += double(m.f[e]) * s[e]; }
+            double cst = double(alpha) * bal_scale / T;
+            for (int e = 0; e < E; ++e) ds[e] += float(cst * (m.f[e] / S - fs / (S * S)));
+        }
+        if (c.scoring_sigmoid) {
+            for (int e = 0; e < E; ++e) ds[e] *= s[e] * (1.0f - s[e]);
+        } else {
+            double dot = 0;
+            for (int e = 0; e < E; ++e) dot += double(ds[e]) * s[e];
+            for (int e = 0; e < E; ++e) ds[e] = float(s[e] * (ds[e] - dot));
+        }
+    }
+    linear_backward(dx, G + l.router, dl, m.x, W + l.router, T, d, E);
+    a.rewind(mk);
+}
+
+} // namespace mtp

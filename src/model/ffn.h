@@ -1,0 +1,54 @@
+// Feed-forward blocks: the SwiGLU MLP and DeepSeekMoE with its router (spec §2, §4), forward/backward pairs.
+#pragma once
+#include <vector>
+
+#include "core/arena.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace mtp {
+
+struct swiglu_cache {
+    int T = 0;
+    const float* x = nullptr;   // [T, d] input, owned by the caller
+    float* g = nullptr;         // [T, f] gate_proj(x)
+    float* u = nullptr;         // [T, f] up_proj(x)
+    float* act = nullptr;       // [T, f] silu(g) * u
+};
+
+// y[T,d] = down(silu(gate(x)) * up(x)); accumulate adds into y.
+void swiglu_forward(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T, int d,
+                    arena& a, bool accumulate = false);
+void swiglu_backward(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
+                     const float* dy, int d, arena& a);
+
+struct moe_cache {
+    int T = 0;
+    const float* x = nullptr;   // [T, d]
+    float* s = nullptr;         // [T, E] router scores (sigmoid or softmax)
+    int* idx = nullptr;         // [T, K] selected experts, best first
+    float* w = nullptr;         // [T, K] combine weights (normalised, scaled)
+    std::vector<int> start;     // [E+1] row ranges of each expert in the gathered order
+    int* tok = nullptr;         // [T*K] token of each gathered row
+    int* slot = nullptr;        // [T*K] k of each gathered row
+    float* xe = nullptr;        // [T*K, d] gathered expert inputs
+    float* ye = nullptr;        // [T*K, d] expert outputs (before weighting)
+    std::vector<swiglu_cache> experts;
+    swiglu_cache shared;
+    std::vector<float> f;       // [E] f_e of the sequence-wise balance loss (constant for the gradient)
+    double bal_loss = 0;        // α Σ_e f_e P_e (0 when α = 0)
+};
+
+// Router selection for one token (spec §4): scores s[E] -> idx[K] (best first) and weights w[K].
+void moe_route(const model_config& c, const float* s, const float* bias, int* idx, float* w);
+
+// y[T,d] = Σ_k w_k expert_k(x) + shared(x). alpha > 0 also computes the sequence-wise balance loss over
+// these T rows (one sequence). load (optional, [E]) += tokens routed to each expert.
+void moe_forward(const model_config& c, const layer_offsets& l, const float* W, moe_cache& m, float* y, const float* x,
+                 int T, float alpha, arena& a, double* load = nullptr);
+// dx[T,d] += ...; G += parameter gradients (router bias gets none); includes the balance loss gradient
+// scaled by bal_scale (the weight of this sequence's balance loss in the total loss).
+void moe_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const moe_cache& m,
+                  float* dx, const float* dy, float alpha, float bal_scale, arena& a);
+
+} // namespace mtp

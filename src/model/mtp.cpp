@@ -1,0 +1,64 @@
+// MTP module forward/backward; the module shares embed_tokens and lm_head with the trunk.
+#include "model/mtp.h"
+
+#include <cstring>
+
+#include "core/ops.h"
+
+namespace mtp {
+
+void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
+                 const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
+                 double* load) {
+    const int d = c.hidden_size, V = c.vocab_size;
+    const float eps = float(c.rms_norm_eps);
+    m.T = T;
+    m.tok = tok;
+    m.hprev = hprev;
+    m.e = a.alloc(size_t(T) * d);
+    for (int t = 0; t < T; ++t) std::memcpy(m.e + size_t(t) * d, W + L.embed + size_t(tok[t]) * d, sizeof(float) * d);
+    float* en = a.alloc(size_t(T) * d);
+    float* hn = a.alloc(size_t(T) * d);
+    m.e_rstd = a.alloc(T);
+    m.hn_rstd = a.alloc(T);
+    rmsnorm_forward(en, m.e_rstd, m.e, W + l.enorm, T, d, eps);
+    rmsnorm_forward(hn, m.hn_rstd, hprev, W + l.hnorm, T, d, eps);
+    m.cat = a.alloc(size_t(T) * 2 * d);                                   // embedding FIRST
+    for (int t = 0; t < T; ++t) {
+        std::memcpy(m.cat + size_t(t) * 2 * d, en + size_t(t) * d, sizeof(float) * d);
+        std::memcpy(m.cat + size_t(t) * 2 * d + d, hn + size_t(t) * d, sizeof(float) * d);
+    }
+    m.y = a.alloc(size_t(T) * d);
+    linear_forward(m.y, m.cat, W + l.eh_proj, T, 2 * d, d);
+    m.bal_loss = layer_forward(c, l, W, m.layer, m.y, T, cos, sin, alpha, a, load);
+    m.h = a.alloc(size_t(T) * d);
+    m.h_rstd = a.alloc(T);
+    rmsnorm_forward(m.h, m.h_rstd, m.y, W + l.shared_head_norm, T, d, eps);
+    m.logits = a.alloc(size_t(T) * V);
+    linear_forward(m.logits, m.h, W + L.lm_head, T, d, V);
+}
+
+void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,
+                  const mtp_cache& m, float* dh, float* dhprev, float alpha, float bal_scale, arena& a) {
+    const int d = c.hidden_size, T = m.T;
+    auto mk = a.mark();
+    float* dy = a.alloc_zero(size_t(T) * d);
+    rmsnorm_backward(dy, G + l.shared_head_norm, dh, m.y, W + l.shared_head_norm, m.h_rstd, T, d);
+    layer_backward(c, l, W, G, m.layer, dy, alpha, bal_scale, a);         // dy is now dL/du
+    float* dcat = a.alloc_zero(size_t(T) * 2 * d);
+    linear_backward(dcat, G + l.eh_proj, dy, m.cat, W + l.eh_proj, T, 2 * d, d);
+    float* den = a.alloc(size_t(T) * d);
+    float* dhn = a.alloc(size_t(T) * d);
+    for (int t = 0; t < T; ++t) {
+        std::memcpy(den + size_t(t) * d, dcat + size_t(t) * 2 * d, sizeof(float) * d);
+        std::memcpy(dhn + size_t(t) * d, dcat + size_t(t) * 2 * d + d, sizeof(float) * d);
+    }
+    float* de = dy;                                                       // reuse: [T, d]
+    std::memset(de, 0, sizeof(float) * size_t(T) * d);
+    rmsnorm_backward(de, G + l.enorm, den, m.e, W + l.enorm, m.e_rstd, T, d);
+    for (int t = 0; t < T; ++t) add_inplace(G + L.embed + size_t(m.tok[t]) * d, de + size_t(t) * d, d);
+    rmsnorm_backward(dhprev, G + l.hnorm, dhn, m.hprev, W + l.hnorm, m.hn_rstd, T, d);
+    a.rewind(mk);
+}
+
+} // namespace mtp

@@ -1,0 +1,32 @@
+// One MTP module (spec §5): u = eh_proj([enorm(Emb(t_{i+k})) | hnorm(h^{k-1}_i)]), a decoder layer,
+// h^k = shared_head.norm(y), logits = lm_head(h^k). Forward/backward pair.
+#pragma once
+#include "model/layer.h"
+
+namespace mtp {
+
+struct mtp_cache {
+    int T = 0;                     // rows = positions 0..T-1 of this depth
+    const int* tok = nullptr;      // [T] t_{i+k}
+    const float* hprev = nullptr;  // [T, d] h^{k-1} rows, owned by the previous depth / trunk
+    float* e = nullptr;            // [T, d] Emb(t_{i+k})
+    float* e_rstd = nullptr;       // [T]
+    float* hn_rstd = nullptr;      // [T]
+    float* cat = nullptr;          // [T, 2d] [enorm(e) | hnorm(hprev)]
+    float* y = nullptr;            // [T, d] decoder layer output
+    layer_cache layer;
+    float* h = nullptr;            // [T, d] h^k (post shared_head.norm)
+    float* h_rstd = nullptr;       // [T]
+    float* logits = nullptr;       // [T, V]
+    double bal_loss = 0;
+};
+
+void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
+                 const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
+                 double* load = nullptr);
+// dh[T,d]: dL/dh^k (from this depth's head and the next depth), consumed (overwritten as scratch).
+// dhprev[T,d] += dL/dh^{k-1}; G accumulates (embedding rows, lm_head handled by the caller).
+void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,
+                  const mtp_cache& m, float* dh, float* dhprev, float alpha, float bal_scale, arena& a);
+
+} // namespace mtp

@@ -1,0 +1,17 @@
+// Registration of the `mtp` subcommands (one file each) and helpers they share.
+#pragma once
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace mtp::cli {
+
+void add_init(CLI::App& app);
+void add_logits(CLI::App& app);
+void add_grad(CLI::App& app);
+
+// "5,17,3" -> {5,17,3}; every id must be in [0, vocab); `flag` names the option in errors.
+std::vector<int> parse_tokens(const std::string& s, int vocab, const std::string& flag);
+
+} // namespace mtp::cli

@@ -1,0 +1,29 @@
+// `mtp`: the single command-line tool; dispatches to subcommands and turns every error into one line + exit 1.
+#include <cstdio>
+#include <exception>
+
+#include "commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+    CLI::App app{"mtp.cpp: DeepSeek-V3-style models with Multi-Token Prediction"};
+    app.require_subcommand(1);
+    mtp::cli::add_init(app);
+    mtp::cli::add_logits(app);
+    mtp::cli::add_grad(app);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    } catch (const mtp::error& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        std::fprintf(stderr, "error: out of memory\n");
+        return 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
