@@ -14,7 +14,9 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
-        return app.exit(e);
+        if (e.get_exit_code() == 0) return app.exit(e);          // --help
+        std::fprintf(stderr, "error: %s (see --help)\n", e.what());
+        return 2;
     } catch (const mtp::error& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Bad input through the `mtp` CLI: each case must exit non-zero (not by a signal) with ONE line on stderr
+that starts with 'error:' and names the file/field, and must not leave a partial output file."""
+import json, os, shutil, struct, subprocess, sys
+
+mtp, work = sys.argv[1], sys.argv[2]
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+
+CFG = {"vocab_size": 61, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+       "intermediate_size": 24, "moe_intermediate_size": 8, "n_routed_experts": 4, "n_shared_experts": 1,
+       "num_experts_per_tok": 2, "first_k_dense_replace": 1, "kv_lora_rank": 8, "q_lora_rank": 12,
+       "qk_nope_head_dim": 4, "qk_rope_head_dim": 4, "v_head_dim": 4, "num_nextn_predict_layers": 1}
+
+def write(path, text):
+    with open(path, "w") as f: f.write(text)
+
+def run(args):
+    p = subprocess.run([mtp] + args, capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout, p.stderr
+
+passed = failed = 0
+def case(name, args, expect, out=None):
+    global passed, failed
+    rc, so, se = run(args)
+    lines = [l for l in se.splitlines() if l.strip()]
+    ok = (rc != 0 and rc < 128 and len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0])
+    if out and os.path.exists(out): ok = False
+    leftovers = [f for f in os.listdir(work) if ".tmp." in f]
+    if leftovers: ok = False
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: rc={rc} stderr={se.strip()!r}")
+    if ok: passed += 1
+    else: failed += 1
+
+# A valid model to start from.
+good_cfg = os.path.join(work, "good.json"); write(good_cfg, json.dumps(CFG))
+model = os.path.join(work, "model")
+rc, so, se = run(["init", "--config", good_cfg, "--seed", "3", "--out", model])
+assert rc == 0, se
+st_path = os.path.join(model, "model.safetensors")
+blob = open(st_path, "rb").read()
+n = struct.unpack("<Q", blob[:8])[0]
+header = json.loads(blob[8:8 + n])
+data = blob[8 + n:]
+
+def variant(name, mutate_header=None, raw=None, cfg=None):
+    """A copy of the model dir with a modified safetensors file or config."""
+    d = os.path.join(work, name); os.makedirs(d, exist_ok=True)
+    write(os.path.join(d, "config.json"), json.dumps(cfg if cfg is not None else CFG))
+    if raw is None:
+        h = json.loads(json.dumps(header))
+        if mutate_header: mutate_header(h)
+        hb = json.dumps(h).encode()
+        raw = struct.pack("<Q", len(hb)) + hb + data
+    open(os.path.join(d, "model.safetensors"), "wb").write(raw)
+    return d
+
+tok = ["--tokens", "1,2,3,4"]
+def logits(d, expect, name):
+    out = os.path.join(work, name + ".out.safetensors")
+    case(name, ["logits", "--model", d] + tok + ["--out", out], expect, out)
+
+# --- safetensors files
+logits(variant("truncated", raw=blob[: len(blob) // 2]), "model.safetensors", "truncated file")
+logits(variant("short", raw=blob[:5]), "model.safetensors", "file shorter than header length")
+logits(variant("hugelen", raw=struct.pack("<Q", 1 << 40) + blob[8:]), "model.safetensors", "header length past EOF")
+bad_json = struct.pack("<Q", 10) + b"{not json}" + data
+logits(variant("badjson", raw=bad_json), "model.safetensors", "bad header JSON")
+first, second = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])[:2]
+def overlap(h): h[second]["data_offsets"] = [h[first]["data_offsets"][0], h[first]["data_offsets"][0] + h[second]["data_offsets"][1] - h[second]["data_offsets"][0]]
+logits(variant("overlap", overlap), "model.safetensors", "overlapping offsets")
+def baddtype(h): h[first]["dtype"] = "Q4_K"
+logits(variant("dtype", baddtype), "model.safetensors", "unknown dtype")
+def wrongshape(h):
+    name = "model.layers.0.self_attn.o_proj.weight"
+    s = h[name]["shape"]; h[name]["shape"] = [s[1], s[0]]
+logits(variant("wrongshape", wrongshape), "o_proj", "wrong shape for a name")
+def missing(h):
+    name = "model.layers.1.mlp.gate.weight"
+    b, e = h[name]["data_offsets"]
+    h[name] = {"dtype": "F32", "shape": [(e - b) // 4], "data_offsets": [b, e]}   # keep bytes, rename below
+    h["model.layers.1.mlp.gate.weightX"] = h.pop(name)
+logits(variant("missing", missing), "model.layers.1.mlp.gate.weight", "missing tensor")
+
+# --- config.json
+def cfgcase(name, text, expect):
+    d = os.path.join(work, name); os.makedirs(d, exist_ok=True)
+    write(os.path.join(d, "config.json"), text)
+    open(os.path.join(d, "model.safetensors"), "wb").write(blob)
+    logits(d, expect, name)
+    out = os.path.join(work, name + ".init")
+    case(name + " (init)", ["init", "--config", os.path.join(d, "config.json"), "--out", out], expect, out)
+
+cfgcase("cfg_badjson", "{\"vocab_size\": 61,", "invalid JSON")
+cfgcase("cfg_nan", json.dumps(CFG).replace("\"hidden_size\": 16", "\"rms_norm_eps\": NaN, \"hidden_size\": 16"), "invalid JSON")
+cfgcase("cfg_inf", json.dumps(CFG).replace("\"hidden_size\": 16", "\"rms_norm_eps\": 1e999, \"hidden_size\": 16"), "overflow")
+cfgcase("cfg_neg_eps", json.dumps(dict(CFG, rms_norm_eps=-1e-6)), "rms_norm_eps")
+cfgcase("cfg_type", json.dumps(dict(CFG, hidden_size="16")), "hidden_size")
+cfgcase("cfg_negative", json.dumps(dict(CFG, num_hidden_layers=-1)), "num_hidden_layers")
+cfgcase("cfg_missing", json.dumps({k: v for k, v in CFG.items() if k != "kv_lora_rank"}), "kv_lora_rank")
+cfgcase("cfg_topk", json.dumps(dict(CFG, num_experts_per_tok=9)), "num_experts_per_tok")
+cfgcase("cfg_rope_odd", json.dumps(dict(CFG, qk_rope_head_dim=3)), "qk_rope_head_dim")
+cfgcase("cfg_scoring", json.dumps(dict(CFG, scoring_func="relu")), "scoring_func")
+cfgcase("cfg_not_object", "[1, 2, 3]", "object")
+
+# --- flags
+out = os.path.join(work, "x.safetensors")
+case("token out of range", ["logits", "--model", model, "--tokens", "1,2,999", "--out", out], "--tokens", out)
+case("token not a number", ["logits", "--model", model, "--tokens", "1,a,3", "--out", out], "--tokens", out)
+case("grad one token", ["grad", "--model", model, "--tokens", "5", "--out", out], "--tokens", out)
+case("model dir missing", ["logits", "--model", os.path.join(work, "nope"), "--tokens", "1", "--out", out], "nope", out)
+case("output dir missing", ["logits", "--model", model, "--tokens", "1,2", "--out", os.path.join(work, "no/dir/x.st")], "no/dir", None)
+case("unknown flag", ["logits", "--model", model, "--tokens", "1", "--out", out, "--frobnicate", "1"], "frobnicate", out)
+case("missing required flag", ["logits", "--model", model], "--tokens", out)
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
