@@ -10,6 +10,9 @@ namespace mtp::cli {
 void add_init(CLI::App& app);
 void add_logits(CLI::App& app);
 void add_grad(CLI::App& app);
+void add_train(CLI::App& app);
+void add_data(CLI::App& app);
+void add_tokenizer(CLI::App& app);   // cmd_tokenizer.cpp: tokenizer train|encode|decode
 
 // "5,17,3" -> {5,17,3}; every id must be in [0, vocab); `flag` names the option in errors.
 std::vector<int> parse_tokens(const std::string& s, int vocab, const std::string& flag);

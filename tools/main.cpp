@@ -11,6 +11,9 @@ int main(int argc, char** argv) {
     mtp::cli::add_init(app);
     mtp::cli::add_logits(app);
     mtp::cli::add_grad(app);
+    mtp::cli::add_train(app);
+    mtp::cli::add_data(app);
+    mtp::cli::add_tokenizer(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

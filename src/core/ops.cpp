@@ -116,17 +116,19 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
             if (d) std::memset(d, 0, sizeof(float) * V);
             continue;
         }
+        const float lt = l[tgt];                         // read before d (which may alias l) is written
         float mx = l[0];
         for (int v = 1; v < V; ++v) mx = l[v] > mx ? l[v] : mx;
         double sum = 0;
-        for (int v = 0; v < V; ++v) sum += std::exp(double(l[v] - mx));
-        double lse = mx + std::log(sum);
-        total += lse - l[tgt];
         if (d) {
-            float inv = float(1.0 / sum);
-            for (int v = 0; v < V; ++v) d[v] = scale * std::exp(l[v] - mx) * inv;
+            for (int v = 0; v < V; ++v) { float e = std::exp(l[v] - mx); d[v] = e; sum += e; }
+            const float inv = float(scale / sum);
+            for (int v = 0; v < V; ++v) d[v] *= inv;
             d[tgt] -= scale;
+        } else {
+            for (int v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
         }
+        total += double(mx) + std::log(sum) - lt;
     }
     return total;
 }

@@ -9,7 +9,7 @@
 namespace mtp {
 
 void model_forward(const model_config& c, const model_layout& L, const float* W, model_state& s, const int* tokens,
-                   int T, float alpha, arena& a, std::vector<double>* load) {
+                   int T, float alpha, arena& a, std::vector<double>* load, int n_mtp_run) {
     const int d = c.hidden_size, V = c.vocab_size, E = c.n_routed_experts;
     s.T = T;
     s.tokens.assign(tokens, tokens + T);
@@ -40,7 +40,7 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
     for (int k = 1; k <= c.n_mtp(); ++k) {
         mtp_cache& m = s.mtp[k - 1];
         const int Tk = T - k;                       // positions 0..T-1-k, token t_{i+k}
-        if (Tk <= 0) { m = mtp_cache{}; continue; }
+        if (Tk <= 0 || (n_mtp_run >= 0 && k > n_mtp_run)) { m = mtp_cache{}; continue; }
         mtp_forward(c, L, L.mtp[k - 1], W, m, hprev, s.tokens.data() + k, Tk, s.cos, s.sin, alpha, a,
                     load_of(c.num_hidden_layers + k - 1));
         s.bal_loss += m.bal_loss;

@@ -32,8 +32,9 @@ struct loss_stats {
 
 // Forward over tokens[0..T) (all arena memory is from `a`, valid until a.reset()). alpha > 0 computes the
 // sequence-wise balance loss; load (optional, [n_layers_total * E]) += tokens routed per layer and expert.
+// n_mtp_run limits how many MTP depths run (-1: all D).
 void model_forward(const model_config& c, const model_layout& L, const float* W, model_state& s, const int* tokens,
-                   int T, float alpha, arena& a, std::vector<double>* load = nullptr);
+                   int T, float alpha, arena& a, std::vector<double>* load = nullptr, int n_mtp_run = -1);
 
 // Losses of the last forward, without touching its logits.
 loss_stats model_loss(const model_config& c, const model_state& s, float lambda);

@@ -1,0 +1,325 @@
+// Training loop: step, log, evaluate, sample, checkpoint; deterministic for a given thread count.
+#include "train/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+#include <omp.h>
+
+#include "core/arena.h"
+#include "core/error.h"
+#include "infer/naive_generate.h"
+#include "io/atomic_file.h"
+#include "io/tokenizer.h"
+#include "model/model.h"
+#include "train/adamw.h"
+#include "train/checkpoint.h"
+#include "train/dataset.h"
+#include "train/flops.h"
+#include "train/plot.h"
+
+namespace mtp {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string fmt_time(double s) {
+    char b[32];
+    if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
+    else if (s >= 60) std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(s) % 60);
+    else std::snprintf(b, sizeof b, "%.0fs", s);
+    return b;
+}
+
+// Keeps the metrics lines of steps <= `step` (a resumed run continues the log exactly).
+void truncate_metrics(const std::string& path, int step) {
+    std::ifstream f(path);
+    if (!f) return;
+    std::string line, kept;
+    while (std::getline(f, line)) {
+        try {
+            if (json::parse(line).value("step", 0) <= step) kept += line + "\n";
+        } catch (...) {
+        }
+    }
+    write_file_atomic(path, kept);
+}
+
+double unigram_entropy(const std::vector<uint32_t>& ids, int V) {
+    std::vector<double> cnt(V, 0.0);
+    for (auto t : ids) cnt[t] += 1;
+    double n = double(ids.size()), h = 0;
+    for (double x : cnt) if (x > 0) h -= x / n * std::log(x / n);
+    return h;
+}
+
+struct evaluation {
+    double main = 0;
+    std::vector<double> mtp;
+};
+
+evaluation evaluate(const model_files& m, const dataset& data, const train_config& tc, double lambda, arena& a,
+                    model_state& s, std::vector<int>& buf) {
+    const auto& split = data.val.empty() ? data.train : data.val;
+    evaluation e;
+    e.mtp.assign(m.config.n_mtp(), 0.0);
+    for (int i = 0; i < tc.eval_batches; ++i) {
+        eval_window(split, i, tc.eval_batches, tc.seq_len - 1, buf.data());
+        a.reset();
+        model_forward(m.config, m.layout, m.weights.data(), s, buf.data(), tc.seq_len, 0.0f, a);
+        loss_stats ls = model_loss(m.config, s, float(lambda));
+        e.main += ls.main / tc.eval_batches;
+        for (size_t k = 0; k < ls.mtp.size(); ++k) e.mtp[k] += ls.mtp[k] / tc.eval_batches;
+    }
+    return e;
+}
+
+} // namespace
+
+train_result train_run(const train_config& tc_in, const std::string& resume,
+                       const std::vector<std::pair<std::string, std::string>>& overrides) {
+    train_config tc = tc_in;
+    model_files m;
+    adamw_state opt;
+    int start_step = 0;
+    if (!resume.empty()) {
+        train_checkpoint ck = checkpoint_load(resume);
+        // A model config given now must be the checkpoint's.
+        if (!tc_in.model_config.empty()) {
+            model_config given = config_load(tc_in.model_config);
+            if (tc_in.mtp_depth >= 0) given.num_nextn_predict_layers = tc_in.mtp_depth;
+            if (config_to_json(given) != config_to_json(ck.model.config))
+                fail(resume, "checkpoint is from a different model config than " + tc_in.model_config);
+        }
+        tc = ck.config;
+        tc.stop_at_step = 0;                 // an interruption point applies to one invocation only
+        for (const auto& [k, v] : overrides) train_config_apply_flag(tc, k, v);
+        m = std::move(ck.model);
+        opt = std::move(ck.opt);
+        start_step = ck.step;
+    }
+    train_config_validate(tc);
+    if (tc.threads > 0) omp_set_num_threads(tc.threads);
+
+    dataset data = dataset_load(tc.data);
+    if (resume.empty()) {
+        if (tc.model_config.empty()) fail("model_config", "required: the model's config.json");
+        m.config = config_load(tc.model_config);
+        if (tc.mtp_depth >= 0) m.config.num_nextn_predict_layers = tc.mtp_depth;
+        m.layout = layout_build(m.config);
+        weights_init(m.config, m.layout, m.weights, uint64_t(tc.seed));
+    }
+    const model_config& c = m.config;
+    if (c.vocab_size < data.vocab_size)
+        fail(tc.data, "dataset vocab_size " + std::to_string(data.vocab_size) + " exceeds the model's vocab_size " +
+                          std::to_string(c.vocab_size));
+    if (tc.seq_len > c.max_position_embeddings) fail("seq_len", "exceeds the model's max_position_embeddings");
+    if (data.train.size() < size_t(tc.seq_len)) fail(tc.data, "train split shorter than one sequence (seq_len)");
+
+    std::optional<tokenizer> tok;
+    std::string tok_path = !tc.tokenizer.empty() ? tc.tokenizer : data.tokenizer;
+    if (!tok_path.empty() && fs::exists(tok_path)) tok = tokenizer_load(tok_path);
+
+    fs::create_directories(tc.out_dir);
+    const std::string metrics_path = (fs::path(tc.out_dir) / "metrics.jsonl").string();
+    if (start_step == 0) fs::remove(metrics_path);
+    else truncate_metrics(metrics_path, start_step);
+    std::ofstream metrics(metrics_path, std::ios::app);
+    if (!metrics) fail(metrics_path, "cannot open for writing");
+
+    const int D = c.n_mtp(), B = tc.batch_size, T = tc.seq_len, A = tc.grad_accum, E = c.n_routed_experts;
+    size_t n_params = 0;
+    for (const auto& p : m.layout.params) n_params += p.size;
+    const double peak = measure_peak_gflops();
+    const double flops_step = 3.0 * model_forward_flops(c, T) * A * B;
+    const bool tty = tc.progress && isatty(fileno(stderr));
+    std::printf("model: %zu parameters, %d layers (+%d MTP), vocab %d | data: %zu train / %zu val tokens\n",
+                n_params, c.num_hidden_layers, D, c.vocab_size, data.train.size(), data.val.size());
+    std::printf("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s\n",
+                tc.max_steps, A, B, T, tc.lr, tc.mtp_lambda, tc.bias_update_speed, tc.bal_alpha,
+                omp_get_max_threads(), peak);
+    if (start_step > 0) std::printf("resumed from step %d\n", start_step);
+    std::fflush(stdout);
+
+    train_result res;
+    res.unigram_entropy = unigram_entropy(data.val.empty() ? data.train : data.val, c.vocab_size);
+    arena a;
+    model_state s;
+    std::vector<float> G(m.layout.n_floats);
+    std::vector<int> batch(size_t(B) * T), buf(T);
+    std::vector<double> load, load_since_eval(size_t(c.n_layers_total()) * std::max(E, 1), 0.0);
+    adamw_config oc{float(tc.beta1), float(tc.beta2), float(tc.eps), float(tc.weight_decay)};
+    std::vector<const layer_offsets*> moe_layers;
+    for (const auto& l : m.layout.layers) if (l.moe) moe_layers.push_back(&l);
+    for (const auto& l : m.layout.mtp) if (l.moe) moe_layers.push_back(&l);
+
+    auto t_start = std::chrono::steady_clock::now();
+    double tok_per_s = 0;
+    int step = start_step;
+    bool evaluated_last = false;
+    auto do_eval = [&](int at_step) {
+        double lam = mtp_lambda_at(tc, at_step);
+        evaluation ev = evaluate(m, data, tc, lam, a, s, buf);
+        res.val_main = ev.main;
+        res.val_mtp = ev.mtp;
+        json rec = {{"type", "eval"}, {"step", at_step}, {"val_main", ev.main}, {"val_mtp", ev.mtp}};
+        if (tty) std::fprintf(stderr, "\r\033[K");
+        std::printf("eval step %d | val main %.4f", at_step, ev.main);
+        for (int k = 0; k < D; ++k) std::printf(" | val mtp%d %.4f", k + 1, ev.mtp[k]);
+        std::printf(" | unigram entropy %.4f\n", res.unigram_entropy);
+        if (!moe_layers.empty()) {
+            json loads = json::array();
+            std::printf("expert load max/mean:");
+            for (const auto* l : moe_layers) {
+                const double* ld = load_since_eval.data() + size_t(l->index) * E;
+                double mx = *std::max_element(ld, ld + E), mean = 0;
+                for (int e = 0; e < E; ++e) mean += ld[e] / E;
+                double r = mean > 0 ? mx / mean : 0;
+                std::printf(" L%d %.2f", l->index, r);
+                loads.push_back({{"layer", l->index}, {"max_over_mean", r}});
+            }
+            std::printf("\n");
+            rec["expert_load"] = loads;
+            std::fill(load_since_eval.begin(), load_since_eval.end(), 0.0);
+        }
+        if (tc.sample_tokens > 0) {
+            std::vector<int> ids;
+            if (tok) ids = tokenizer_encode(*tok, tc.sample_prompt, false);
+            if (ids.empty()) ids.push_back(c.bos_token_id);
+            size_t n0 = ids.size();
+            generate_naive(c, m.layout, m.weights.data(), ids, tc.sample_tokens, 0.8f, 40, uint64_t(tc.seed) + at_step,
+                           T, data.eos_id, a);
+            std::string text;
+            if (tok) text = tc.sample_prompt + tokenizer_decode(*tok, std::vector<int>(ids.begin() + long(n0), ids.end()));
+            else for (int id : ids) text += std::to_string(id) + " ";
+            std::printf("sample: %s\n", text.c_str());
+            rec["sample"] = text;
+        }
+        metrics << rec.dump() << "\n";
+        metrics.flush();
+        std::fflush(stdout);
+    };
+
+    for (; step < tc.max_steps; ++step) {
+        if (tc.max_time > 0 && seconds_since(t_start) >= tc.max_time) break;
+        if (tc.stop_at_step > 0 && step >= tc.stop_at_step) break;
+        auto t0 = std::chrono::steady_clock::now();
+        const double lr = lr_at(tc, step), lam = mtp_lambda_at(tc, step);
+        std::fill(G.begin(), G.end(), 0.0f);
+        load.assign(size_t(c.n_layers_total()) * std::max(E, 1), 0.0);
+        double l_total = 0, l_main = 0, l_bal = 0;
+        std::vector<double> l_mtp(D, 0.0);
+        const float w = 1.0f / float(A * B);
+        for (int micro = 0; micro < A; ++micro) {
+            sample_windows(data.train, uint64_t(tc.seed), uint64_t(step) * A + micro, B, T - 1, batch.data());
+            for (int b = 0; b < B; ++b) {
+                a.reset();
+                model_forward(c, m.layout, m.weights.data(), s, batch.data() + size_t(b) * T, T, float(tc.bal_alpha), a,
+                              &load);
+                loss_stats ls = model_backward(c, m.layout, m.weights.data(), G.data(), s, float(lam),
+                                               float(tc.bal_alpha), w, a);
+                l_total += ls.total * w;
+                l_main += ls.main * w;
+                l_bal += ls.bal * w;
+                for (int k = 0; k < D; ++k) l_mtp[k] += ls.mtp[k] * w;
+            }
+        }
+        double gn2 = 0;
+        for (const auto& p : m.layout.params)
+            if (p.trainable)
+                for (size_t i = 0; i < p.size; ++i) gn2 += double(G[p.offset + i]) * G[p.offset + i];
+        const double gnorm = std::sqrt(gn2);
+        if (tc.grad_clip > 0 && gnorm > tc.grad_clip) {
+            const float sc = float(tc.grad_clip / gnorm);
+            for (auto& g : G) g *= sc;
+        }
+        adamw_step(oc, opt, m.layout, m.weights.data(), G.data(), float(lr));
+        // Auxiliary-loss-free balancing: bias_e += γ sign(mean load - load_e), over the whole step's batch.
+        for (const auto* l : moe_layers) {
+            const double* ld = load.data() + size_t(l->index) * E;
+            double mean = 0;
+            for (int e = 0; e < E; ++e) mean += ld[e] / E;
+            if (l->router_bias != no_param && tc.bias_update_speed > 0)
+                for (int e = 0; e < E; ++e) {
+                    double sg = (mean - ld[e]) > 0 ? 1.0 : (mean - ld[e]) < 0 ? -1.0 : 0.0;
+                    m.weights[l->router_bias + e] += float(tc.bias_update_speed * sg);
+                }
+        }
+        for (size_t i = 0; i < load.size(); ++i) load_since_eval[i] += load[i];
+
+        const double dt = seconds_since(t0);
+        tok_per_s = double(A) * B * T / dt;
+        const double mfu = flops_step / dt / (peak * 1e9);
+        const int done = step + 1;
+        json rec = {{"type", "train"}, {"step", done}, {"loss", l_total}, {"main", l_main}, {"mtp", l_mtp},
+                    {"bal", l_bal}, {"lr", lr}, {"lambda", lam}, {"grad_norm", gnorm}, {"tokens_per_s", tok_per_s},
+                    {"mfu", mfu}, {"time", seconds_since(t_start)}};
+        metrics << rec.dump() << "\n";
+        if (done % tc.log_every == 0 || done == tc.max_steps) {
+            if (tty) std::fprintf(stderr, "\r\033[K");
+            std::printf("step %d/%d | loss %.4f | main %.4f", done, tc.max_steps, l_total, l_main);
+            for (int k = 0; k < D; ++k) std::printf(" | mtp%d %.4f", k + 1, l_mtp[k]);
+            std::printf(" | lr %.2e | gnorm %.3f | %.0f tok/s | MFU %.1f%%\n", lr, gnorm, tok_per_s, 100 * mfu);
+            std::fflush(stdout);
+        }
+        if (tty) {
+            double el = seconds_since(t_start), frac = double(done - start_step) / std::max(1, tc.max_steps - start_step);
+            double eta = frac > 0 ? el / frac - el : 0;
+            if (tc.max_time > 0) eta = std::min(eta, tc.max_time - el);
+            int bar = int(30 * double(done) / tc.max_steps);
+            std::fprintf(stderr, "\r[%s%s] %d/%d  loss %.3f  ETA %s", std::string(bar, '#').c_str(),
+                         std::string(30 - bar, '.').c_str(), done, tc.max_steps, l_total, fmt_time(eta).c_str());
+            std::fflush(stderr);
+        }
+        evaluated_last = false;
+        if (tc.eval_every > 0 && done % tc.eval_every == 0) {
+            do_eval(done);
+            evaluated_last = true;
+        }
+        if (tc.ckpt_every > 0 && done % tc.ckpt_every == 0 && done < tc.max_steps) {
+            checkpoint_save(tc.out_dir, m, opt, tc, done);
+            checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
+        }
+    }
+    if (tty) std::fprintf(stderr, "\r\033[K");
+    if (tc.stop_at_step > 0 && step == tc.stop_at_step && step < tc.max_steps) {
+        checkpoint_save(tc.out_dir, m, opt, tc, step);                   // as if interrupted: resume continues
+        checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
+        std::printf("stopped at step %d (stop_at_step); resume with --resume %s\n", step, tc.out_dir.c_str());
+        res.steps_done = step;
+        return res;
+    }
+    if (!evaluated_last) do_eval(step);
+    checkpoint_save(tc.out_dir, m, opt, tc, step);
+    checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
+    res.model_dir = (fs::path(tc.out_dir) / "model").string();
+    model_save_dir(m, res.model_dir, "F32");
+    if (tok) fs::copy_file(tok_path, fs::path(res.model_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
+    res.steps_done = step;
+    res.tokens_per_s = tok_per_s;
+    metrics.close();
+    if (tc.plot) {
+        std::string png = (fs::path(tc.out_dir) / "loss.png").string();
+        std::string err = plot_losses(metrics_path, png, D);
+        if (err.empty()) std::printf("plot: %s\n", png.c_str());
+        else std::printf("plot: skipped (%s)\n", err.c_str());
+    }
+    std::printf("done: %d steps, final model in %s\n", step, res.model_dir.c_str());
+    return res;
+}
+
+} // namespace mtp

@@ -1,0 +1,534 @@
+// Tests every kernel in core/ops.h: forward vs scalar double references, backward vs central finite differences.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/ops.h"
+#include "core/rng.h"
+
+namespace {
+
+using mtp::rng;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Finite-difference tolerance.
+//
+// The loss is a scalar L(p) = Σ_i r_i y_i(p), r fixed random, accumulated in double. For a direction v the central
+// difference D(ε) = (L(p+εv) − L(p−εv)) / 2ε expands (Taylor) as
+//        D(ε) = L'(p;v) + ε²/6 · L'''(p;v) + O(ε⁴)                                    (truncation)
+// and L'''(p;v) is estimated by Richardson from the same evaluations at 2ε: D(2ε) − D(ε) = ε²/2 · L''' + O(ε⁴).
+// Each fp32 evaluation of L carries an absolute rounding error of about c·u·Σ|r_i y_i| (every y_i has a relative
+// error of ~c·u after c rounding stages; the double sum of r_i y_i adds nothing at this level), so the
+// difference of two evaluations divided by 2ε contributes up to c·u·Σ|r_i y_i| / ε. The analytic side g·v,
+// accumulated from an fp32 backward of similar depth, is off by about c·u·Σ|g_j v_j|. Hence
+//        |g·v − D(ε)| ≤ 2 · ( ε²/6 · |L'''| + c·u·Σ|r_i y_i| / ε + c·u·Σ|g_j v_j| )
+// with u = 2^-24 and the factor 2 covering the O(ε⁴) terms and the noise of the L''' estimate itself.
+// c is a small multiple (4) of the op depth, the number of dependent fp32 rounding stages on the longest path.
+// The perturbed parameters are rounded to fp32, so g·v is taken over the perturbation actually applied.
+// ---------------------------------------------------------------------------------------------------------------
+constexpr double u32 = 0x1p-24;
+
+double rounding_c(int depth) { return 4.0 * depth; }
+
+double fd_tolerance(double eps, double third_derivative, double loss_abs, double analytic_abs, double c) {
+    const double truncation = eps * eps / 6.0 * std::fabs(third_derivative);
+    const double rounding_fd = c * u32 * loss_abs / eps;
+    const double rounding_an = c * u32 * analytic_abs;
+    return 2.0 * (truncation + rounding_fd + rounding_an);
+}
+
+// A resolving-power requirement: a directional check only counts if its tolerance is below this fraction of the
+// typical directional derivative, i.e. the test would notice a gradient that is off by that fraction.
+constexpr double fd_power = 0.05;
+
+struct fd_slot {
+    std::string name;
+    float* p;          // values the loss reads
+    const float* g;    // analytic gradient of the loss w.r.t. p
+    size_t n;
+    double scale = 1;  // typical magnitude of p: directions are scale·N(0,1)
+};
+
+struct fd_outcome { double analytic = 0, numeric = 0, err = 0, tol = 0; };
+
+// loss(abs) evaluates L at the current slot values; abs (when non-null) receives Σ|r_i y_i|.
+using loss_fn = std::function<double(double* abs)>;
+
+fd_outcome fd_check(std::vector<fd_slot>& slots, const std::vector<std::vector<double>>& dir, const loss_fn& loss,
+                    double eps, double c) {
+    std::vector<std::vector<float>> base(slots.size());
+    for (size_t j = 0; j < slots.size(); ++j) base[j].assign(slots[j].p, slots[j].p + slots[j].n);
+    double loss_abs = 0;
+    loss(&loss_abs);
+    double an_abs = 0;
+    for (size_t j = 0; j < slots.size(); ++j)
+        for (size_t i = 0; i < slots[j].n; ++i) an_abs += std::fabs(double(slots[j].g[i]) * dir[j][i]);
+    auto at = [&](double t, double& applied) {                 // L(p + t·v); applied = g·(actual perturbation)
+        applied = 0;
+        for (size_t j = 0; j < slots.size(); ++j)
+            for (size_t i = 0; i < slots[j].n; ++i) {
+                float v = float(double(base[j][i]) + t * dir[j][i]);
+                slots[j].p[i] = v;
+                applied += double(slots[j].g[i]) * (double(v) - double(base[j][i]));
+            }
+        return loss(nullptr);
+    };
+    double a1p, a1m, a2p, a2m;
+    double l1p = at(eps, a1p), l1m = at(-eps, a1m), l2p = at(2 * eps, a2p), l2m = at(-2 * eps, a2m);
+    for (size_t j = 0; j < slots.size(); ++j) std::copy(base[j].begin(), base[j].end(), slots[j].p);
+    fd_outcome o;
+    o.numeric = (l1p - l1m) / (2 * eps);
+    o.analytic = (a1p - a1m) / (2 * eps);
+    const double e1 = o.numeric - o.analytic;
+    const double e2 = (l2p - l2m) / (4 * eps) - (a2p - a2m) / (4 * eps);
+    const double third = 2.0 * (e2 - e1) / (eps * eps);
+    o.err = std::fabs(e1);
+    o.tol = fd_tolerance(eps, third, loss_abs, an_abs, c);
+    if (std::getenv("MTP_FD_VERBOSE"))
+        std::printf("    an=% .6e fd=% .6e err=%.2e tol=%.2e err/tol=%.3f tol/|an|=%.4f\n", o.analytic, o.numeric,
+                    o.err, o.tol, o.err / o.tol, o.tol / std::fabs(o.analytic));
+    return o;
+}
+
+// A few random directions over all slots (with resolving power) and single coordinates of each slot.
+void fd_verify(const std::string& what, std::vector<fd_slot>& slots, const loss_fn& loss, double eps, double c,
+               uint64_t seed, int n_dirs = 3, int n_coords = 3) {
+    rng r(seed);
+    auto zero_dir = [&] {
+        std::vector<std::vector<double>> d(slots.size());
+        for (size_t j = 0; j < slots.size(); ++j) d[j].assign(slots[j].n, 0.0);
+        return d;
+    };
+    // The typical size of g·v over random directions, sqrt(Σ (g_i·scale_i)²) (one draw may be small by chance).
+    double typical = 0;
+    for (const auto& s : slots)
+        for (size_t i = 0; i < s.n; ++i) typical += std::pow(double(s.g[i]) * s.scale, 2);
+    typical = std::sqrt(typical);
+    for (int k = 0; k < n_dirs; ++k) {
+        auto d = zero_dir();
+        for (size_t j = 0; j < slots.size(); ++j)
+            for (auto& x : d[j]) x = slots[j].scale * r.normal();
+        fd_outcome o = fd_check(slots, d, loss, eps, c);
+        EXPECT_LE(o.err, o.tol) << what << ": direction " << k << " analytic " << o.analytic << " vs FD " << o.numeric;
+        EXPECT_LT(o.tol, fd_power * typical) << what << ": direction " << k << " has no resolving power";
+    }
+    for (size_t j = 0; j < slots.size(); ++j)
+        for (int k = 0; k < n_coords; ++k) {
+            auto d = zero_dir();
+            size_t i = r.below(slots[j].n);
+            d[j][i] = slots[j].scale;
+            fd_outcome o = fd_check(slots, d, loss, eps, c);
+            EXPECT_LE(o.err, o.tol) << what << ": " << slots[j].name << "[" << i << "] analytic " << o.analytic
+                                    << " vs FD " << o.numeric;
+        }
+}
+
+std::vector<float> randn(rng& r, size_t n, double s = 1.0) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = float(s * r.normal());
+    return v;
+}
+
+// L = Σ r_i y_i in double, and Σ|r_i y_i|.
+double dot_loss(const float* r, const float* y, size_t n, double* abs) {
+    double l = 0, a = 0;
+    for (size_t i = 0; i < n; ++i) { l += double(r[i]) * y[i]; a += std::fabs(double(r[i]) * y[i]); }
+    if (abs) *abs = a;
+    return l;
+}
+
+// ----------------------------------------------------------------- linear
+
+TEST(OpsLinear, ForwardMatchesTripleLoop) {
+    rng r(1);
+    const int T = 5, in = 7, out = 6;
+    auto x = randn(r, T * in), w = randn(r, out * in), y0 = randn(r, T * out);
+    std::vector<float> y(T * out), ya = y0;
+    mtp::linear_forward(y.data(), x.data(), w.data(), T, in, out);
+    mtp::linear_forward(ya.data(), x.data(), w.data(), T, in, out, /*accumulate=*/true);
+    for (int t = 0; t < T; ++t)
+        for (int o = 0; o < out; ++o) {
+            double ref = 0, mag = 0;
+            for (int i = 0; i < in; ++i) {
+                ref += double(x[t * in + i]) * w[o * in + i];
+                mag += std::fabs(double(x[t * in + i]) * w[o * in + i]);
+            }
+            // A length-n fp32 dot product is within γ_n·Σ|x_i w_i| of the exact value (γ_n ≈ n·u).
+            EXPECT_NEAR(y[t * out + o], ref, in * u32 * mag) << t << "," << o;
+            EXPECT_NEAR(ya[t * out + o], ref + y0[t * out + o], (in + 1) * u32 * (mag + std::fabs(y0[t * out + o])));
+        }
+}
+
+TEST(OpsLinear, BackwardAccumulatesAndSkipsNull) {
+    rng r(2);
+    const int T = 4, in = 5, out = 3;
+    auto x = randn(r, T * in), w = randn(r, out * in), dy = randn(r, T * out);
+    auto dx0 = randn(r, T * in), dw0 = randn(r, out * in);
+    std::vector<float> dx = dx0, dw = dw0;
+    mtp::linear_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), T, in, out);
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < in; ++i) {
+            double ref = dx0[t * in + i], mag = std::fabs(ref);
+            for (int o = 0; o < out; ++o) {
+                ref += double(dy[t * out + o]) * w[o * in + i];
+                mag += std::fabs(double(dy[t * out + o]) * w[o * in + i]);
+            }
+            EXPECT_NEAR(dx[t * in + i], ref, (out + 1) * u32 * mag);
+        }
+    for (int o = 0; o < out; ++o)
+        for (int i = 0; i < in; ++i) {
+            double ref = dw0[o * in + i], mag = std::fabs(ref);
+            for (int t = 0; t < T; ++t) {
+                ref += double(dy[t * out + o]) * x[t * in + i];
+                mag += std::fabs(double(dy[t * out + o]) * x[t * in + i]);
+            }
+            EXPECT_NEAR(dw[o * in + i], ref, (T + 1) * u32 * mag);
+        }
+    std::vector<float> dw2 = dw0;                           // null dx: only dw touched
+    mtp::linear_backward(nullptr, dw2.data(), dy.data(), x.data(), w.data(), T, in, out);
+    EXPECT_EQ(dw2, dw);
+    std::vector<float> dx2 = dx0;                           // null dw: only dx touched
+    mtp::linear_backward(dx2.data(), nullptr, dy.data(), x.data(), w.data(), T, in, out);
+    EXPECT_EQ(dx2, dx);
+}
+
+TEST(OpsLinear, GradientMatchesFiniteDifferences) {
+    rng r(3);
+    const int T = 6, in = 9, out = 7;
+    auto x = randn(r, T * in), w = randn(r, out * in), rr = randn(r, T * out);
+    std::vector<float> y(T * out), gx(T * in, 0.0f), gw(out * in, 0.0f);
+    mtp::linear_backward(gx.data(), gw.data(), rr.data(), x.data(), w.data(), T, in, out);
+    std::vector<fd_slot> slots{{"x", x.data(), gx.data(), gx.size()}, {"w", w.data(), gw.data(), gw.size()}};
+    loss_fn loss = [&](double* abs) {
+        mtp::linear_forward(y.data(), x.data(), w.data(), T, in, out);
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    // Bilinear, so no truncation error and ε can be large; one GEMM stage of length `in`.
+    fd_verify("linear", slots, loss, 0.1, rounding_c(in), 31);
+}
+
+// ----------------------------------------------------------------- rmsnorm
+
+double ref_rmsnorm(const float* x, const float* w, int n, float eps, int i) {
+    double ss = 0;
+    for (int k = 0; k < n; ++k) ss += double(x[k]) * x[k];
+    return w[i] * x[i] / std::sqrt(ss / n + eps);
+}
+
+TEST(OpsRmsnorm, ForwardMatchesReferenceAndMayAlias) {
+    rng r(4);
+    const int T = 4, n = 13;
+    const float eps = 1e-6f;
+    auto x = randn(r, T * n, 3.0), w = randn(r, n);
+    std::vector<float> y(T * n), rstd(T), rstd2(T);
+    mtp::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), T, n, eps);
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < n; ++i) {
+            double ref = ref_rmsnorm(x.data() + t * n, w.data(), n, eps, i);
+            // rstd rounded once, then two products: ≤ 3 roundings relative to |y|.
+            EXPECT_NEAR(y[t * n + i], ref, 4 * u32 * std::fabs(ref)) << t << "," << i;
+        }
+    std::vector<float> z = x;                                // y aliasing x gives the same bits
+    mtp::rmsnorm_forward(z.data(), rstd2.data(), z.data(), w.data(), T, n, eps);
+    EXPECT_EQ(z, y);
+    EXPECT_EQ(rstd2, rstd);
+}
+
+TEST(OpsRmsnorm, BackwardAccumulates) {
+    rng r(5);
+    const int T = 3, n = 8;
+    auto x = randn(r, T * n), w = randn(r, n), dy = randn(r, T * n);
+    std::vector<float> y(T * n), rstd(T);
+    mtp::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), T, n, 1e-6f);
+    std::vector<float> dx0(T * n, 0.0f), dw0(n, 0.0f), dx1 = randn(r, T * n), dw1 = randn(r, n);
+    std::vector<float> dxa = dx1, dwa = dw1;
+    mtp::rmsnorm_backward(dx0.data(), dw0.data(), dy.data(), x.data(), w.data(), rstd.data(), T, n);
+    mtp::rmsnorm_backward(dxa.data(), dwa.data(), dy.data(), x.data(), w.data(), rstd.data(), T, n);
+    for (int i = 0; i < T * n; ++i) EXPECT_NEAR(dxa[i], dx1[i] + dx0[i], 2 * u32 * (std::fabs(dx1[i]) + std::fabs(dx0[i])));
+    for (int i = 0; i < n; ++i) EXPECT_NEAR(dwa[i], dw1[i] + dw0[i], (T + 1) * u32 * 8 * (std::fabs(dw1[i]) + std::fabs(dw0[i]) + 1));
+}
+
+TEST(OpsRmsnorm, GradientMatchesFiniteDifferences) {
+    rng r(6);
+    const int T = 5, n = 11;
+    auto x = randn(r, T * n), w = randn(r, n, 1.0), rr = randn(r, T * n);
+    for (auto& v : w) v += 1.0f;
+    std::vector<float> y(T * n), rstd(T), gx(T * n, 0.0f), gw(n, 0.0f);
+    mtp::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), T, n, 1e-6f);
+    mtp::rmsnorm_backward(gx.data(), gw.data(), rr.data(), x.data(), w.data(), rstd.data(), T, n);
+    std::vector<fd_slot> slots{{"x", x.data(), gx.data(), gx.size()}, {"w", w.data(), gw.data(), gw.size()}};
+    loss_fn loss = [&](double* abs) {
+        mtp::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), T, n, 1e-6f);
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    // Depth: sum of squares, rsqrt, two products.
+    fd_verify("rmsnorm", slots, loss, 3e-3, rounding_c(4), 61);
+}
+
+// ----------------------------------------------------------------- rope
+
+// Layout under test: T rows of ld floats, n_heads heads of head_stride floats, rope slice at `offset`.
+struct rope_case {
+    int T = 3, n_heads = 2, head_stride = 7, offset = 3, rope = 4, ld = 15;
+    std::vector<float> cos, sin;
+    explicit rope_case(const std::vector<int>& pos, double theta = 10000.0) {
+        const int half = rope / 2;
+        T = int(pos.size());
+        cos.resize(T * half);
+        sin.resize(T * half);
+        for (int t = 0; t < T; ++t)
+            for (int i = 0; i < half; ++i) {
+                double th = pos[t] * std::pow(theta, -2.0 * i / rope);   // spec §3.3: θ = pos · f_i
+                cos[t * half + i] = float(std::cos(th));
+                sin[t * half + i] = float(std::sin(th));
+            }
+    }
+    bool in_slice(int col) const {
+        int h = col / head_stride, k = col % head_stride;
+        return h < n_heads && k >= offset && k < offset + rope;
+    }
+    void fwd(float* x) const { mtp::rope_forward(x, T, ld, n_heads, head_stride, offset, rope, cos.data(), sin.data()); }
+    void bwd(float* x) const { mtp::rope_backward(x, T, ld, n_heads, head_stride, offset, rope, cos.data(), sin.data()); }
+};
+
+TEST(OpsRope, ForwardMatchesSpecFormulaAndTouchesOnlyTheSlice) {
+    rng r(7);
+    rope_case rc({0, 5, 1000});
+    auto x = randn(r, rc.T * rc.ld), y = x;
+    rc.fwd(y.data());
+    const int half = rc.rope / 2;
+    for (int t = 0; t < rc.T; ++t) {
+        for (int col = 0; col < rc.ld; ++col)
+            if (!rc.in_slice(col)) {
+                EXPECT_EQ(y[t * rc.ld + col], x[t * rc.ld + col]) << "outside the slice";
+            }
+        for (int h = 0; h < rc.n_heads; ++h)
+            for (int i = 0; i < half; ++i) {
+                int b = t * rc.ld + h * rc.head_stride + rc.offset + 2 * i;
+                double c = rc.cos[t * half + i], s = rc.sin[t * half + i], a0 = x[b], a1 = x[b + 1];
+                // (y[2i], y[2i+1]) = (x[2i]cosθ − x[2i+1]sinθ, x[2i]sinθ + x[2i+1]cosθ): 2 products and a sum.
+                EXPECT_NEAR(y[b], a0 * c - a1 * s, 2 * u32 * (std::fabs(a0 * c) + std::fabs(a1 * s)));
+                EXPECT_NEAR(y[b + 1], a0 * s + a1 * c, 2 * u32 * (std::fabs(a0 * s) + std::fabs(a1 * c)));
+            }
+    }
+}
+
+TEST(OpsRope, IsARotationAndBackwardIsItsInverse) {
+    rng r(8);
+    rope_case rc({0, 3, 17, 4000});
+    auto x = randn(r, rc.T * rc.ld), y = x, yt = randn(r, rc.T * rc.ld);
+    rc.fwd(y.data());
+    const int half = rc.rope / 2;
+    for (int t = 0; t < rc.T; ++t)
+        for (int h = 0; h < rc.n_heads; ++h)
+            for (int i = 0; i < half; ++i) {
+                int b = t * rc.ld + h * rc.head_stride + rc.offset + 2 * i;
+                double n0 = double(x[b]) * x[b] + double(x[b + 1]) * x[b + 1];
+                double n1 = double(y[b]) * y[b] + double(y[b + 1]) * y[b + 1];
+                // |cos²+sin²−1| ≤ 2u after rounding each to fp32, plus the rotation's own ≤ 2u per component.
+                EXPECT_NEAR(n1, n0, 8 * u32 * n0) << "norm of a pair";
+            }
+    auto z = y;                                              // R^T R x == x
+    rc.bwd(z.data());
+    double xmax = 0;
+    for (float v : x) xmax = std::max(xmax, double(std::fabs(v)));
+    for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(z[i], x[i], 8 * u32 * xmax);   // two rotations, ≤ 4u each
+    // <R x, y> == <x, R^T y>: backward is the transpose.
+    auto ryt = yt;
+    rc.bwd(ryt.data());
+    double lhs = 0, rhs = 0, mag = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        lhs += double(y[i]) * yt[i];
+        rhs += double(x[i]) * ryt[i];
+        mag += std::fabs(double(y[i]) * yt[i]);
+    }
+    EXPECT_NEAR(lhs, rhs, 8 * u32 * mag);
+}
+
+TEST(OpsRope, GradientMatchesFiniteDifferences) {
+    rng r(9);
+    rope_case rc({2, 9, 30});
+    auto x = randn(r, rc.T * rc.ld), rr = randn(r, rc.T * rc.ld);
+    auto g = rr;
+    rc.bwd(g.data());                                         // dL/dx = R^T r
+    std::vector<float> y(x.size());
+    std::vector<fd_slot> slots{{"x", x.data(), g.data(), g.size()}};
+    loss_fn loss = [&](double* abs) {
+        y = x;
+        rc.fwd(y.data());
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    fd_verify("rope", slots, loss, 1e-2, rounding_c(2), 91);
+}
+
+// ----------------------------------------------------------------- silu_mul
+
+TEST(OpsSiluMul, ForwardMatchesReferenceAndIsStable) {
+    rng r(10);
+    const size_t n = 40;
+    auto g = randn(r, n, 4.0), u = randn(r, n);
+    g[0] = -100.0f;
+    g[1] = 100.0f;
+    g[2] = 0.0f;
+    std::vector<float> a(n);
+    mtp::silu_mul_forward(a.data(), g.data(), u.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+        double ref = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * u[i];
+        // exp (≤ 2 ulp in libm), an add, a division and a product.
+        EXPECT_NEAR(a[i], ref, 8 * u32 * std::fabs(ref) + 1e-37) << "g=" << g[i];
+    }
+    std::vector<float> dg(n, 1e30f), du(n, 1e30f), da = randn(r, n);
+    mtp::silu_mul_backward(dg.data(), du.data(), da.data(), g.data(), u.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+        EXPECT_TRUE(std::isfinite(dg[i]) && std::isfinite(du[i])) << "overwritten, finite at g=" << g[i];
+        double s = 1.0 / (1.0 + std::exp(-double(g[i])));
+        double rdu = da[i] * g[i] * s, rdg = da[i] * u[i] * s * (1 + g[i] * (1 - s));
+        EXPECT_NEAR(du[i], rdu, 8 * u32 * std::fabs(rdu) + 1e-37);
+        EXPECT_NEAR(dg[i], rdg, 16 * u32 * (std::fabs(da[i] * u[i] * s) * (1 + std::fabs(g[i]))) + 1e-37);
+    }
+}
+
+TEST(OpsSiluMul, GradientMatchesFiniteDifferences) {
+    rng r(11);
+    const size_t n = 50;
+    auto g = randn(r, n, 2.0), u = randn(r, n), rr = randn(r, n);
+    std::vector<float> a(n), dg(n), du(n);
+    mtp::silu_mul_backward(dg.data(), du.data(), rr.data(), g.data(), u.data(), n);
+    std::vector<fd_slot> slots{{"g", g.data(), dg.data(), n, 2.0}, {"u", u.data(), du.data(), n}};
+    loss_fn loss = [&](double* abs) {
+        mtp::silu_mul_forward(a.data(), g.data(), u.data(), n);
+        return dot_loss(rr.data(), a.data(), n, abs);
+    };
+    fd_verify("silu_mul", slots, loss, 3e-3, rounding_c(4), 111);
+}
+
+// ----------------------------------------------------------------- cross_entropy
+
+double ref_ce_row(const float* l, int V, int tgt) {
+    double mx = l[0];
+    for (int v = 1; v < V; ++v) mx = std::max(mx, double(l[v]));
+    double s = 0;
+    for (int v = 0; v < V; ++v) s += std::exp(double(l[v]) - mx);
+    return mx + std::log(s) - l[tgt];
+}
+
+TEST(OpsCrossEntropy, ForwardGradientIgnoredRowsAliasAndStability) {
+    rng r(12);
+    const int T = 5, V = 11;
+    auto logits = randn(r, T * V, 3.0);
+    for (int v = 0; v < V; ++v) logits[3 * V + v] += 1000.0f;        // huge logits: still finite
+    std::vector<int> tgt{3, -1, 0, 10, 7};
+    const float scale = 0.37f;
+    std::vector<float> d(T * V, 123.0f);
+    double L = mtp::cross_entropy(d.data(), logits.data(), tgt.data(), T, V, scale);
+    double ref = 0;
+    for (int t = 0; t < T; ++t)
+        if (tgt[t] >= 0) ref += ref_ce_row(logits.data() + t * V, V, tgt[t]);
+    ASSERT_TRUE(std::isfinite(L));
+    // exp/log run in double; the only fp32 rounding is l_v − max, relative u, which moves each row's
+    // log-sum-exp by at most u·(max − min of the row).
+    double tol = 0;
+    for (int t = 0; t < T; ++t) {
+        const float* l = logits.data() + t * V;
+        tol += 2 * u32 * (*std::max_element(l, l + V) - *std::min_element(l, l + V));
+    }
+    EXPECT_NEAR(L, ref, tol);
+    for (int t = 0; t < T; ++t)
+        for (int v = 0; v < V; ++v) {
+            if (tgt[t] < 0) { EXPECT_EQ(d[t * V + v], 0.0f) << "ignored row"; continue; }
+            const float* l = logits.data() + t * V;
+            double mx = l[0];
+            for (int k = 1; k < V; ++k) mx = std::max(mx, double(l[k]));
+            double s = 0;
+            for (int k = 0; k < V; ++k) s += std::exp(double(l[k]) - mx);
+            double p = std::exp(double(l[v]) - mx) / s;
+            double rd = scale * (p - (v == tgt[t] ? 1.0 : 0.0));
+            EXPECT_NEAR(d[t * V + v], rd, 8 * u32 * scale + 1e-37) << t << "," << v;
+        }
+    EXPECT_EQ(mtp::cross_entropy(nullptr, logits.data(), tgt.data(), T, V, 0.0f), L);   // no gradient pointer
+    auto alias = logits;                                                            // dlogits may alias logits
+    double La = mtp::cross_entropy(alias.data(), alias.data(), tgt.data(), T, V, scale);
+    EXPECT_EQ(La, L);
+    EXPECT_EQ(alias, d);
+}
+
+TEST(OpsCrossEntropy, GradientMatchesFiniteDifferences) {
+    rng r(13);
+    const int T = 4, V = 9;
+    auto logits = randn(r, T * V, 2.0);
+    std::vector<int> tgt{1, 8, -1, 4};
+    std::vector<float> g(T * V);
+    mtp::cross_entropy(g.data(), logits.data(), tgt.data(), T, V, 1.0f);
+    std::vector<fd_slot> slots{{"logits", logits.data(), g.data(), g.size(), 2.0}};
+    loss_fn loss = [&](double* abs) {
+        double L = mtp::cross_entropy(nullptr, logits.data(), tgt.data(), T, V, 0.0f);
+        if (abs) {                                   // first-order sensitivity to relative errors of the logits
+            *abs = std::fabs(L);
+            for (int i = 0; i < T * V; ++i) *abs += std::fabs(double(g[i]) * logits[i]);
+        }
+        return L;
+    };
+    // Depth: max, one fp32 subtraction per logit, then double arithmetic.
+    fd_verify("cross_entropy", slots, loss, 1e-2, rounding_c(2), 131);
+}
+
+// ----------------------------------------------------------------- add / scale
+
+TEST(OpsAddScale, ForwardIsCorrectlyRounded) {
+    rng r(14);
+    const size_t n = 33;
+    auto x = randn(r, n), y = randn(r, n), y0 = y;
+    mtp::add_inplace(y.data(), x.data(), n);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(y[i], float(double(y0[i]) + double(x[i])));
+    auto z = y0;
+    mtp::scale_inplace(z.data(), -0.3f, n);
+    for (size_t i = 0; i < n; ++i) EXPECT_EQ(z[i], float(double(y0[i]) * double(-0.3f)));
+}
+
+TEST(OpsAddScale, GradientMatchesFiniteDifferences) {
+    rng r(15);
+    const size_t n = 21;
+    auto x = randn(r, n), y = randn(r, n), rr = randn(r, n);
+    float s = 0.7f;
+    // y' = s·(y + x): dL/dy = dL/dx = s·r, dL/ds = Σ r (y + x).
+    std::vector<float> gxy(n), gs(1), out(n);
+    double gsd = 0;
+    for (size_t i = 0; i < n; ++i) { gxy[i] = s * rr[i]; gsd += double(rr[i]) * (double(y[i]) + x[i]); }
+    gs[0] = float(gsd);
+    std::vector<fd_slot> slots{{"x", x.data(), gxy.data(), n}, {"y", y.data(), gxy.data(), n}, {"s", &s, gs.data(), 1}};
+    loss_fn loss = [&](double* abs) {
+        out = y;
+        mtp::add_inplace(out.data(), x.data(), n);
+        mtp::scale_inplace(out.data(), s, n);
+        return dot_loss(rr.data(), out.data(), n, abs);
+    };
+    fd_verify("add/scale", slots, loss, 1e-2, rounding_c(2), 151);
+}
+
+// The FD machinery must be able to fail: a reference gradient with one sign flipped is rejected.
+TEST(OpsFiniteDifference, DetectsAWrongGradient) {
+    rng r(16);
+    const int T = 3, in = 5, out = 4;
+    auto x = randn(r, T * in), w = randn(r, out * in), rr = randn(r, T * out);
+    std::vector<float> y(T * out), gx(T * in, 0.0f), gw(out * in, 0.0f);
+    mtp::linear_backward(gx.data(), gw.data(), rr.data(), x.data(), w.data(), T, in, out);
+    for (auto& v : gw) v = -v;                                       // the flipped sign
+    std::vector<fd_slot> slots{{"x", x.data(), gx.data(), gx.size()}, {"w", w.data(), gw.data(), gw.size()}};
+    loss_fn loss = [&](double* abs) {
+        mtp::linear_forward(y.data(), x.data(), w.data(), T, in, out);
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    std::vector<std::vector<double>> d{std::vector<double>(gx.size(), 0.0), std::vector<double>(gw.size())};
+    for (auto& v : d[1]) v = r.normal();
+    fd_outcome o = fd_check(slots, d, loss, 1e-2, rounding_c(in));
+    EXPECT_GT(o.err, o.tol);
+}
+
+} // namespace

@@ -1,0 +1,834 @@
+// Tests the model's backward passes (MLA, SwiGLU, MoE, decoder layer, MTP module, whole model) against central finite differences.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/arena.h"
+#include "core/ops.h"
+#include "core/rng.h"
+#include "model/attention.h"
+#include "model/config.h"
+#include "model/ffn.h"
+#include "model/layer.h"
+#include "model/model.h"
+#include "model/mtp.h"
+#include "model/rope.h"
+#include "model/weights.h"
+
+namespace {
+
+using nlohmann::json;
+using namespace mtp;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Finite-difference tolerance (the same derivation as tests/core/ops_test.cpp).
+//
+// L(p) = Σ_i r_i y_i(p) (+ the balance loss where present), r fixed random, accumulated in double. For a direction
+// v the central difference D(ε) = (L(p+εv) − L(p−εv)) / 2ε = L'(p;v) + ε²/6 · L'''(p;v) + O(ε⁴); L''' is estimated by
+// Richardson from the evaluations at 2ε, D(2ε) − D(ε) = ε²/2 · L''' + O(ε⁴). Each fp32 evaluation of L is off by about
+// c·u·Σ|r_i y_i| (relative error c·u on every output after c dependent rounding stages), so the difference of two
+// evaluations over 2ε contributes c·u·Σ|r_i y_i| / ε; the fp32 backward adds c·u·Σ|g_j v_j| to g·v. Hence
+//        |g·v − D(ε)| ≤ 2 · ( ε²/6 · |L'''| + c·u·Σ|r_i y_i| / ε + c·u·Σ|g_j v_j| ),   u = 2^-24,
+// the factor 2 covering the O(ε⁴) terms and the noise of the L''' estimate. c = 2 × depth, about two unit roundoffs
+// per dependent fp32 stage (a GEMM, a norm, a softmax, an activation, a residual add) on the longest path. Directions are relative: each tensor
+// is perturbed by ε·rms(tensor)·N(0,1), and g·v is taken over the perturbation actually applied after rounding.
+// ---------------------------------------------------------------------------------------------------------------
+constexpr double u32 = 0x1p-24;
+
+double rounding_c(int depth) { return 2.0 * depth; }
+
+double fd_tolerance(double eps, double third_derivative, double loss_abs, double analytic_abs, double c) {
+    const double truncation = eps * eps / 6.0 * std::fabs(third_derivative);
+    const double rounding_fd = c * u32 * loss_abs / eps;
+    const double rounding_an = c * u32 * analytic_abs;
+    return 2.0 * (truncation + rounding_fd + rounding_an);
+}
+
+// Resolving power: a check over all parameters must be able to notice a gradient off by 5% of the typical
+// directional derivative.
+constexpr double fd_power = 0.05;
+
+struct fd_slot {
+    std::string name;
+    float* p;
+    const float* g;
+    size_t n;
+    double scale = 1;
+};
+
+struct fd_outcome { double analytic = 0, numeric = 0, err = 0, tol = 0; };
+
+using loss_fn = std::function<double(double* abs)>;
+
+fd_outcome fd_check(std::vector<fd_slot>& slots, const std::vector<std::vector<double>>& dir, const loss_fn& loss,
+                    double eps, double c) {
+    std::vector<std::vector<float>> base(slots.size());
+    for (size_t j = 0; j < slots.size(); ++j) base[j].assign(slots[j].p, slots[j].p + slots[j].n);
+    double loss_abs = 0;
+    loss(&loss_abs);
+    double an_abs = 0;
+    for (size_t j = 0; j < slots.size(); ++j)
+        for (size_t i = 0; i < slots[j].n; ++i) an_abs += std::fabs(double(slots[j].g[i]) * dir[j][i]);
+    auto at = [&](double t, double& applied) {
+        applied = 0;
+        for (size_t j = 0; j < slots.size(); ++j)
+            for (size_t i = 0; i < slots[j].n; ++i) {
+                if (dir[j][i] == 0.0) { slots[j].p[i] = base[j][i]; continue; }
+                float v = float(double(base[j][i]) + t * dir[j][i]);
+                slots[j].p[i] = v;
+                applied += double(slots[j].g[i]) * (double(v) - double(base[j][i]));
+            }
+        return loss(nullptr);
+    };
+    double a1p, a1m, a2p, a2m;
+    double l1p = at(eps, a1p), l1m = at(-eps, a1m), l2p = at(2 * eps, a2p), l2m = at(-2 * eps, a2m);
+    for (size_t j = 0; j < slots.size(); ++j) std::copy(base[j].begin(), base[j].end(), slots[j].p);
+    fd_outcome o;
+    o.numeric = (l1p - l1m) / (2 * eps);
+    o.analytic = (a1p - a1m) / (2 * eps);
+    const double e1 = o.numeric - o.analytic;
+    const double e2 = (l2p - l2m) / (4 * eps) - (a2p - a2m) / (4 * eps);
+    o.err = std::fabs(e1);
+    o.tol = fd_tolerance(eps, 2.0 * (e2 - e1) / (eps * eps), loss_abs, an_abs, c);
+    if (std::getenv("MTP_FD_VERBOSE"))
+        std::printf("    an=% .6e fd=% .6e err=%.2e tol=%.2e err/tol=%.3f tol/|an|=%.4f\n", o.analytic, o.numeric,
+                    o.err, o.tol, o.err / o.tol, o.tol / std::fabs(o.analytic));
+    return o;
+}
+
+// n_dirs random directions over all slots (each must have resolving power), one random direction inside every
+// slot (every gradient tensor is compared), and n_coords single coordinates.
+void fd_verify(const std::string& what, std::vector<fd_slot>& slots, const loss_fn& loss, double eps, double c,
+               uint64_t seed, int n_dirs = 2, int n_coords = 4) {
+    rng r(seed);
+    auto zero_dir = [&] {
+        std::vector<std::vector<double>> d(slots.size());
+        for (size_t j = 0; j < slots.size(); ++j) d[j].assign(slots[j].n, 0.0);
+        return d;
+    };
+    // The typical size of g·v over random directions, sqrt(Σ (g_i·scale_i)²) (one draw may be small by chance).
+    double typical = 0;
+    for (const auto& s : slots)
+        for (size_t i = 0; i < s.n; ++i) typical += std::pow(double(s.g[i]) * s.scale, 2);
+    typical = std::sqrt(typical);
+    for (int k = 0; k < n_dirs; ++k) {
+        auto d = zero_dir();
+        for (size_t j = 0; j < slots.size(); ++j)
+            for (auto& x : d[j]) x = slots[j].scale * r.normal();
+        fd_outcome o = fd_check(slots, d, loss, eps, c);
+        EXPECT_LE(o.err, o.tol) << what << ": direction " << k << " analytic " << o.analytic << " vs FD " << o.numeric;
+        EXPECT_LT(o.tol, fd_power * typical) << what << ": direction " << k << " has no resolving power";
+    }
+    for (size_t j = 0; j < slots.size(); ++j) {
+        auto d = zero_dir();
+        for (auto& x : d[j]) x = slots[j].scale * r.normal();
+        fd_outcome o = fd_check(slots, d, loss, eps, c);
+        EXPECT_LE(o.err, o.tol) << what << ": tensor " << slots[j].name << " analytic " << o.analytic << " vs FD "
+                                << o.numeric;
+    }
+    for (int k = 0; k < n_coords; ++k) {
+        auto d = zero_dir();
+        size_t j = r.below(slots.size()), i = r.below(slots[j].n);
+        d[j][i] = slots[j].scale;
+        fd_outcome o = fd_check(slots, d, loss, eps, c);
+        EXPECT_LE(o.err, o.tol) << what << ": " << slots[j].name << "[" << i << "] analytic " << o.analytic
+                                << " vs FD " << o.numeric;
+    }
+}
+
+std::vector<float> randn(rng& r, size_t n, double s = 1.0) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = float(s * r.normal());
+    return v;
+}
+
+double dot_loss(const float* r, const float* y, size_t n, double* abs) {
+    double l = 0, a = 0;
+    for (size_t i = 0; i < n; ++i) { l += double(r[i]) * y[i]; a += std::fabs(double(r[i]) * y[i]); }
+    if (abs) *abs = a;
+    return l;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Configs and fixtures
+// ---------------------------------------------------------------------------------------------------------------
+
+json base_json() {
+    return json{{"vocab_size", 37},        {"hidden_size", 24},       {"num_hidden_layers", 1},
+                {"num_attention_heads", 2}, {"intermediate_size", 40}, {"q_lora_rank", 16},
+                {"kv_lora_rank", 12},       {"qk_nope_head_dim", 8},   {"qk_rope_head_dim", 4},
+                {"v_head_dim", 8},          {"rms_norm_eps", 1e-6},    {"initializer_range", 0.2},
+                {"rope_theta", 10000.0},    {"num_nextn_predict_layers", 0}};
+}
+
+json with_yarn(json j) {
+    // original 16 positions: cd(beta_fast) < 0 and cd(beta_slow) ∈ (0,1), so f_0 keeps its value, f_1 is divided.
+    j["rope_scaling"] = {{"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 16},
+                         {"beta_fast", 32.0}, {"beta_slow", 1.0}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+    return j;
+}
+
+json without_q_lora(json j) {
+    j.erase("q_lora_rank");
+    return j;
+}
+
+// sigmoid scoring, selection bias, 4 groups keep 2 (top-2 group sums), normalised top-k, shared expert.
+json moe_sigmoid_groups(json j) {
+    j["n_routed_experts"] = 8;
+    j["num_experts_per_tok"] = 2;
+    j["n_group"] = 4;
+    j["topk_group"] = 2;
+    j["topk_method"] = "noaux_tc";
+    j["scoring_func"] = "sigmoid";
+    j["norm_topk_prob"] = true;
+    j["routed_scaling_factor"] = 2.5;
+    j["n_shared_experts"] = 1;
+    j["moe_intermediate_size"] = 8;
+    j["first_k_dense_replace"] = 0;
+    return j;
+}
+
+// softmax scoring, plain greedy top-k, no normalisation, no shared expert.
+json moe_softmax_greedy(json j) {
+    j["n_routed_experts"] = 6;
+    j["num_experts_per_tok"] = 2;
+    j["n_group"] = 1;
+    j["topk_group"] = 1;
+    j["topk_method"] = "greedy";
+    j["scoring_func"] = "softmax";
+    j["norm_topk_prob"] = false;
+    j["routed_scaling_factor"] = 1.0;
+    j["n_shared_experts"] = 0;
+    j["moe_intermediate_size"] = 8;
+    j["first_k_dense_replace"] = 0;
+    return j;
+}
+
+// softmax scoring, groups without bias (group score = max), normalised top-3, 2 shared experts.
+json moe_softmax_grouped(json j) {
+    j["n_routed_experts"] = 8;
+    j["num_experts_per_tok"] = 3;
+    j["n_group"] = 2;
+    j["topk_group"] = 1;
+    j["topk_method"] = "group_limited_greedy";
+    j["scoring_func"] = "softmax";
+    j["norm_topk_prob"] = true;
+    j["routed_scaling_factor"] = 1.5;
+    j["n_shared_experts"] = 2;
+    j["moe_intermediate_size"] = 6;
+    j["first_k_dense_replace"] = 0;
+    return j;
+}
+
+struct fixture {
+    model_config c;
+    model_layout L;
+    std::vector<float> W, G;
+
+    fixture(const json& j, uint64_t seed) {
+        c = config_from_json(j, "grad_test config");
+        L = layout_build(c);
+        weights_init(c, L, W, seed);
+        rng r(seed * 7919 + 1);
+        for (const auto& p : L.params) {
+            float* w = W.data() + p.offset;
+            if (!p.trainable) {                                   // router selection bias: matters for selection
+                for (size_t i = 0; i < p.size; ++i) w[i] = float(0.05 * r.normal());
+            } else if (!p.decay) {                                // norms: away from 1
+                for (size_t i = 0; i < p.size; ++i) w[i] = float(1.0 + 0.3 * r.normal());
+            }
+        }
+        G.assign(W.size(), 0.0f);
+    }
+
+    // Every trainable tensor whose name satisfies pred, as an FD slot over W with its gradient in G.
+    template <class Pred>
+    std::vector<fd_slot> slots(Pred pred) {
+        std::vector<fd_slot> s;
+        for (const auto& p : L.params) {
+            if (!p.trainable || !pred(p.name)) continue;
+            double ss = 0;
+            for (size_t i = 0; i < p.size; ++i) ss += double(W[p.offset + i]) * W[p.offset + i];
+            double rms = std::sqrt(ss / double(p.size));
+            s.push_back({p.name, W.data() + p.offset, G.data() + p.offset, p.size, rms > 0 ? rms : 1.0});
+        }
+        return s;
+    }
+
+    // The router bias never receives a gradient, and nothing outside the parameters (alignment padding) does.
+    void expect_no_stray_gradient() const {
+        std::vector<char> covered(G.size(), 0);
+        for (const auto& p : L.params) {
+            if (!p.trainable) {
+                for (size_t i = 0; i < p.size; ++i) EXPECT_EQ(G[p.offset + i], 0.0f) << p.name << "[" << i << "]";
+                continue;
+            }
+            std::fill(covered.begin() + long(p.offset), covered.begin() + long(p.offset + p.size), 1);
+        }
+        for (size_t i = 0; i < G.size(); ++i)
+            if (!covered[i]) {
+                ASSERT_EQ(G[i], 0.0f) << "gradient written outside a trainable tensor at " << i;
+            }
+    }
+};
+
+bool starts_with(const std::string& s, const std::string& pre) { return s.compare(0, pre.size(), pre) == 0; }
+
+struct rope_tab {
+    std::vector<float> cos, sin;
+    rope_tab(const model_config& c, int pos0, int T) {
+        auto f = rope_frequencies(c);
+        std::vector<int> pos(T);
+        std::iota(pos.begin(), pos.end(), pos0);
+        cos.resize(size_t(T) * f.size());
+        sin.resize(size_t(T) * f.size());
+        rope_table(f, pos.data(), T, cos.data(), sin.data());
+    }
+};
+
+// Rounding stages on the longest path of one MLA: q_a, its norm, q_b, RoPE, scores, softmax, P·V, o_proj.
+constexpr int mla_depth = 8;
+// SwiGLU: gate/up GEMM, silu·u, down GEMM.
+constexpr int swiglu_depth = 3;
+// MoE: router GEMM, scores, top-k weights (normalisation), expert SwiGLU, weighted sum.
+constexpr int moe_depth = 4 + swiglu_depth;
+// Decoder layer: two norms and two residual adds around MLA and the FFN.
+int layer_depth(const layer_offsets& l) { return 4 + mla_depth + (l.moe ? moe_depth : swiglu_depth); }
+// MTP module: enorm/hnorm, eh_proj, the layer, shared_head.norm.
+int mtp_depth(const layer_offsets& l) { return 3 + layer_depth(l); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Routing: an independent reference of the selection (spec §4), and the margin that decides it.
+//
+// The MoE output jumps when a selection changes, so a finite difference is only valid while every ± evaluation
+// selects exactly as p does (asserted by the tests). Inputs are therefore redrawn until every routing decision
+// has a margin of at least τ = 20·ε in selection-score units: a relative perturbation of 2ε moves a router logit
+// z by ≈ 2ε·|z| (|z| ≈ 1 here) and a score by at most ½ of that (sigmoid and softmax slopes are ≤ ¼ and ≤ ½), so both
+// sides of a decision together move by well under τ/2.
+// ---------------------------------------------------------------------------------------------------------------
+
+double selection_margin(double eps) { return 20.0 * eps; }
+
+struct route_decision {
+    std::vector<int> selected;   // ascending expert indices
+    double margin = 0;           // smallest gap between a kept and a dropped alternative (groups, then experts)
+};
+
+route_decision reference_route(const model_config& c, const float* s, const float* bias) {
+    const int E = c.n_routed_experts, K = c.num_experts_per_tok;
+    std::vector<double> b(E);
+    for (int e = 0; e < E; ++e) b[e] = double(s[e]) + (bias ? double(bias[e]) : 0.0);
+    std::vector<char> allowed(E, 1);
+    route_decision r;
+    r.margin = std::numeric_limits<double>::infinity();
+    if (c.n_group > 1) {
+        const int G = c.n_group, per = E / G;
+        std::vector<std::pair<double, int>> gs;
+        for (int g = 0; g < G; ++g) {
+            std::vector<double> v(b.begin() + g * per, b.begin() + (g + 1) * per);
+            std::sort(v.rbegin(), v.rend());
+            gs.push_back({bias ? v[0] + v[1] : v[0], g});              // top-2 sum with a bias, else the max
+        }
+        std::stable_sort(gs.begin(), gs.end(), [](auto& x, auto& y) { return x.first > y.first; });
+        if (c.topk_group < G) r.margin = gs[c.topk_group - 1].first - gs[c.topk_group].first;
+        for (int k = c.topk_group; k < G; ++k)
+            for (int i = 0; i < per; ++i) allowed[gs[k].second * per + i] = 0;
+    }
+    std::vector<std::pair<double, int>> cand;
+    for (int e = 0; e < E; ++e)
+        if (allowed[e]) cand.push_back({b[e], e});
+    std::stable_sort(cand.begin(), cand.end(), [](auto& x, auto& y) { return x.first > y.first; });
+    if (int(cand.size()) > K) r.margin = std::min(r.margin, cand[K - 1].first - cand[K].first);
+    for (int k = 0; k < K; ++k) r.selected.push_back(cand[k].second);
+    std::sort(r.selected.begin(), r.selected.end());
+    return r;
+}
+
+// Smallest routing margin of the tokens rows [t0, t1) of one MoE forward.
+double routing_margin(const model_config& c, const layer_offsets& l, const float* W, const moe_cache& m, int t0, int t1) {
+    const float* bias = l.router_bias != no_param ? W + l.router_bias : nullptr;
+    double mg = std::numeric_limits<double>::infinity();
+    for (int t = t0; t < t1; ++t)
+        mg = std::min(mg, reference_route(c, m.s + size_t(t) * c.n_routed_experts, bias).margin);
+    return mg;
+}
+
+// The selected expert SET of each token (ascending): the order within a token's top-k does not change the loss.
+std::vector<int> selection_sets(const int* idx, int T, int K) {
+    std::vector<int> v(idx, idx + size_t(T) * K);
+    for (int t = 0; t < T; ++t) std::sort(v.begin() + size_t(t) * K, v.begin() + size_t(t + 1) * K);
+    return v;
+}
+
+// Redraws input rows in order t = 0..T-1 until the decisions whose latest input is row t have margin ≥ tau.
+// margin_at(t) runs a forward on the current inputs; rows < t are already fixed and causal attention keeps them so.
+void condition_inputs(int T, double tau, const std::function<double(int)>& margin_at,
+                      const std::function<void(int)>& redraw) {
+    for (int t = 0; t < T; ++t) {
+        int tries = 0;
+        while (margin_at(t) < tau) {
+            ASSERT_LT(++tries, 5000) << "cannot find an input row " << t << " with routing margin " << tau;
+            redraw(t);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MLA
+// ---------------------------------------------------------------------------------------------------------------
+
+void check_mla(const json& j, const std::string& what, uint64_t seed) {
+    fixture fx(j, seed);
+    const int T = 7, d = fx.c.hidden_size;
+    const layer_offsets& l = fx.L.layers[0];
+    rope_tab rt(fx.c, 3, T);                                     // positions 3..9
+    rng r(seed + 1);
+    auto x = randn(r, size_t(T) * d), rr = randn(r, size_t(T) * d);
+    std::vector<float> y(size_t(T) * d), gx(size_t(T) * d, 0.0f);
+    arena a;
+    mla_cache m;
+    mla_forward(fx.c, l, fx.W.data(), m, y.data(), x.data(), T, rt.cos.data(), rt.sin.data(), a);
+    mla_backward(fx.c, l, fx.W.data(), fx.G.data(), m, gx.data(), rr.data(), a);
+    fx.expect_no_stray_gradient();
+    auto slots = fx.slots([](const std::string& n) { return n.find(".self_attn.") != std::string::npos; });
+    EXPECT_EQ(slots.size(), fx.c.q_lora_rank > 0 ? 7u : 5u);
+    slots.push_back({"x", x.data(), gx.data(), gx.size(), 1.0});
+    loss_fn loss = [&](double* abs) {
+        a.reset();
+        mla_cache mc;
+        mla_forward(fx.c, l, fx.W.data(), mc, y.data(), x.data(), T, rt.cos.data(), rt.sin.data(), a);
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    fd_verify(what, slots, loss, 1e-2, rounding_c(mla_depth), seed + 2);
+}
+
+TEST(GradMla, WithQLora) { check_mla(base_json(), "mla q_lora", 101); }
+TEST(GradMla, WithoutQLora) { check_mla(without_q_lora(base_json()), "mla q_proj", 102); }
+TEST(GradMla, WithQLoraAndYarn) { check_mla(with_yarn(base_json()), "mla q_lora yarn", 103); }
+TEST(GradMla, WithoutQLoraAndYarn) { check_mla(with_yarn(without_q_lora(base_json())), "mla q_proj yarn", 104); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// SwiGLU
+// ---------------------------------------------------------------------------------------------------------------
+
+TEST(GradSwiglu, MatchesFiniteDifferences) {
+    fixture fx(base_json(), 201);
+    const int T = 6, d = fx.c.hidden_size;
+    const swiglu_offsets& s = fx.L.layers[0].mlp;
+    rng r(202);
+    auto x = randn(r, size_t(T) * d), rr = randn(r, size_t(T) * d);
+    std::vector<float> y(size_t(T) * d), gx(size_t(T) * d, 0.0f);
+    arena a;
+    swiglu_cache m;
+    swiglu_forward(fx.W.data(), s, m, y.data(), x.data(), T, d, a);
+    swiglu_backward(fx.W.data(), fx.G.data(), s, m, gx.data(), rr.data(), d, a);
+    fx.expect_no_stray_gradient();
+    auto slots = fx.slots([](const std::string& n) { return n.find(".mlp.") != std::string::npos; });
+    EXPECT_EQ(slots.size(), 3u);
+    slots.push_back({"x", x.data(), gx.data(), gx.size(), 1.0});
+    loss_fn loss = [&](double* abs) {
+        a.reset();
+        swiglu_cache mc;
+        swiglu_forward(fx.W.data(), s, mc, y.data(), x.data(), T, d, a);
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    fd_verify("swiglu", slots, loss, 1e-2, rounding_c(swiglu_depth), 203);
+
+    // accumulate=true adds into y.
+    auto y0 = randn(r, y.size()), ya = y0;
+    a.reset();
+    swiglu_cache mc;
+    swiglu_forward(fx.W.data(), s, mc, y.data(), x.data(), T, d, a);
+    swiglu_forward(fx.W.data(), s, mc, ya.data(), x.data(), T, d, a, /*accumulate=*/true);
+    for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(ya[i], y0[i] + y[i], 2 * u32 * (std::fabs(y0[i]) + std::fabs(y[i])));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MoE
+// ---------------------------------------------------------------------------------------------------------------
+
+// The router of one forward against the reference: scores from the logits, the selected set, the combine weights.
+void expect_router_matches_reference(const model_config& c, const layer_offsets& l, const float* W, const moe_cache& m,
+                                     const float* x, int T) {
+    const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+    const float* bias = l.router_bias != no_param ? W + l.router_bias : nullptr;
+    for (int t = 0; t < T; ++t) {
+        std::vector<double> z(E), sr(E);
+        double zabs = 0;
+        for (int e = 0; e < E; ++e) {
+            double a = 0;
+            for (int i = 0; i < d; ++i) {
+                a += double(W[l.router + size_t(e) * d + i]) * x[size_t(t) * d + i];
+                zabs = std::max(zabs, std::fabs(double(W[l.router + size_t(e) * d + i]) * x[size_t(t) * d + i]) * d);
+            }
+            z[e] = a;
+        }
+        if (c.scoring_sigmoid) {
+            for (int e = 0; e < E; ++e) sr[e] = 1.0 / (1.0 + std::exp(-z[e]));
+        } else {
+            double mx = *std::max_element(z.begin(), z.end()), sum = 0;
+            for (int e = 0; e < E; ++e) sum += (sr[e] = std::exp(z[e] - mx));
+            for (int e = 0; e < E; ++e) sr[e] /= sum;
+        }
+        // Logit error ≤ d·u·Σ|w x| (≤ zabs); scores move by at most that (slopes ≤ 1), plus a few roundings.
+        const float* s = m.s + size_t(t) * E;
+        for (int e = 0; e < E; ++e) EXPECT_NEAR(s[e], sr[e], d * u32 * zabs + 4 * E * u32) << "score t=" << t << " e=" << e;
+        route_decision ref = reference_route(c, s, bias);
+        std::vector<int> got(m.idx + size_t(t) * K, m.idx + size_t(t + 1) * K);
+        std::sort(got.begin(), got.end());
+        EXPECT_EQ(got, ref.selected) << "selection of token " << t;
+        double sum = 0;
+        for (int k = 0; k < K; ++k) sum += s[m.idx[t * K + k]];
+        const bool norm = c.norm_topk_prob && K > 1;
+        for (int k = 0; k < K; ++k) {
+            double w = s[m.idx[t * K + k]] * (norm ? 1.0 / sum : 1.0) * c.routed_scaling_factor;
+            EXPECT_NEAR(m.w[t * K + k], w, 4 * K * u32 * std::fabs(w)) << "combine weight t=" << t << " k=" << k;
+        }
+    }
+}
+
+// r_scale = 0 checks the balance-loss gradient alone.
+void check_moe(const json& j, const std::string& what, uint64_t seed, float alpha, float bal_scale, double r_scale,
+               double eps) {
+    fixture fx(j, seed);
+    const int T = 8, d = fx.c.hidden_size, K = fx.c.num_experts_per_tok;
+    const layer_offsets& l = fx.L.layers[0];
+    ASSERT_TRUE(l.moe);
+    rng r(seed + 1);
+    auto x = randn(r, size_t(T) * d), rr = randn(r, size_t(T) * d, r_scale);
+    std::vector<float> y(size_t(T) * d), gx(size_t(T) * d, 0.0f);
+    arena a;
+    condition_inputs(
+        T, selection_margin(eps),
+        [&](int t) {
+            a.reset();
+            moe_cache mc;
+            moe_forward(fx.c, l, fx.W.data(), mc, y.data(), x.data(), T, alpha, a);
+            return routing_margin(fx.c, l, fx.W.data(), mc, t, t + 1);
+        },
+        [&](int t) { for (int i = 0; i < d; ++i) x[size_t(t) * d + i] = float(r.normal()); });
+    a.reset();
+    moe_cache m;
+    moe_forward(fx.c, l, fx.W.data(), m, y.data(), x.data(), T, alpha, a);
+    expect_router_matches_reference(fx.c, l, fx.W.data(), m, x.data(), T);
+    if (alpha > 0) {
+        EXPECT_GT(m.bal_loss, 0.0);
+    } else {
+        EXPECT_EQ(m.bal_loss, 0.0);
+    }
+    const std::vector<int> idx0 = selection_sets(m.idx, T, K);
+    moe_backward(fx.c, l, fx.W.data(), fx.G.data(), m, gx.data(), rr.data(), alpha, bal_scale, a);
+    fx.expect_no_stray_gradient();
+    auto slots = fx.slots([](const std::string& n) { return n.find(".mlp.") != std::string::npos; });
+    slots.push_back({"x", x.data(), gx.data(), gx.size(), 1.0});
+    int flips = 0;
+    loss_fn loss = [&](double* abs) {
+        a.reset();
+        moe_cache mc;
+        moe_forward(fx.c, l, fx.W.data(), mc, y.data(), x.data(), T, alpha, a);
+        if (selection_sets(mc.idx, T, K) != idx0) ++flips;
+        double L = dot_loss(rr.data(), y.data(), y.size(), abs) + bal_scale * mc.bal_loss;
+        if (abs) *abs += bal_scale * std::fabs(mc.bal_loss);
+        return L;
+    };
+    // The balance loss alone runs through the router GEMM, the scores and their sum only.
+    fd_verify(what, slots, loss, eps, rounding_c(r_scale > 0 ? moe_depth : 3), seed + 2);
+    EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation; ε too large";
+}
+
+TEST(GradMoe, SigmoidBiasGroupsNormalised) {
+    check_moe(moe_sigmoid_groups(base_json()), "moe sigmoid groups", 301, 0.0f, 1.0f, 1.0, 2e-3);
+}
+TEST(GradMoe, SoftmaxGreedyUnnormalised) {
+    check_moe(moe_softmax_greedy(base_json()), "moe softmax greedy", 302, 0.0f, 1.0f, 1.0, 2e-3);
+}
+TEST(GradMoe, SoftmaxGroupsNormalised) {
+    check_moe(moe_softmax_grouped(base_json()), "moe softmax groups", 303, 0.0f, 1.0f, 1.0, 2e-3);
+}
+TEST(GradMoe, SigmoidWithBalanceLoss) {
+    check_moe(moe_sigmoid_groups(base_json()), "moe sigmoid + balance", 304, 0.5f, 0.7f, 1.0, 2e-3);
+}
+TEST(GradMoe, SoftmaxWithBalanceLoss) {
+    check_moe(moe_softmax_greedy(base_json()), "moe softmax + balance", 305, 0.5f, 0.7f, 1.0, 2e-3);
+}
+TEST(GradMoe, BalanceLossAlone) {
+    check_moe(moe_sigmoid_groups(base_json()), "balance loss only (sigmoid)", 306, 2.0f, 1.0f, 0.0, 2e-3);
+    check_moe(moe_softmax_greedy(base_json()), "balance loss only (softmax)", 307, 2.0f, 1.0f, 0.0, 2e-3);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Decoder layer
+// ---------------------------------------------------------------------------------------------------------------
+
+void check_layer(const json& j, const std::string& what, uint64_t seed, float alpha, double eps) {
+    fixture fx(j, seed);
+    const int T = 7, d = fx.c.hidden_size;
+    const layer_offsets& l = fx.L.layers[0];
+    const float bal_scale = 0.8f;
+    rope_tab rt(fx.c, 0, T);
+    rng r(seed + 1);
+    auto x = randn(r, size_t(T) * d), rr = randn(r, size_t(T) * d);
+    std::vector<float> y = x;
+    arena a;
+    if (l.moe)
+        condition_inputs(
+            T, selection_margin(eps),
+            [&](int t) {
+                a.reset();
+                layer_cache mc;
+                y = x;
+                layer_forward(fx.c, l, fx.W.data(), mc, y.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+                return routing_margin(fx.c, l, fx.W.data(), mc.moe, t, t + 1);
+            },
+            [&](int t) { for (int i = 0; i < d; ++i) x[size_t(t) * d + i] = float(r.normal()); });
+    a.reset();
+    y = x;
+    layer_cache m;
+    layer_forward(fx.c, l, fx.W.data(), m, y.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+    std::vector<int> idx0;
+    if (l.moe) idx0 = selection_sets(m.moe.idx, T, fx.c.num_experts_per_tok);
+    std::vector<float> gx = rr;                                  // in: dL/d(output); out: dL/d(input)
+    layer_backward(fx.c, l, fx.W.data(), fx.G.data(), m, gx.data(), alpha, bal_scale, a);
+    fx.expect_no_stray_gradient();
+    auto slots = fx.slots([](const std::string& n) { return starts_with(n, "model.layers.0."); });
+    slots.push_back({"x", x.data(), gx.data(), gx.size(), 1.0});
+    int flips = 0;
+    loss_fn loss = [&](double* abs) {
+        a.reset();
+        layer_cache mc;
+        y = x;
+        double bal = layer_forward(fx.c, l, fx.W.data(), mc, y.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+        if (l.moe && selection_sets(mc.moe.idx, T, fx.c.num_experts_per_tok) != idx0) ++flips;
+        double L = dot_loss(rr.data(), y.data(), y.size(), abs) + bal_scale * bal;
+        if (abs) *abs += bal_scale * std::fabs(bal);
+        return L;
+    };
+    fd_verify(what, slots, loss, eps, rounding_c(layer_depth(l)), seed + 2);
+    EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation";
+}
+
+TEST(GradLayer, Dense) { check_layer(base_json(), "dense layer", 401, 0.0f, 1e-2); }
+TEST(GradLayer, MoeWithBalanceLoss) {
+    check_layer(with_yarn(moe_sigmoid_groups(base_json())), "moe layer", 402, 0.3f, 2e-3);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MTP module
+// ---------------------------------------------------------------------------------------------------------------
+
+void check_mtp(const json& j0, const std::string& what, uint64_t seed, float alpha, double eps) {
+    json j = j0;
+    j["num_nextn_predict_layers"] = 1;
+    fixture fx(j, seed);
+    const int T = 6, d = fx.c.hidden_size, V = fx.c.vocab_size;
+    const layer_offsets& l = fx.L.mtp[0];
+    const float bal_scale = 0.6f;
+    rope_tab rt(fx.c, 0, T);
+    rng r(seed + 1);
+    auto hprev = randn(r, size_t(T) * d), rr = randn(r, size_t(T) * d);
+    std::vector<int> tok(T);
+    for (auto& t : tok) t = int(r.below(V));
+    tok[4] = tok[1];                                             // a repeated token: embedding rows accumulate
+    arena a;
+    if (l.moe)
+        condition_inputs(
+            T, selection_margin(eps),
+            [&](int t) {
+                a.reset();
+                mtp_cache mc;
+                mtp_forward(fx.c, fx.L, l, fx.W.data(), mc, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(),
+                            alpha, a);
+                return routing_margin(fx.c, l, fx.W.data(), mc.layer.moe, t, t + 1);
+            },
+            [&](int t) { for (int i = 0; i < d; ++i) hprev[size_t(t) * d + i] = float(r.normal()); });
+    a.reset();
+    mtp_cache m;
+    mtp_forward(fx.c, fx.L, l, fx.W.data(), m, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+    std::vector<int> idx0;
+    if (l.moe) idx0 = selection_sets(m.layer.moe.idx, T, fx.c.num_experts_per_tok);
+    std::vector<float> dh = rr, dhprev(size_t(T) * d, 0.0f);
+    mtp_backward(fx.c, fx.L, l, fx.W.data(), fx.G.data(), m, dh.data(), dhprev.data(), alpha, bal_scale, a);
+    fx.expect_no_stray_gradient();
+    const std::string pre = "model.layers." + std::to_string(fx.c.num_hidden_layers) + ".";
+    auto slots = fx.slots([&](const std::string& n) { return starts_with(n, pre) || n == "model.embed_tokens.weight"; });
+    slots.push_back({"hprev", hprev.data(), dhprev.data(), dhprev.size(), 1.0});
+    int flips = 0;
+    loss_fn loss = [&](double* abs) {
+        a.reset();
+        mtp_cache mc;
+        mtp_forward(fx.c, fx.L, l, fx.W.data(), mc, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+        if (l.moe && selection_sets(mc.layer.moe.idx, T, fx.c.num_experts_per_tok) != idx0) ++flips;
+        double L = dot_loss(rr.data(), mc.h, size_t(T) * d, abs) + bal_scale * mc.bal_loss;
+        if (abs) *abs += bal_scale * std::fabs(mc.bal_loss);
+        return L;
+    };
+    fd_verify(what, slots, loss, eps, rounding_c(mtp_depth(l)), seed + 2);
+    EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation";
+}
+
+TEST(GradMtp, DenseModule) { check_mtp(base_json(), "mtp dense", 501, 0.0f, 1e-2); }
+TEST(GradMtp, MoeModuleWithBalanceLoss) { check_mtp(moe_softmax_grouped(base_json()), "mtp moe", 502, 0.4f, 2e-3); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Whole model: model_forward + model_loss vs model_backward
+// ---------------------------------------------------------------------------------------------------------------
+
+// Expert selection sets of every MoE layer of the last forward.
+std::vector<int> all_selections(const fixture& fx, const model_state& s) {
+    std::vector<int> v;
+    const int K = fx.c.num_experts_per_tok;
+    auto add = [&](const std::vector<int>& x) { v.insert(v.end(), x.begin(), x.end()); };
+    for (int i = 0; i < fx.c.num_hidden_layers; ++i)
+        if (fx.L.layers[i].moe) add(selection_sets(s.layers[i].moe.idx, s.T, K));
+    for (int k = 0; k < fx.c.n_mtp(); ++k)
+        if (fx.L.mtp[k].moe && s.mtp[k].T > 0) add(selection_sets(s.mtp[k].layer.moe.idx, s.mtp[k].T, K));
+    return v;
+}
+
+// Smallest routing margin among the decisions whose latest input token is t: trunk position t, depth k position t-k.
+double model_margin_at(const fixture& fx, const model_state& s, int t) {
+    double mg = std::numeric_limits<double>::infinity();
+    for (int i = 0; i < fx.c.num_hidden_layers; ++i)
+        if (fx.L.layers[i].moe) mg = std::min(mg, routing_margin(fx.c, fx.L.layers[i], fx.W.data(), s.layers[i].moe, t, t + 1));
+    for (int k = 1; k <= fx.c.n_mtp(); ++k)
+        if (fx.L.mtp[k - 1].moe && t - k >= 0 && t - k < s.mtp[k - 1].T)
+            mg = std::min(mg, routing_margin(fx.c, fx.L.mtp[k - 1], fx.W.data(), s.mtp[k - 1].layer.moe, t - k, t - k + 1));
+    return mg;
+}
+
+// The loss's first-order sensitivity to relative errors of its fp32 inputs: Σ|∂L/∂logit · logit| over every head
+// (the cross-entropy itself runs in double) plus the balance loss (computed from fp32 scores).
+double model_loss_abs(const fixture& fx, const model_state& s, float lambda) {
+    const int T = s.T, V = fx.c.vocab_size, D = fx.c.n_mtp();
+    double abs = std::fabs(s.bal_loss);
+    auto head = [&](const float* logits, int rows, int k, double scale) {
+        std::vector<int> tgt(rows);
+        for (int i = 0; i < rows; ++i) tgt[i] = i + k + 1 < T ? s.tokens[i + k + 1] : -1;
+        std::vector<float> g(size_t(rows) * V);
+        cross_entropy(g.data(), logits, tgt.data(), rows, V, float(scale));
+        for (size_t i = 0; i < g.size(); ++i) abs += std::fabs(double(g[i]) * logits[i]);
+    };
+    if (T >= 2) head(s.logits, T, 0, 1.0 / (T - 1));
+    for (int k = 1; k <= D; ++k)
+        if (T - k - 1 > 0) head(s.mtp[k - 1].logits, s.mtp[k - 1].T, k, lambda / D / (T - k - 1));
+    return abs;
+}
+
+void check_model(const json& j, const std::string& what, uint64_t seed, float alpha, double eps) {
+    fixture fx(j, seed);
+    const int T = 8;
+    const float lambda = 0.3f;
+    rng r(seed + 1);
+    std::vector<int> tokens(T);
+    for (auto& t : tokens) t = int(r.below(fx.c.vocab_size));
+    arena a;
+    condition_inputs(
+        T, selection_margin(eps),
+        [&](int t) {
+            a.reset();
+            model_state st;
+            model_forward(fx.c, fx.L, fx.W.data(), st, tokens.data(), T, alpha, a);
+            return model_margin_at(fx, st, t);
+        },
+        [&](int t) { tokens[t] = int(r.below(fx.c.vocab_size)); });
+    a.reset();
+    model_state s;
+    model_forward(fx.c, fx.L, fx.W.data(), s, tokens.data(), T, alpha, a);
+    const std::vector<int> sel0 = all_selections(fx, s);
+    const loss_stats ls = model_loss(fx.c, s, lambda);
+    const loss_stats lb = model_backward(fx.c, fx.L, fx.W.data(), fx.G.data(), s, lambda, alpha, 1.0f, a);
+    EXPECT_EQ(lb.total, ls.total) << "model_backward reports the loss model_loss computes";
+    if (alpha > 0) {
+        EXPECT_GT(ls.bal, 0.0);
+    }
+    fx.expect_no_stray_gradient();
+    auto slots = fx.slots([](const std::string&) { return true; });
+    int flips = 0;
+    loss_fn loss = [&](double* abs) {
+        a.reset();
+        model_state st;
+        model_forward(fx.c, fx.L, fx.W.data(), st, tokens.data(), T, alpha, a);
+        if (all_selections(fx, st) != sel0) ++flips;
+        double L = model_loss(fx.c, st, lambda).total;
+        if (abs) *abs = model_loss_abs(fx, st, lambda);
+        return L;
+    };
+    int depth = 3;                                                // final norm, lm_head, cross-entropy
+    for (const auto& l : fx.L.layers) depth += layer_depth(l);
+    for (const auto& l : fx.L.mtp) depth += mtp_depth(l);
+    fd_verify(what, slots, loss, eps, rounding_c(depth), seed + 2, 3, 6);
+    EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation";
+}
+
+TEST(GradModel, DenseD0) {
+    json j = base_json();
+    j["num_hidden_layers"] = 2;
+    check_model(j, "model D=0", 601, 0.0f, 5e-3);
+}
+
+TEST(GradModel, MoeSigmoidYarnD1) {
+    json j = with_yarn(moe_sigmoid_groups(base_json()));
+    j["num_hidden_layers"] = 2;
+    j["first_k_dense_replace"] = 1;
+    j["n_routed_experts"] = 4;
+    j["n_group"] = 2;
+    j["topk_group"] = 1;
+    j["num_nextn_predict_layers"] = 1;
+    check_model(j, "model D=1", 602, 0.3f, 2e-3);
+}
+
+TEST(GradModel, MoeSoftmaxNoQLoraD2) {
+    json j = without_q_lora(moe_softmax_greedy(base_json()));
+    j["num_hidden_layers"] = 2;
+    j["first_k_dense_replace"] = 1;
+    j["n_routed_experts"] = 4;
+    j["num_nextn_predict_layers"] = 2;
+    check_model(j, "model D=2", 603, 0.3f, 2e-3);
+}
+
+// G += weight · dL/dW: a power-of-two weight scales every gradient exactly, and a second backward accumulates.
+TEST(GradModel, BackwardIsLinearInWeightAndAccumulates) {
+    json j = moe_sigmoid_groups(base_json());
+    j["num_nextn_predict_layers"] = 2;
+    fixture fx(j, 701);
+    const int T = 8;
+    std::vector<int> tokens{3, 14, 15, 9, 26, 5, 35, 8};
+    arena a;
+    auto grad = [&](float weight, int times) {
+        std::vector<float> G(fx.W.size(), 0.0f);
+        for (int i = 0; i < times; ++i) {
+            a.reset();
+            model_state s;
+            model_forward(fx.c, fx.L, fx.W.data(), s, tokens.data(), T, 0.1f, a);
+            model_backward(fx.c, fx.L, fx.W.data(), G.data(), s, 0.3f, 0.1f, weight, a);
+        }
+        return G;
+    };
+    auto g1 = grad(1.0f, 1), gh = grad(0.5f, 1), g2 = grad(1.0f, 2);
+    size_t nonzero = 0;
+    for (const auto& p : fx.L.params) {
+        double gmax = 0;
+        for (size_t i = 0; i < p.size; ++i) gmax = std::max(gmax, double(std::fabs(g1[p.offset + i])));
+        for (size_t i = p.offset; i < p.offset + p.size; ++i) {
+            EXPECT_EQ(gh[i], 0.5f * g1[i]) << p.name;             // halving every input of a float op is exact
+            // A second backward adds the same contributions again, in the same order, on top of the first sum:
+            // each of the (few) accumulations into one entry rounds once, relative to the tensor's scale.
+            EXPECT_NEAR(g2[i], 2.0f * g1[i], 16 * u32 * gmax) << p.name;
+            nonzero += g1[i] != 0.0f;
+        }
+    }
+    EXPECT_GT(nonzero, g1.size() / 2);
+}
+
+} // namespace

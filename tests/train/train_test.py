@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""`mtp train` end to end on a small synthetic dataset (shards written here in the documented format):
+exact resume, auxiliary-loss-free balancing, the bias untouched by the optimizer, bad input.
+usage: train_test.py MTP_BINARY WORK_DIR"""
+import json, os, random, shutil, struct, subprocess, sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+import st  # noqa: E402  (numpy safetensors reader of the reference tests)
+
+mtp, work = sys.argv[1], sys.argv[2]
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+V = 64
+passed = failed = 0
+
+def check(name, ok, detail=""):
+    global passed, failed
+    print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}")
+    if ok: passed += 1
+    else: failed += 1
+
+def write_shard(path, ids, vocab):
+    with open(path, "wb") as f:
+        f.write(b"MTPTOKS\0" + struct.pack("<IIQII", 1, 2, len(ids), vocab, 0))
+        f.write(struct.pack(f"<{len(ids)}H", *ids))
+
+def make_dataset(d, n_train=20000, n_val=3000, seed=0):
+    """A random first-order Markov source (each token has 2 likely successors): learnable in a few steps."""
+    os.makedirs(d, exist_ok=True)
+    rnd = random.Random(seed)
+    succ = {a: [rnd.randrange(2, V) for _ in range(2)] for a in range(V)}
+    def gen(n):
+        out = [2]
+        while len(out) < n:
+            out.append(rnd.choice(succ[out[-1]]) if rnd.random() < 0.9 else rnd.randrange(2, V))
+        return out
+    write_shard(os.path.join(d, "train_000.bin"), gen(n_train), V)
+    write_shard(os.path.join(d, "val_000.bin"), gen(n_val), V)
+    json.dump({"format": "mtp.cpp token shards v1", "tokenizer": "", "vocab_size": V, "eos_id": 1,
+               "train": ["train_000.bin"], "val": ["val_000.bin"]}, open(os.path.join(d, "meta.json"), "w"))
+
+MODEL = {"vocab_size": V, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "intermediate_size": 48, "moe_intermediate_size": 16, "n_routed_experts": 8, "n_shared_experts": 1,
+         "num_experts_per_tok": 2, "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+         "scoring_func": "sigmoid", "topk_method": "noaux_tc", "norm_topk_prob": True,
+         "kv_lora_rank": 16, "q_lora_rank": 24, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8,
+         "max_position_embeddings": 128, "num_nextn_predict_layers": 2}
+data = os.path.join(work, "data"); make_dataset(data)
+cfg = os.path.join(work, "model.json"); json.dump(MODEL, open(cfg, "w"))
+base = ["--model-config", cfg, "--data", data, "--batch-size", "4", "--seq-len", "32", "--lr", "3e-3",
+        "--warmup-steps", "2", "--eval-every", "4", "--eval-batches", "4", "--sample-tokens", "4",
+        "--ckpt-every", "0", "--threads", "2", "--plot", "false", "--progress", "false"]
+
+def train(args, expect_ok=True):
+    p = subprocess.run([mtp, "train"] + base + args, capture_output=True, text=True, timeout=600)
+    if expect_ok and p.returncode != 0:
+        print(p.stdout[-2000:], p.stderr[-2000:])
+    return p
+
+def records(out, kind):
+    return [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if json.loads(l)["type"] == kind]
+
+# --- exact resume: 8 steps straight == 4 steps, stop, resume, 4 more (same thread count)
+a, b = os.path.join(work, "straight"), os.path.join(work, "resumed")
+pa = train(["--max-steps", "8", "--out-dir", a])
+pb1 = train(["--max-steps", "8", "--out-dir", b, "--stop-at-step", "4"])
+pb2 = subprocess.run([mtp, "train", "--resume", b], capture_output=True, text=True, timeout=600)
+check("runs succeed", pa.returncode == 0 and pb1.returncode == 0 and pb2.returncode == 0, pb2.stderr[-500:])
+if pa.returncode == 0 and pb2.returncode == 0:
+    same_model = open(os.path.join(a, "model", "model.safetensors"), "rb").read() == \
+                 open(os.path.join(b, "model", "model.safetensors"), "rb").read()
+    check("resume: final weights bitwise identical", same_model)
+    keys = ["step", "loss", "main", "mtp", "bal", "grad_norm", "lr"]
+    ra = [{k: r[k] for k in keys} for r in records(a, "train")]
+    rb = [{k: r[k] for k in keys} for r in records(b, "train")]
+    check("resume: identical loss log", ra == rb and len(ra) == 8, f"({len(ra)} vs {len(rb)} records)")
+    ea = [(r["step"], r["val_main"], r["val_mtp"]) for r in records(a, "eval")]
+    eb = [(r["step"], r["val_main"], r["val_mtp"]) for r in records(b, "eval")]
+    check("resume: identical validation log", ea == eb and len(ea) >= 2)
+    check("every MTP depth is logged", all(len(r["mtp"]) == 2 for r in ra))
+
+# --- auxiliary-loss-free balancing: max/mean expert load lower with γ > 0 than γ = 0, same data and init
+def final_load(out):
+    ev = records(out, "eval")[-1]["expert_load"]
+    return sum(x["max_over_mean"] for x in ev) / len(ev)
+g0, g1 = os.path.join(work, "gamma0"), os.path.join(work, "gamma1")
+common = ["--max-steps", "40", "--bal-alpha", "0", "--eval-every", "20", "--lr", "1e-2"]
+p0 = train(common + ["--out-dir", g0, "--bias-update-speed", "0"])
+p1 = train(common + ["--out-dir", g1, "--bias-update-speed", "0.01"])
+if p0.returncode == 0 and p1.returncode == 0:
+    r1 = records(g1, "train")
+    first, last = r1[0]["main"], sum(r["main"] for r in r1[-5:]) / 5
+    check("training lowers the main loss", last < first - 0.3, f"({first:.3f} -> {last:.3f})")
+    v1 = records(g1, "eval")[-1]
+    check("validation: every MTP depth reported", len(v1["val_mtp"]) == 2, str(v1["val_mtp"]))
+    l0, l1 = final_load(g0), final_load(g1)
+    check("balancing: max/mean load lower with γ > 0", l1 < l0, f"(γ=0: {l0:.3f}, γ=0.01: {l1:.3f})")
+    w0 = st.load(os.path.join(g0, "model", "model.safetensors"))
+    w1 = st.load(os.path.join(g1, "model", "model.safetensors"))
+    biases = [n for n in w0 if n.endswith("e_score_correction_bias")]
+    check("balancing: MoE layers have a bias (trunk and MTP)", len(biases) == 3, str(biases))
+    check("bias untouched by the optimizer (γ = 0 keeps it exactly 0)", all((w0[n] == 0).all() for n in biases))
+    check("bias moved by the balancing rule (γ > 0)", all((w1[n] != 0).any() for n in biases))
+else:
+    check("balancing runs", False, (p0.stderr + p1.stderr)[-800:])
+
+# --- bad input: one line, non-zero exit, before any work
+def bad(name, args, expect, full=False):
+    p = subprocess.run([mtp, "train"] + ([] if full else base) + args, capture_output=True, text=True, timeout=120)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    ok = p.returncode not in (0,) and p.returncode < 128 and len(lines) == 1 and expect in lines[0]
+    check("bad input: " + name, ok, repr(p.stderr.strip()[:300]))
+bad("missing dataset", ["--data", os.path.join(work, "nope")], "nope")
+bad("wrong-typed key", ["--batch-size", "four"], "--batch-size")
+bad("unknown key", ["--batch-sise", "4"], "batch-sise")
+cfgfile = os.path.join(work, "bad_train.json"); json.dump({"lr": "fast"}, open(cfgfile, "w"))
+bad("wrong-typed key in file", ["--config", cfgfile], "'lr'")
+small = dict(MODEL, vocab_size=32); sc = os.path.join(work, "small.json"); json.dump(small, open(sc, "w"))
+bad("model vocab smaller than the data's", ["--model-config", sc], "vocab_size")
+other = dict(MODEL, hidden_size=48); oc = os.path.join(work, "other.json"); json.dump(other, open(oc, "w"))
+bad("checkpoint from a different model config", ["--resume", b, "--model-config", oc], "different model config", full=True)
+empty = os.path.join(work, "empty"); os.makedirs(empty)
+write_shard(os.path.join(empty, "train_000.bin"), [], V)
+json.dump({"vocab_size": V, "eos_id": 1, "train": ["train_000.bin"], "val": []}, open(os.path.join(empty, "meta.json"), "w"))
+bad("empty dataset", ["--data", empty], "empty")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
