@@ -181,8 +181,8 @@ bool unicode_is_whitespace(uint32_t c) {
 // ---------------------------------------------------------------------------------------------- regex
 
 regex::regex(const std::string& pattern, bool literal, const std::string& where) {
-    uint32_t opts = PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF;
-    if (literal) opts |= PCRE2_LITERAL;
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+    opts |= literal ? PCRE2_LITERAL : PCRE2_UCP;   // UCP is not allowed with LITERAL (and not needed)
     int err = 0;
     PCRE2_SIZE off = 0;
     pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), opts, &err,
@@ -213,10 +213,10 @@ bool regex::find(const char* s, size_t n, size_t start, size_t& mb, size_t& me) 
 
 // ------------------------------------------------------------------------------------- pretokenizer
 
-pretokenizer::pretokenizer(const std::vector<pretokenizer_step>& steps, const std::string& where) {
+pretokenizer::pretokenizer(const std::vector<pretokenizer_step>& steps, const std::string& where, bool indexed) {
     for (size_t i = 0; i < steps.size(); ++i) {
         const auto& s = steps[i];
-        std::string w = where + "[" + std::to_string(i) + "]";
+        std::string w = indexed ? where + "[" + std::to_string(i) + "]" : where;
         compiled c;
         if (s.type == pretokenizer_step::kind::split) {
             if (has_byte_level_) fail(w, "a Split after the ByteLevel step is not supported");

@@ -71,7 +71,8 @@ using piece = std::string_view;
 // Compiled pre-tokenizer: Split steps then an optional ByteLevel step (which must be last).
 class pretokenizer {
 public:
-    explicit pretokenizer(const std::vector<pretokenizer_step>& steps, const std::string& where);
+    // `where` prefixes errors (a bad regex names where[i].pattern; where.pattern when !indexed).
+    pretokenizer(const std::vector<pretokenizer_step>& steps, const std::string& where, bool indexed = true);
     // Splits `text` into pieces (appended to out, which is cleared first). Pieces may point into the
     // thread-local scratch used by add_prefix_space; they stay valid until the next call on this thread.
     void split(std::string_view text, std::vector<piece>& out) const;

@@ -215,8 +215,9 @@ void tokenizer_build(tokenizer& t) {
         if (it == rt->vocab_ids.end()) fail(where, f + ": merged token " + show(merged) + " is not in model.vocab");
         rt->merges.put(a, b, int(r), it->second);
     }
+    const bool seq = t.pre_tokenizer_is_sequence || t.pre_tokenizer.size() != 1;
     rt->pre = std::make_unique<detail::pretokenizer>(
-        t.pre_tokenizer, where + ": pre_tokenizer" + std::string(t.pre_tokenizer_is_sequence ? ".pretokenizers" : ""));
+        t.pre_tokenizer, where + ": pre_tokenizer" + std::string(seq ? ".pretokenizers" : ""), seq);
     if (!rt->pre->byte_level())
         fail(where, "pre_tokenizer: no ByteLevel step (only byte-level BPE is supported)");
     t.rt = std::move(rt);

@@ -1,4 +1,4 @@
-// Tests the bump arena: 64-byte alignment, mark/rewind/reset reuse, and no heap allocation after the first training step.
+// Tests the bump arena: 64-byte alignment, mark/rewind/reset reuse, no heap allocation after the first training step.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -35,7 +35,7 @@ TEST(ArenaAlloc, EveryAllocationIs64ByteAlignedAndDisjoint) {
     for (size_t i = 0; i < got.size(); ++i)
         for (size_t j = i + 1; j < got.size(); ++j) {
             const float *p = got[i].first, *q = got[j].first;
-            EXPECT_TRUE(p + got[i].second <= q || q + got[j].second <= p) << "allocations " << i << " and " << j << " overlap";
+            EXPECT_TRUE(p + got[i].second <= q || q + got[j].second <= p) << "allocations " << i << ", " << j << " overlap";
         }
     EXPECT_GT(a.blocks.size(), 1u);
     EXPECT_EQ(a.n_heap_allocs, a.blocks.size());
@@ -113,7 +113,9 @@ TEST(ArenaTraining, NoHeapAllocationAfterTheFirstStep) {
                 loss_first = ls.total;
                 g_first = G;
                 EXPECT_GT(heap_after_first, 0u);
-                if (min_block < 1e6) EXPECT_GT(a.blocks.size(), 1u) << "small blocks should need several";
+                if (min_block < 1e6) {
+                    EXPECT_GT(a.blocks.size(), 1u) << "small blocks should need several";
+                }
             } else {
                 EXPECT_EQ(a.n_heap_allocs, heap_after_first) << "step " << step << ", min_block " << min_block;
                 EXPECT_EQ(ls.total, loss_first) << "same step, same loss";

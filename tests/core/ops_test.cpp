@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "core/ops.h"
 #include "core/rng.h"
 
@@ -30,12 +32,14 @@ using mtp::rng;
 // accumulated from an fp32 backward of similar depth, is off by about c·u·Σ|g_j v_j|. Hence
 //        |g·v − D(ε)| ≤ 2 · ( ε²/6 · |L'''| + c·u·Σ|r_i y_i| / ε + c·u·Σ|g_j v_j| )
 // with u = 2^-24 and the factor 2 covering the O(ε⁴) terms and the noise of the L''' estimate itself.
-// c is a small multiple (4) of the op depth, the number of dependent fp32 rounding stages on the longest path.
+// c = 2 × depth: about two unit roundoffs per dependent fp32 stage (a GEMM, a norm, an activation, an add) on the
+// longest path; the evaluations at p ± εv run the same operation sequence, so their errors are strongly correlated
+// and this is a generous budget in practice.
 // The perturbed parameters are rounded to fp32, so g·v is taken over the perturbation actually applied.
 // ---------------------------------------------------------------------------------------------------------------
 constexpr double u32 = 0x1p-24;
 
-double rounding_c(int depth) { return 4.0 * depth; }
+double rounding_c(int depth) { return 2.0 * depth; }
 
 double fd_tolerance(double eps, double third_derivative, double loss_abs, double analytic_abs, double c) {
     const double truncation = eps * eps / 6.0 * std::fabs(third_derivative);
@@ -47,6 +51,14 @@ double fd_tolerance(double eps, double third_derivative, double loss_abs, double
 // A resolving-power requirement: a directional check only counts if its tolerance is below this fraction of the
 // typical directional derivative, i.e. the test would notice a gradient that is off by that fraction.
 constexpr double fd_power = 0.05;
+
+// FD evaluations run single-threaded: they are thousands of tiny forwards, where OpenMP fork/join would dominate and
+// stall whenever the machine is loaded. The analytic forward/backward under test run with the default thread count.
+struct single_thread_scope {
+    int saved = omp_get_max_threads();
+    single_thread_scope() { omp_set_num_threads(1); }
+    ~single_thread_scope() { omp_set_num_threads(saved); }
+};
 
 struct fd_slot {
     std::string name;
@@ -100,6 +112,7 @@ fd_outcome fd_check(std::vector<fd_slot>& slots, const std::vector<std::vector<d
 // A few random directions over all slots (with resolving power) and single coordinates of each slot.
 void fd_verify(const std::string& what, std::vector<fd_slot>& slots, const loss_fn& loss, double eps, double c,
                uint64_t seed, int n_dirs = 3, int n_coords = 3) {
+    single_thread_scope one_thread;
     rng r(seed);
     auto zero_dir = [&] {
         std::vector<std::vector<double>> d(slots.size());
@@ -210,8 +223,8 @@ TEST(OpsLinear, GradientMatchesFiniteDifferences) {
         mtp::linear_forward(y.data(), x.data(), w.data(), T, in, out);
         return dot_loss(rr.data(), y.data(), y.size(), abs);
     };
-    // Bilinear, so no truncation error and ε can be large; one GEMM stage of length `in`.
-    fd_verify("linear", slots, loss, 0.1, rounding_c(in), 31);
+    // Bilinear, so no truncation error and ε can be large; one GEMM stage.
+    fd_verify("linear", slots, loss, 0.1, rounding_c(1), 31);
 }
 
 // ----------------------------------------------------------------- rmsnorm
@@ -251,8 +264,13 @@ TEST(OpsRmsnorm, BackwardAccumulates) {
     std::vector<float> dxa = dx1, dwa = dw1;
     mtp::rmsnorm_backward(dx0.data(), dw0.data(), dy.data(), x.data(), w.data(), rstd.data(), T, n);
     mtp::rmsnorm_backward(dxa.data(), dwa.data(), dy.data(), x.data(), w.data(), rstd.data(), T, n);
+    // dx: one extra rounding of the sum. dw: T sequential additions, each within u of the running magnitude.
     for (int i = 0; i < T * n; ++i) EXPECT_NEAR(dxa[i], dx1[i] + dx0[i], 2 * u32 * (std::fabs(dx1[i]) + std::fabs(dx0[i])));
-    for (int i = 0; i < n; ++i) EXPECT_NEAR(dwa[i], dw1[i] + dw0[i], (T + 1) * u32 * 8 * (std::fabs(dw1[i]) + std::fabs(dw0[i]) + 1));
+    for (int i = 0; i < n; ++i) {
+        double mag = std::fabs(dw1[i]);
+        for (int t = 0; t < T; ++t) mag += std::fabs(double(dy[t * n + i]) * x[t * n + i] * rstd[t]);
+        EXPECT_NEAR(dwa[i], dw1[i] + dw0[i], 2 * (T + 1) * u32 * mag);
+    }
 }
 
 TEST(OpsRmsnorm, GradientMatchesFiniteDifferences) {
@@ -527,7 +545,7 @@ TEST(OpsFiniteDifference, DetectsAWrongGradient) {
     };
     std::vector<std::vector<double>> d{std::vector<double>(gx.size(), 0.0), std::vector<double>(gw.size())};
     for (auto& v : d[1]) v = r.normal();
-    fd_outcome o = fd_check(slots, d, loss, 1e-2, rounding_c(in));
+    fd_outcome o = fd_check(slots, d, loss, 0.1, rounding_c(1));
     EXPECT_GT(o.err, o.tol);
 }
 

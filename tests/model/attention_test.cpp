@@ -1,4 +1,4 @@
-// Tests absorbed MLA over the latent cache (chunked prefill/decode, truncation) against the naive form, and RoPE/YaRN tables.
+// Tests absorbed MLA on the latent cache (chunked, truncated) against naive MLA, and the RoPE/YaRN tables.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -121,7 +121,8 @@ void expect_close(const std::vector<float>& got, const std::vector<float>& ref, 
                               << ref[size_t(t) * d + i];
             worst = std::max(worst, e);
         }
-    if (std::getenv("MTP_FD_VERBOSE")) std::printf("    %s: worst %.3e, tol %.3e, worst/tol %.3f\n", what, worst, tol, worst / tol);
+    if (std::getenv("MTP_FD_VERBOSE"))
+        std::printf("    %s: worst %.3e, tol %.3e, worst/tol %.3f\n", what, worst, tol, worst / tol);
 }
 
 void check_absorbed(const json& j, uint64_t seed) {
