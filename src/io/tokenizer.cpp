@@ -425,7 +425,15 @@ std::string tokenizer_to_json(const tokenizer& t) {
         const std::string& a = t.vocab.at(size_t(t.merges[i].first));
         const std::string& b = t.vocab.at(size_t(t.merges[i].second));
         s += i ? ",\n      " : "\n      ";
-        s += pairs ? "[" + quote(a, where) + ", " + quote(b, where) + "]" : quote(a + " " + b, where);
+        if (pairs) {
+            s += '[';
+            s += quote(a, where);
+            s += ", ";
+            s += quote(b, where);
+            s += ']';
+        } else {
+            s += quote(a + ' ' + b, where);
+        }
     }
     s += t.merges.empty() ? "]\n" : "\n    ]\n";
     s += "  }\n}\n";

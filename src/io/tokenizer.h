@@ -8,8 +8,9 @@
 // decoder ByteLevel. post_processor is kept for saving and never applied: tokenizer_encode returns the
 // bare ids (callers add BOS themselves).
 //
-// Regexes run under PCRE2 in UTF + UCP mode; \s there also matches U+0085 and U+180E (Oniguruma, which HF
-// uses, agrees on U+0085; the JS library does not), and Unicode properties follow PCRE2's Unicode version.
+// Regexes run under PCRE2 in UTF + UCP mode. Known engine differences for \s: PCRE2 matches U+0085 (as
+// Oniguruma, which HF uses, does; JavaScript does not) and U+180E (HF and JavaScript do not), and not U+FEFF
+// (JavaScript does). Unicode properties follow PCRE2's Unicode version (14.0 for PCRE2 10.42).
 //
 // Invalid UTF-8 (defined behaviour): PCRE2 runs with PCRE2_MATCH_INVALID_UTF, so an invalid byte never
 // takes part in a regex match; it stays in the unmatched gap between matches, and every gap is a piece of

@@ -37,43 +37,54 @@ void merge_table::put(int a, int b, int rank, int id) {
 // ------------------------------------------------------------------------------------- piece_cache
 
 namespace {
-constexpr size_t cache_slots = size_t(1) << 17;          // 131072 slots, at most half used
-constexpr size_t cache_max_entries = cache_slots / 2;
+constexpr size_t shard_slots = size_t(1) << 13;          // 8192 slots per shard, at most half used
+constexpr size_t shard_max_entries = shard_slots / 2;
 }
 
-piece_cache::piece_cache() : table_(cache_slots) {}
+piece_cache::piece_cache() {
+    for (auto& s : shards_) s.table.resize(shard_slots);
+}
+
+void piece_cache::shard::clear() {
+    std::fill(table.begin(), table.end(), entry{});
+    keys.clear();
+    ids.clear();
+    count = 0;
+}
 
 void piece_cache::clear() {
-    std::fill(table_.begin(), table_.end(), entry{});
-    keys_.clear();
-    ids_.clear();
-    count_ = 0;
+    for (auto& s : shards_) {
+        std::lock_guard<std::mutex> lock(s.mu);
+        s.clear();
+    }
 }
 
 bool piece_cache::get(std::string_view key, uint64_t h, std::vector<int>& out) {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = h & (cache_slots - 1);; i = (i + 1) & (cache_slots - 1)) {
-        const entry& e = table_[i];
+    shard& s = shard_of(h);
+    std::lock_guard<std::mutex> lock(s.mu);
+    for (size_t i = h & (shard_slots - 1);; i = (i + 1) & (shard_slots - 1)) {
+        const entry& e = s.table[i];
         if (e.h == 0) return false;
-        if (e.h == h && e.klen == key.size() && std::memcmp(keys_.data() + e.koff, key.data(), key.size()) == 0) {
-            out.insert(out.end(), ids_.begin() + e.ioff, ids_.begin() + e.ioff + e.ilen);
+        if (e.h == h && e.klen == key.size() && std::memcmp(s.keys.data() + e.koff, key.data(), key.size()) == 0) {
+            out.insert(out.end(), s.ids.begin() + e.ioff, s.ids.begin() + e.ioff + e.ilen);
             return true;
         }
     }
 }
 
 void piece_cache::put(std::string_view key, uint64_t h, const int* ids, size_t n) {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (count_ >= cache_max_entries) clear();
-    for (size_t i = h & (cache_slots - 1);; i = (i + 1) & (cache_slots - 1)) {
-        entry& e = table_[i];
-        if (e.h == h && e.klen == key.size() && std::memcmp(keys_.data() + e.koff, key.data(), key.size()) == 0)
+    shard& s = shard_of(h);
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.count >= shard_max_entries) s.clear();
+    for (size_t i = h & (shard_slots - 1);; i = (i + 1) & (shard_slots - 1)) {
+        entry& e = s.table[i];
+        if (e.h == h && e.klen == key.size() && std::memcmp(s.keys.data() + e.koff, key.data(), key.size()) == 0)
             return;   // another thread got there first
         if (e.h == 0) {
-            e = {h, uint32_t(keys_.size()), uint32_t(key.size()), uint32_t(ids_.size()), uint32_t(n)};
-            keys_.append(key);
-            ids_.insert(ids_.end(), ids, ids + n);
-            ++count_;
+            e = {h, uint32_t(s.keys.size()), uint32_t(key.size()), uint32_t(s.ids.size()), uint32_t(n)};
+            s.keys.append(key);
+            s.ids.insert(s.ids.end(), ids, ids + n);
+            ++s.count;
             return;
         }
     }

@@ -41,7 +41,8 @@ private:
     uint64_t mask_ = 0;
 };
 
-// Bounded map from a pre-token's bytes to its ids, shared by threads (mutex); cleared whole when full.
+// Bounded map from a pre-token's bytes to its ids, shared by threads: 16 shards, each behind its own mutex
+// and cleared whole when full.
 class piece_cache {
 public:
     static constexpr size_t max_key = 64;
@@ -55,11 +56,17 @@ private:
         uint64_t h = 0;   // 0 = empty slot
         uint32_t koff = 0, klen = 0, ioff = 0, ilen = 0;
     };
-    std::mutex mu_;
-    std::vector<entry> table_;
-    std::string keys_;
-    std::vector<int> ids_;
-    size_t count_ = 0;
+    struct shard {
+        std::mutex mu;
+        std::vector<entry> table;
+        std::string keys;
+        std::vector<int> ids;
+        size_t count = 0;
+        void clear();
+    };
+    static constexpr size_t n_shards = 16;
+    shard& shard_of(uint64_t h) { return shards_[(h >> 56) & (n_shards - 1)]; }
+    shard shards_[n_shards];
 };
 
 struct tokenizer_runtime {

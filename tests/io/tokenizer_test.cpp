@@ -8,6 +8,7 @@
 #include <map>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -241,6 +242,32 @@ TEST(Tokenizer, BpeMatchesNaiveReference) {
         for (size_t i = 0; i < len; ++i) w += "abc"[rng() % 3];
         EXPECT_EQ(mtp::tokenizer_encode(t, w), naive_bpe(t, w)) << w.size();
     }
+}
+
+TEST(Tokenizer, ConcurrentEncodingMatchesSerial) {
+    std::mt19937 rng(3);
+    std::string corpus;
+    for (int i = 0; i < 30000; ++i) corpus += "abcde fgh\n"[rng() % 10];
+    mtp::tokenizer_train_options opt;
+    opt.vocab_size = 800;
+    auto t = mtp::tokenizer_train_texts(opt, {corpus});
+    std::vector<std::string> texts;
+    for (int k = 0; k < 200; ++k) texts.push_back(corpus.substr(rng() % 20000, 1 + rng() % 3000));
+    std::vector<std::vector<int>> serial;
+    for (const auto& x : texts) serial.push_back(mtp::tokenizer_encode(t, x));
+    mtp::tokenizer_set_cache(t, true);
+    std::vector<int> bad(4, 0);
+    std::vector<std::thread> th;
+    for (int w = 0; w < 4; ++w)
+        th.emplace_back([&, w] {
+            for (int rep = 0; rep < 3; ++rep)
+                for (size_t k = 0; k < texts.size(); ++k)
+                    if (mtp::tokenizer_encode(t, texts[(k + size_t(w) * 37) % texts.size()]) !=
+                        serial[(k + size_t(w) * 37) % texts.size()])
+                        ++bad[size_t(w)];
+        });
+    for (auto& x : th) x.join();
+    EXPECT_EQ(bad, std::vector<int>(4, 0));
 }
 
 TEST(Tokenizer, BadFilesGiveOneLineErrors) {

@@ -1,0 +1,66 @@
+// CPU infer_model: checks the stage/position contract, builds RoPE rows, and calls the decode forwards.
+#include "infer/cpu_model.h"
+
+#include <string>
+
+#include "core/error.h"
+#include "model/rope.h"
+
+namespace mtp {
+
+cpu_model::cpu_model(const model_files& m, int n_ctx)
+    : c_(m.config), L_(m.layout), W_(m.weights.data()),
+      n_ctx_(n_ctx > 0 && n_ctx < m.config.max_position_embeddings ? n_ctx : m.config.max_position_embeddings) {
+    freqs_ = rope_frequencies(c_);
+    caches_.resize(1 + c_.n_mtp());
+    caches_[0].init(c_.num_hidden_layers);
+    for (int k = 1; k <= c_.n_mtp(); ++k) caches_[k].init(1);
+    scratch_.resize(1 + c_.n_mtp());
+}
+
+int cpu_model::n_cached(int stage) const {
+    if (stage < 0 || stage > c_.n_mtp()) fail("cpu_model", "no stage " + std::to_string(stage));
+    return caches_[stage].n;
+}
+
+void cpu_model::truncate(int stage, int n) {
+    if (stage < 0 || stage > c_.n_mtp()) fail("cpu_model", "no stage " + std::to_string(stage));
+    caches_[stage].truncate(n);
+}
+
+size_t cpu_model::cache_bytes() const {
+    size_t b = 0;
+    for (const auto& kv : caches_) b += kv.bytes();
+    return b;
+}
+
+void cpu_model::eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
+                     int logits_from) {
+    if (stage < 0 || stage > c_.n_mtp()) fail("cpu_model::eval", "no stage " + std::to_string(stage));
+    kv_cache& kv = caches_[stage];
+    if (pos0 != kv.n)
+        fail("cpu_model::eval", "stage " + std::to_string(stage) + ": position " + std::to_string(pos0) +
+                                    " is not the cache end " + std::to_string(kv.n));
+    if (m <= 0) return;
+    if (pos0 + m > n_ctx_)
+        fail("cpu_model::eval", "positions up to " + std::to_string(pos0 + m - 1) + " exceed the context of " +
+                                    std::to_string(n_ctx_));
+    for (int i = 0; i < m; ++i)
+        if (tokens[i] < 0 || tokens[i] >= c_.vocab_size)
+            fail("cpu_model::eval", "token id " + std::to_string(tokens[i]) + " out of range");
+    if (stage > 0 && !hprev) fail("cpu_model::eval", "MTP stage needs hprev");
+    const int half = c_.qk_rope_head_dim / 2;
+    pos_.resize(m);
+    for (int i = 0; i < m; ++i) pos_[i] = pos0 + i;
+    cos_.resize(size_t(m) * half);
+    sin_.resize(size_t(m) * half);
+    rope_table(freqs_, pos_.data(), m, cos_.data(), sin_.data());
+    a_.reset();
+    if (stage == 0)
+        decode_trunk(c_, L_, W_, kv, scratch_[0], tokens, m, cos_.data(), sin_.data(), h, logits, logits_from, a_);
+    else
+        decode_mtp(c_, L_, W_, stage, kv, scratch_[stage], hprev, tokens, m, cos_.data(), sin_.data(), h, logits,
+                   logits_from, a_);
+}
+
+} // namespace mtp

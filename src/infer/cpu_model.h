@@ -1,0 +1,45 @@
+// infer_model on this engine's CPU kernels: the trunk and every MTP module with its own latent KV cache
+// (absorbed MLA, src/infer/decode.h), weights from a loaded model directory.
+#pragma once
+#include <vector>
+
+#include "core/arena.h"
+#include "infer/decode.h"
+#include "infer/infer_model.h"
+#include "model/weights.h"
+
+namespace mtp {
+
+class cpu_model final : public infer_model {
+public:
+    // `m` must outlive this object. n_ctx <= 0: max_position_embeddings.
+    explicit cpu_model(const model_files& m, int n_ctx = 0);
+
+    int n_vocab() const override { return c_.vocab_size; }
+    int n_embd() const override { return c_.hidden_size; }
+    int n_mtp() const override { return c_.n_mtp(); }
+    int n_ctx() const override { return n_ctx_; }
+    int n_cached(int stage) const override;
+    void truncate(int stage, int n) override;
+    void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
+              int logits_from = 0) override;
+
+    // For tests and memory reports.
+    const kv_cache& cache(int stage) const { return caches_.at(stage); }
+    size_t cache_bytes() const;
+    const model_config& config() const { return c_; }
+
+private:
+    const model_config& c_;
+    const model_layout& L_;
+    const float* W_;
+    int n_ctx_;
+    std::vector<double> freqs_;
+    std::vector<kv_cache> caches_;        // [1 + D]
+    std::vector<decode_scratch> scratch_; // [1 + D]
+    std::vector<int> pos_;
+    std::vector<float> cos_, sin_;
+    arena a_;
+};
+
+} // namespace mtp

@@ -1,0 +1,30 @@
+// The only thing the generation loop and the speculator know about a model (design: "run these tokens at these
+// positions, give logits and hidden states, truncate caches to n"), so a CUDA or distributed model can replace the
+// CPU one. Stage 0 is the main model (trunk + lm_head); stage k = 1..n_mtp() is MTP module k (spec §5), each with
+// its own KV cache. Positions are absolute; every stage's cache holds positions 0..n_cached(stage)-1.
+#pragma once
+
+namespace mtp {
+
+struct infer_model {
+    virtual ~infer_model() = default;
+
+    virtual int n_vocab() const = 0;
+    virtual int n_embd() const = 0;          // width of the hidden states h
+    virtual int n_mtp() const = 0;           // D
+    virtual int n_ctx() const = 0;           // positions available (max_position_embeddings)
+
+    virtual int n_cached(int stage) const = 0;
+    // Rolls the stage's cache back to its first n positions (never grows it).
+    virtual void truncate(int stage, int n) = 0;
+
+    // Runs m tokens at positions pos0..pos0+m-1 of `stage`; pos0 must equal n_cached(stage) (the cache is appended
+    // to) and pos0+m <= n_ctx(). Stage 0: tokens[i] is the token at pos0+i, hprev is ignored. Stage k: row i is
+    // module k at position p = pos0+i, fed hprev[i] = h^{k-1}_p [n_embd] and tokens[i] = t_{p+k}.
+    // Writes h[m, n_embd] (post-norm hidden state of this stage) and, when logits is non-null,
+    // logits[m - logits_from, n_vocab] for rows logits_from..m-1 (rows before logits_from are not computed).
+    virtual void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
+                      int logits_from = 0) = 0;
+};
+
+} // namespace mtp

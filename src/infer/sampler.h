@@ -1,0 +1,57 @@
+// Token sampling shared by plain and speculative decoding. Processing order (as Hugging Face / vLLM):
+// repetition penalty -> temperature -> top-k -> top-p -> min-p -> renormalise. temperature <= 0 is greedy: the
+// processed distribution is one-hot at the argmax of the penalised logits (lowest id wins ties).
+// The full processed distribution is available (dist) because speculative sampling needs p and q processed the
+// same way (spec §6).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+
+namespace mtp {
+
+struct sampler_params {
+    float temperature = 0.0f;     // <= 0: greedy
+    int top_k = 0;                // 0: off
+    float top_p = 1.0f;           // 1: off; keep the smallest most-likely set with mass >= top_p
+    float min_p = 0.0f;           // 0: off; drop tokens with p < min_p * p_max
+    float repeat_penalty = 1.0f;  // 1: off; CTRL rule on the distinct tokens of the last repeat_last_n
+    int repeat_last_n = 64;       // 0: off, -1: whole history
+    uint64_t seed = 0;
+};
+
+// Throws mtp::error("<flag>: ...") for values out of range (flag names as the CLI spells them).
+void sampler_params_check(const sampler_params& p);
+
+class sampler {
+public:
+    explicit sampler(const sampler_params& p);
+
+    const sampler_params& params() const { return p_; }
+    bool greedy() const { return p_.temperature <= 0.0f; }
+    rng& gen() { return rng_; }
+    double uniform() { return rng_.uniform(); }
+
+    // Penalised logits (repetition penalty over hist[0..n_hist)) into out[V].
+    void penalize(const float* logits, int V, const int* hist, int n_hist, std::vector<float>& out) const;
+    // The processed distribution probs[V] (zeros outside the kept set; sums to 1).
+    void dist(const float* logits, int V, const int* hist, int n_hist, std::vector<double>& probs) const;
+    // argmax of the penalised logits (the greedy token).
+    int argmax(const float* logits, int V, const int* hist, int n_hist) const;
+    // softmax(penalised logits)[token] at temperature 1: a draft's confidence under greedy decoding.
+    double prob_t1(const float* logits, int V, const int* hist, int n_hist, int token) const;
+    // Draws a token from a distribution (need not be normalised; must have positive mass).
+    int draw(const std::vector<double>& probs);
+    // Greedy: argmax; else a draw from dist().
+    int sample(const float* logits, int V, const int* hist, int n_hist);
+
+private:
+    sampler_params p_;
+    rng rng_;
+    mutable std::vector<float> pen_;
+    mutable std::vector<int> order_;
+};
+
+} // namespace mtp
