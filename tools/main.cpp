@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
     mtp::cli::add_train(app);
     mtp::cli::add_data(app);
     mtp::cli::add_tokenizer(app);
+    mtp::cli::add_generate(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -106,9 +106,8 @@ int sampler::draw(const std::vector<double>& probs) {
 
 int sampler::sample(const float* logits, int V, const int* hist, int n_hist) {
     if (greedy()) return argmax(logits, V, hist, n_hist);
-    std::vector<double> p;
-    dist(logits, V, hist, n_hist, p);
-    return draw(p);
+    dist(logits, V, hist, n_hist, tmp_);
+    return draw(tmp_);
 }
 
 } // namespace mtp

@@ -52,6 +52,7 @@ private:
     rng rng_;
     mutable std::vector<float> pen_;
     mutable std::vector<int> order_;
+    std::vector<double> tmp_;
 };
 
 } // namespace mtp

@@ -1,0 +1,260 @@
+// Generation loop: prefill, plain steps, and MTP draft / verify / accept / rollback rounds (spec §6).
+#include "infer/speculative.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+#include "core/error.h"
+
+namespace mtp {
+
+namespace {
+using clk = std::chrono::steady_clock;
+double since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
+} // namespace
+
+void spec_params_check(const spec_params& p, int D) {
+    if (p.n_draft < 0) fail("--draft", "must be >= 1");
+    if (p.enabled && D > 0 && p.n_draft > D && !p.reuse)
+        fail("--draft", std::to_string(p.n_draft) + " exceeds the model's " + std::to_string(D) +
+                            " MTP modules; add --draft-reuse to continue with the last module");
+    if (p.n_draft > 64) fail("--draft", "must be <= 64");
+    if (!(p.p_min >= 0.0f && p.p_min <= 1.0f)) fail("--draft-p-min", "must be in [0, 1]");
+    if (p.n_batch < 1) fail("--batch", "must be >= 1");
+}
+
+double gen_stats::accept_rate(int j) const {
+    if (j < 0 || j >= int(reached.size()) || reached[j] == 0) return 0;
+    return double(accepted_at[j]) / double(reached[j]);
+}
+
+double gen_stats::mean_accept_len() const { return n_drafts ? 1.0 + double(n_accepted) / double(n_drafts) : 1.0; }
+
+void gen_stats::add(const gen_stats& o) {
+    n_prompt += o.n_prompt;
+    t_prompt += o.t_prompt;
+    n_gen += o.n_gen;
+    n_steps_tokens += o.n_steps_tokens;
+    t_gen += o.t_gen;
+    n_rounds += o.n_rounds;
+    n_drafts += o.n_drafts;
+    n_draft_tokens += o.n_draft_tokens;
+    n_accepted += o.n_accepted;
+    if (reached.size() < o.reached.size()) {
+        reached.resize(o.reached.size(), 0);
+        accepted_at.resize(o.reached.size(), 0);
+    }
+    for (size_t j = 0; j < o.reached.size(); ++j) {
+        reached[j] += o.reached[j];
+        accepted_at[j] += o.accepted_at[j];
+    }
+}
+
+std::string gen_stats::summary() const {
+    char b[256];
+    std::snprintf(b, sizeof b, "prompt %d tokens %.2f t/s | generated %d tokens %.2f t/s", n_prompt, prompt_tps(),
+                  n_gen, gen_tps());
+    std::string s = b;
+    if (n_drafts > 0 || n_draft_tokens > 0) {
+        std::snprintf(b, sizeof b, " | drafts %lld, draft tokens %lld, accepted %lld, acceptance", (long long)n_drafts,
+                      (long long)n_draft_tokens, (long long)n_accepted);
+        s += b;
+        for (size_t j = 0; j < reached.size(); ++j) {
+            std::snprintf(b, sizeof b, "%s%.3f", j ? "/" : " ", accept_rate(int(j)));
+            s += b;
+        }
+        std::snprintf(b, sizeof b, ", mean acceptance length %.3f", mean_accept_len());
+        s += b;
+    }
+    return s;
+}
+
+generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), s_(s), p_(p) {
+    D_ = m.n_mtp();
+    d_ = m.n_embd();
+    V_ = m.n_vocab();
+    spec_params_check(p, D_);
+    spec_ = p.enabled && D_ > 0;
+    K_ = spec_ ? (p.n_draft > 0 ? p.n_draft : (p.reuse ? D_ + 1 : D_)) : 0;
+    if (spec_ && !p.reuse) K_ = std::min(K_, D_);
+    hist_.resize(D_ + 1);
+    v_.assign(D_ + 1, 0);
+}
+
+void generator::ensure_rows(int k, int rows) {
+    if (hist_[k].size() < size_t(rows) * d_) hist_[k].resize(std::max(hist_[k].size() * 2, size_t(rows) * d_));
+}
+
+// Module k over positions v_k..end-1 (tokens t_{j+k} from toks_, which holds the committed tokens followed by the
+// current drafts), reading h^{k-1} from hist_[k-1] and writing h^k into hist_[k]; logits of the last row into dlog_
+// when wanted. Afterwards v_k = the entries computed from committed inputs only: min(end, n-k+1).
+void generator::run_module(int k, int n, int end, bool want_logits) {
+    int start = v_[k];
+    m_.truncate(k, start);
+    ensure_rows(k, end);
+    for (int j0 = start; j0 < end; j0 += p_.n_batch) {
+        const int cnt = std::min(p_.n_batch, end - j0);
+        const bool last = j0 + cnt == end;
+        m_.eval(k, j0, cnt, toks_.data() + j0 + k, hrow(k - 1, j0), hrow(k, j0),
+                want_logits && last ? dlog_.data() : nullptr, cnt - 1);
+    }
+    v_[k] = std::max(0, std::min(end, n - k + 1));
+}
+
+int generator::start(const std::vector<int>& prompt) {
+    auto t0 = clk::now();
+    const int P = int(prompt.size());
+    if (P == 0) fail("prompt", "empty");
+    if (P > m_.n_ctx())
+        fail("prompt", std::to_string(P) + " tokens exceed the context of " + std::to_string(m_.n_ctx()));
+    for (int k = 0; k <= D_; ++k) m_.truncate(k, 0);
+    std::fill(v_.begin(), v_.end(), 0);
+    st_ = gen_stats{};
+    st_.reached.assign(K_, 0);
+    st_.accepted_at.assign(K_, 0);
+    toks_ = prompt;
+    vlog_.resize(size_t(V_) * (K_ + 1));
+    dlog_.resize(V_);
+    ensure_rows(0, P);
+    for (int j0 = 0; j0 < P; j0 += p_.n_batch) {
+        const int cnt = std::min(p_.n_batch, P - j0);
+        const bool last = j0 + cnt == P;
+        m_.eval(0, j0, cnt, toks_.data() + j0, nullptr, hrow(0, j0), last ? vlog_.data() : nullptr, cnt - 1);
+    }
+    const int first = s_.sample(vlog_.data(), V_, toks_.data(), P);
+    toks_.push_back(first);
+    const int n = P;
+    // MTP modules over the positions whose inputs are all committed, except the one at n-k that the first
+    // round's draft computes (it yields that depth's frontier logits): positions 0..n-k-1.
+    if (spec_)
+        for (int k = 1; k <= D_; ++k) run_module(k, n, std::max(0, n - k), false);
+    st_.n_prompt = P;
+    st_.t_prompt = since(t0);
+    st_.n_gen = 1;
+    return first;
+}
+
+int generator::step(int max_new, std::vector<int>& out) {
+    const int n = int(toks_.size()) - 1;          // t_n committed, not yet fed
+    if (max_new <= 0 || n < 0 || n >= m_.n_ctx()) return 0;
+    auto t0 = clk::now();
+    const int ctx = m_.n_ctx();
+    const int m_max = spec_ ? std::max(0, std::min({K_, ctx - 1 - n, max_new - 1})) : 0;
+    const bool greedy = s_.greedy();
+
+    // Draft: drafts are appended to toks_ as they are made (so toks_[n+j] = d_{n+j}) and removed before commit.
+    drafts_.clear();
+    for (int j = 1; j <= m_max; ++j) {
+        if (j <= D_) {
+            run_module(j, n, n, true);            // positions v_j..n-1; its frontier row gives d_{n+j}
+        } else {                                  // reuse module D at position n+j-D-1, fed its own h^D
+            const int pos = n + j - D_ - 1;
+            ensure_rows(D_, pos + 1);
+            m_.eval(D_, pos, 1, toks_.data() + n + j - 1, hrow(D_, pos - 1), hrow(D_, pos), dlog_.data(), 0);
+        }
+        const int hn = int(toks_.size());
+        int d;
+        double conf;
+        if (greedy) {
+            d = s_.argmax(dlog_.data(), V_, toks_.data(), hn);
+            conf = p_.p_min > 0 ? s_.prob_t1(dlog_.data(), V_, toks_.data(), hn, d) : 1.0;
+        } else {
+            if (q_.size() < size_t(j)) q_.resize(j);
+            s_.dist(dlog_.data(), V_, toks_.data(), hn, q_[j - 1]);
+            d = s_.draw(q_[j - 1]);
+            conf = q_[j - 1][d];
+        }
+        if (conf < p_.p_min) break;
+        drafts_.push_back(d);
+        toks_.push_back(d);
+    }
+    const int m = int(drafts_.size());
+
+    // Verify: [t_n, d_{n+1..n+m}] at positions n..n+m.
+    ensure_rows(0, n + m + 1);
+    if (vlog_.size() < size_t(m + 1) * V_) vlog_.resize(size_t(m + 1) * V_);
+    m_.eval(0, n, m + 1, toks_.data() + n, nullptr, hrow(0, n), vlog_.data(), 0);
+
+    // Accept.
+    int a = 0, next = -1;
+    for (int j = 0; j < m && next < 0; ++j) {
+        const float* row = vlog_.data() + size_t(j) * V_;
+        const int hn = n + 1 + j;                  // history: committed + drafts before this slot
+        const int dj = drafts_[j];
+        if (p_.test_accept_all) {
+            ++a;
+            continue;
+        }
+        if (greedy) {
+            const int target = s_.argmax(row, V_, toks_.data(), hn);
+            if (target == dj) ++a;
+            else next = target;
+        } else {
+            s_.dist(row, V_, toks_.data(), hn, pd_);
+            const std::vector<double>& q = q_[j];
+            if (s_.uniform() * q[dj] < pd_[dj]) {
+                ++a;
+            } else {                               // residual distribution normalize(max(0, p - q))
+                rd_.resize(V_);
+                double mass = 0;
+                for (int i = 0; i < V_; ++i) mass += rd_[i] = std::max(0.0, pd_[i] - q[i]);
+                next = s_.draw(mass > 0 ? rd_ : pd_);
+            }
+        }
+    }
+    if (next < 0) {                                // every draft accepted: bonus token from the last slot
+        const float* row = vlog_.data() + size_t(m) * V_;
+        next = greedy ? s_.argmax(row, V_, toks_.data(), n + 1 + m)
+                      : (s_.dist(row, V_, toks_.data(), n + 1 + m, pd_), s_.draw(pd_));
+    }
+
+    // Commit t_{n+1..n+a} = accepted drafts, t_{n+a+1} = next; roll every cache back.
+    toks_.resize(n + 1 + a);
+    toks_.push_back(next);
+    m_.truncate(0, n + a + 1);
+    if (spec_)
+        for (int k = 1; k <= D_; ++k) m_.truncate(k, v_[k]);
+    const int produced = a + 1;
+    out.insert(out.end(), toks_.end() - produced, toks_.end());
+
+    ++st_.n_rounds;
+    if (m > 0) {
+        ++st_.n_drafts;
+        st_.n_draft_tokens += m;
+        st_.n_accepted += a;
+        for (int j = 0; j < m; ++j) ++st_.reached[j];
+        for (int j = 0; j < a; ++j) ++st_.accepted_at[j];
+    }
+    st_.n_gen += produced;
+    st_.n_steps_tokens += produced;
+    st_.t_gen += since(t0);
+    return produced;
+}
+
+std::vector<int> generate(infer_model& m, sampler& s, const spec_params& p, const std::vector<int>& prompt, int n_new,
+                          int stop_id, const std::function<void(const int*, int)>& on_tokens, gen_stats* stats) {
+    generator g(m, s, p);
+    std::vector<int> out;
+    if (n_new > 0) {
+        const int first = g.start(prompt);
+        out.push_back(first);
+        if (on_tokens) on_tokens(&first, 1);
+        bool stop = first == stop_id;
+        std::vector<int> buf;
+        while (!stop && int(out.size()) < n_new) {
+            buf.clear();
+            const int got = g.step(n_new - int(out.size()), buf);
+            if (got == 0) break;
+            int keep = got;
+            for (int i = 0; i < got; ++i)
+                if (buf[i] == stop_id) { keep = i + 1; stop = true; break; }
+            out.insert(out.end(), buf.begin(), buf.begin() + keep);
+            if (on_tokens) on_tokens(buf.data(), keep);
+        }
+    }
+    if (stats) *stats = g.stats();
+    return out;
+}
+
+} // namespace mtp

@@ -1,0 +1,101 @@
+// KV-cached generation with optional lossless MTP speculative decoding (spec §6). Talks to the model only through
+// infer_model (eval / truncate / n_cached), so the same loop can drive another backend.
+//
+// State between rounds: committed tokens t_0..t_n (t_n sampled, not yet fed), the main cache holding positions
+// 0..n-1, the main hidden states h_0..h_{n-1}, and for each module k a cache whose first v_k entries are valid
+// (computed from valid h^{k-1} and committed t_{j+k}; v_k <= n-k+1).
+// A round: (draft) for k = 1..D module k runs positions v_k..n-1 (the ones past n-k with draft tokens) and its
+// row at the frontier n-1 gives d_{n+k}; past D, with reuse, module D runs at n, n+1, .. fed its own h^D of the
+// previous position. (verify) one main-model pass over [t_n, d_{n+1..n+m}] at positions n..n+m. (accept) greedy:
+// longest prefix equal to the main model's argmax, then its token; sampling: accept d with min(1, p(d)/q(d)),
+// else draw from normalize(max(0, p - q)) and stop; all accepted: a bonus token from the last slot. (rollback)
+// main cache to n+a+1, module k to its v_k; the next round's draft recomputes the rest from the stored hidden
+// states, at most D + a positions per module.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "infer/infer_model.h"
+#include "infer/sampler.h"
+
+namespace mtp {
+
+struct spec_params {
+    bool enabled = true;          // false: plain decoding (one main-model token per step)
+    int n_draft = 0;              // max draft tokens per round; 0: D (D+1 with reuse)
+    float p_min = 0.0f;           // adaptive: stop drafting at a draft whose probability is below p_min (0: off)
+    bool reuse = false;           // continue past D by reusing the last module recurrently
+    int n_batch = 256;            // prompt (and MTP catch-up) tokens per forward
+    bool test_accept_all = false; // TESTS ONLY: a deliberately broken acceptance rule (accept every draft)
+};
+
+// Throws mtp::error naming the flag for bad values; D = the model's MTP modules.
+void spec_params_check(const spec_params& p, int D);
+
+struct gen_stats {
+    int n_prompt = 0;
+    double t_prompt = 0;          // seconds: prompt forward(s) incl. MTP prefill, and the first token's sampling
+    int n_gen = 0;                // generated tokens, the first (from the prompt pass) included
+    int n_steps_tokens = 0;       // tokens produced by decode steps (n_gen minus the first)
+    double t_gen = 0;             // seconds spent in decode steps
+    int64_t n_rounds = 0;         // decode steps
+    int64_t n_drafts = 0;         // rounds that drafted >= 1 token
+    int64_t n_draft_tokens = 0;
+    int64_t n_accepted = 0;
+    std::vector<int64_t> reached; // [j]: drafts with a token at draft position j+1
+    std::vector<int64_t> accepted_at;
+
+    double prompt_tps() const { return t_prompt > 0 ? n_prompt / t_prompt : 0; }
+    double gen_tps() const { return t_gen > 0 ? n_steps_tokens / t_gen : 0; }
+    double accept_rate(int j) const;          // accepted at position j+1 / drafts that reached it
+    double mean_accept_len() const;           // 1 + accepted / drafts (vLLM); 1 when no drafts
+    std::string summary() const;              // one line
+    void add(const gen_stats& o);
+};
+
+class generator {
+public:
+    generator(infer_model& m, sampler& s, const spec_params& p);
+
+    // Clears every cache, runs the prompt (chunks of n_batch; the MTP modules over its committed positions too
+    // when speculating) and samples the first new token, which it returns.
+    int start(const std::vector<int>& prompt);
+    // One decode round; appends the newly committed tokens (at most max_new) to out and returns how many.
+    // Returns 0 when max_new <= 0 or the context is full.
+    int step(int max_new, std::vector<int>& out);
+
+    const std::vector<int>& tokens() const { return toks_; }      // committed, prompt first
+    int n_valid(int k) const { return v_.at(k); }                // valid entries of module k's cache
+    bool speculating() const { return spec_; }
+    int draft_max() const { return K_; }
+    const gen_stats& stats() const { return st_; }
+
+private:
+    void ensure_rows(int k, int rows);
+    float* hrow(int k, int pos) { return hist_[k].data() + size_t(pos) * d_; }
+    void run_module(int k, int n, int end, bool want_logits);
+    int hist_len() const { return int(toks_.size()); }
+
+    infer_model& m_;
+    sampler& s_;
+    spec_params p_;
+    bool spec_ = false;
+    int D_ = 0, K_ = 0, d_ = 0, V_ = 0;
+    std::vector<int> toks_;
+    std::vector<std::vector<float>> hist_;   // [stage][pos * d]: h (stage 0) and h^k of the latest computation
+    std::vector<int> v_;                     // [stage] valid cache entries (MTP stages)
+    std::vector<float> vlog_, dlog_;         // verify logits [(m+1), V], a draft's logits [V]
+    std::vector<std::vector<double>> q_;     // draft distributions (sampling)
+    std::vector<double> pd_, rd_;
+    std::vector<int> drafts_, buf_;
+    gen_stats st_;
+};
+
+// Prompt + up to n_new tokens (stop after stop_id when >= 0); on_tokens sees each committed batch as produced.
+std::vector<int> generate(infer_model& m, sampler& s, const spec_params& p, const std::vector<int>& prompt, int n_new,
+                          int stop_id = -1, const std::function<void(const int*, int)>& on_tokens = {},
+                          gen_stats* stats = nullptr);
+
+} // namespace mtp

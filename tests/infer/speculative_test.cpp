@@ -1,0 +1,341 @@
+// MTP speculative decoding (spec §6): greedy speculative output is token-for-token the plain greedy output (cached,
+// and the cache-free generate_naive) for every draft setting; after many rounds the valid entries of every cache
+// equal what a fresh prefill of the committed tokens builds.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/error.h"
+#include "infer/cpu_model.h"
+#include "infer/naive_generate.h"
+#include "infer/speculative.h"
+#include "infer_test_util.h"
+#include "model/model.h"
+
+namespace {
+
+using namespace mtp;
+using namespace mtp::test;
+
+// For each step of `gen` (the greedy continuation of `prompt`): is the choice decisive, i.e. is the top-2 margin of
+// the penalised logits beyond rounding? At a non-decisive step a different but equally correct association of the
+// sums may pick the other token, so outputs may part there and only there. Also checks that the full forward agrees
+// with `gen` at every decisive step.
+std::vector<bool> decisive_steps(const model_files& m, const sampler& s, const std::vector<int>& prompt,
+                                 const std::vector<int>& gen) {
+    const model_config& c = m.config;
+    const int V = c.vocab_size, d = c.hidden_size;
+    std::vector<int> seq = prompt;
+    seq.insert(seq.end(), gen.begin(), gen.end());
+    const int T = int(seq.size()) - 1;                 // the last token is never fed
+    arena a;
+    model_state st;
+    model_forward(c, m.layout, m.weights.data(), st, seq.data(), T, 0.0f, a, nullptr, 0);
+    std::vector<float> pen;
+    std::vector<bool> dec(gen.size(), false);
+    for (size_t i = 0; i < gen.size(); ++i) {
+        const int row = int(prompt.size()) - 1 + int(i);
+        s.penalize(st.logits + size_t(row) * V, V, seq.data(), row + 1, pen);
+        int b1 = 0;
+        for (int v = 1; v < V; ++v) if (pen[v] > pen[b1]) b1 = v;
+        float second = -1e30f;
+        for (int v = 0; v < V; ++v) if (v != b1) second = std::max(second, pen[v]);
+        const double tol = logit_tolerance(m, 0, T, st.h + size_t(row) * d);
+        dec[i] = pen[b1] - second > 2 * tol;
+        if (dec[i]) EXPECT_EQ(b1, gen[i]) << "full forward disagrees with the reference at generated token " << i;
+    }
+    return dec;
+}
+
+// Compares `out` with the reference: equal up to the first difference, which may only fall on a non-decisive step
+// (after which the continuations legitimately differ). Returns the number of tokens compared.
+int compare_greedy(const std::vector<int>& out, const std::vector<int>& ref, const std::vector<bool>& dec,
+                   const char* what) {
+    for (size_t i = 0; i < ref.size(); ++i) {
+        if (i >= out.size()) {
+            ADD_FAILURE() << what << ": output shorter than the reference";
+            return int(i);
+        }
+        if (out[i] != ref[i]) {
+            EXPECT_FALSE(dec[i]) << what << ": differs at token " << i << " (" << out[i] << " vs " << ref[i]
+                                 << ") where greedy decoding is decisive";
+            return int(i);
+        }
+    }
+    return int(ref.size());
+}
+
+struct coverage {
+    int64_t compared = 0, total = 0, near_ties = 0, drafts = 0, draft_tokens = 0, accepted = 0, deep = 0;
+};
+
+std::vector<spec_params> draft_settings(int D) {
+    std::vector<spec_params> v;
+    for (int n = 1; n <= D; ++n) { spec_params p; p.n_draft = n; v.push_back(p); }
+    for (int n = D + 1; n <= D + 2; ++n) { spec_params p; p.n_draft = n; p.reuse = true; v.push_back(p); }
+    { spec_params p; p.p_min = 0.3f; v.push_back(p); }                           // adaptive, up to D
+    { spec_params p; p.n_draft = D + 2; p.reuse = true; p.p_min = 0.2f; v.push_back(p); }
+    { spec_params p; p.n_batch = 3; v.push_back(p); }                            // small chunks for prefill/catch-up
+    return v;
+}
+
+std::string describe(const spec_params& p) {
+    return "draft " + std::to_string(p.n_draft) + (p.reuse ? " reuse" : "") + " p_min " + std::to_string(p.p_min) +
+           " batch " + std::to_string(p.n_batch);
+}
+
+// Greedy identity over prompts and draft settings; with penalty, the reference is the plain cached run.
+void check_greedy_identity(const model_files& m, const std::vector<std::vector<int>>& prompts, int n_new,
+                           float penalty, coverage& cov) {
+    const int D = m.config.n_mtp();
+    sampler_params sp;
+    sp.repeat_penalty = penalty;
+    for (const auto& prompt : prompts) {
+        SCOPED_TRACE("prompt of " + std::to_string(prompt.size()) + " tokens, penalty " + std::to_string(penalty));
+        cpu_model cm(m);
+        spec_params none;
+        none.enabled = false;
+        sampler s0(sp);
+        const std::vector<int> plain = generate(cm, s0, none, prompt, n_new);
+        ASSERT_EQ(int(plain.size()), n_new);
+        std::vector<int> ref = plain;
+        if (penalty == 1.0f) {                     // the cache-free reference
+            std::vector<int> nv = prompt;
+            arena a;
+            generate_naive(m.config, m.layout, m.weights.data(), nv, n_new, 0.0f, 0, 0, 1 << 30, -1, a);
+            ref.assign(nv.begin() + long(prompt.size()), nv.end());
+        }
+        const std::vector<bool> dec = decisive_steps(m, s0, prompt, ref);
+        compare_greedy(plain, ref, dec, "plain cached vs reference");
+        for (const spec_params& p : draft_settings(D)) {
+            SCOPED_TRACE(describe(p));
+            sampler s(sp);
+            gen_stats st;
+            const std::vector<int> out = generate(cm, s, p, prompt, n_new, -1, {}, &st);
+            ASSERT_EQ(int(out.size()), n_new);
+            const int k = compare_greedy(out, ref, dec, "speculative vs plain greedy");
+            cov.total += n_new;
+            cov.compared += k;
+            cov.near_ties += k < n_new;
+            cov.drafts += st.n_drafts;
+            cov.draft_tokens += st.n_draft_tokens;
+            cov.accepted += st.n_accepted;
+            for (size_t j = 1; j < st.accepted_at.size(); ++j) cov.deep += st.accepted_at[j];
+            EXPECT_GE(st.mean_accept_len(), 1.0);
+            EXPECT_EQ(st.n_gen, n_new);
+        }
+    }
+}
+
+std::vector<std::vector<int>> random_prompts(int V, uint64_t seed) {
+    rng r(seed);
+    std::vector<std::vector<int>> ps;
+    for (int len : {1, 2, 3, 5, 8, 13, 21, 34}) {
+        std::vector<int> p(len);
+        for (int& t : p) t = int(r.below(V));
+        ps.push_back(p);
+    }
+    return ps;
+}
+
+void report(const coverage& cov, const char* what) {
+    if (std::getenv("MTP_FD_VERBOSE"))
+        std::printf("    %s: compared %lld of %lld tokens (%lld runs cut at a near tie), drafts %lld, draft tokens "
+                    "%lld, accepted %lld (%lld at draft position >= 2)\n",
+                    what, (long long)cov.compared, (long long)cov.total, (long long)cov.near_ties,
+                    (long long)cov.drafts, (long long)cov.draft_tokens, (long long)cov.accepted, (long long)cov.deep);
+    // The check keeps its power: nearly everything is compared, and both acceptance and rejection happened.
+    EXPECT_GE(cov.compared, cov.total * 8 / 10);
+    EXPECT_GT(cov.accepted, 0);
+    EXPECT_LT(cov.accepted, cov.draft_tokens);
+}
+
+TEST(SpecGreedy, MoeD1MatchesPlainAndNaive) {
+    single_thread_scope one_thread;
+    const model_files m = random_model(small_config(1, true, false, true), 11);
+    coverage cov;
+    check_greedy_identity(m, random_prompts(40, 5), 64, 1.0f, cov);
+    report(cov, "D=1");
+}
+
+TEST(SpecGreedy, DenseD3MatchesPlainAndNaive) {
+    single_thread_scope one_thread;
+    const model_files m = random_model(small_config(3, false, true, false), 12);
+    coverage cov;
+    check_greedy_identity(m, random_prompts(40, 6), 64, 1.0f, cov);
+    report(cov, "D=3 dense");
+}
+
+TEST(SpecGreedy, MoeD3WithRepetitionPenalty) {
+    single_thread_scope one_thread;
+    const model_files m = random_model(small_config(3, true, true, true), 13);
+    coverage cov;
+    check_greedy_identity(m, random_prompts(40, 7), 64, 1.3f, cov);
+    report(cov, "D=3 MoE, penalty 1.3");
+}
+
+TEST(SpecGreedy, SmallVocabLongAcceptedChains) {
+    single_thread_scope one_thread;
+    // vocab 6: drafts are often right, so chains of several accepted drafts (and bonus tokens) are exercised.
+    const model_files m = random_model(small_config(3, true, true, false, 6), 15);
+    coverage cov;
+    auto prompts = random_prompts(6, 9);
+    check_greedy_identity(m, prompts, 64, 1.0f, cov);
+    check_greedy_identity(m, prompts, 64, 1.2f, cov);
+    report(cov, "D=3, vocab 6");
+    EXPECT_GT(cov.deep, 0);
+}
+
+TEST(SpecGreedy, ContextEndAndStopToken) {
+    single_thread_scope one_thread;
+    // Context of 24 positions: generation stops when the cache is full, speculative or not, with equal output.
+    const model_files m = random_model(small_config(2, false, true, false, 40, 24), 14);
+    cpu_model cm(m);
+    const std::vector<int> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+    spec_params none;
+    none.enabled = false;
+    sampler s0(sampler_params{});
+    const auto plain = generate(cm, s0, none, prompt, 100);
+    EXPECT_EQ(int(plain.size()), 24 - 8 + 1);                   // positions 8..23 fed, one token past the last
+    spec_params p;
+    p.n_draft = 4;
+    p.reuse = true;
+    sampler s1(sampler_params{});
+    const auto spec = generate(cm, s1, p, prompt, 100);
+    const std::vector<bool> dec = decisive_steps(m, s0, prompt, plain);
+    ASSERT_EQ(spec.size(), plain.size());
+    const int same = compare_greedy(spec, plain, dec, "speculative vs plain");
+    // Stop token: output ends right after its first occurrence.
+    const int stop = plain[5];
+    sampler s2(sampler_params{});
+    const auto stopped = generate(cm, s2, p, prompt, 100, stop);
+    int first = 0;
+    while (plain[first] != stop) ++first;
+    if (first < same) {
+        ASSERT_EQ(int(stopped.size()), first + 1);
+        EXPECT_EQ(stopped.back(), stop);
+    }
+    // Bad parameters.
+    spec_params bad;
+    bad.n_draft = 5;                                              // > D without reuse
+    sampler s3(sampler_params{});
+    EXPECT_THROW(generator(cm, s3, bad), mtp::error);
+    EXPECT_THROW(generate(cm, s3, none, {}, 4), mtp::error);      // empty prompt
+    EXPECT_THROW(generate(cm, s3, none, std::vector<int>(25, 1), 4), mtp::error);   // longer than the context
+}
+
+TEST(SpecGreedy, TrainedModelFromEnv) {
+    single_thread_scope one_thread;
+    std::string dir;
+    if (!trained_model_dir(dir)) GTEST_SKIP() << "set MTP_TRAINED_MODEL=<model dir> to run on a trained model";
+    const model_files m = model_load_dir(dir);
+    coverage cov;
+    std::vector<std::vector<int>> prompts = random_prompts(m.config.vocab_size, 8);
+    prompts.resize(5);
+    check_greedy_identity(m, prompts, 48, 1.0f, cov);
+    report(cov, "trained model");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cache state after many rounds vs a fresh prefill of the committed tokens.
+
+struct cache_checker {
+    const model_files& m;
+    double worst_ratio = 0;
+    // Entries [0, n) of one latent cache layer against a reference; tolerance as logit_tolerance (test util) with
+    // the stages up to that layer and the entry row's scale times sqrt(n_max) for the unknown Σ|terms|/|sum| ratio.
+    void compare(const mla_latent_cache& got, const mla_latent_cache& ref, int n, int stages, const std::string& what) {
+        const model_config& c = m.config;
+        const int nmax = longest_reduction(c, n + 1);
+        auto one = [&](const std::vector<float>& g, const std::vector<float>& r, int w, const char* part) {
+            for (int j = 0; j < n; ++j) {
+                double scale = 0;
+                for (int i = 0; i < w; ++i) scale = std::max(scale, double(std::fabs(r[size_t(j) * w + i])));
+                const double tol = 2.0 * stages * nmax * u32 * scale * std::sqrt(double(nmax));
+                for (int i = 0; i < w; ++i) {
+                    const double e = std::fabs(double(g[size_t(j) * w + i]) - r[size_t(j) * w + i]);
+                    worst_ratio = std::max(worst_ratio, e / tol);
+                    ASSERT_LE(e, tol) << what << " " << part << " position " << j << " element " << i;
+                }
+            }
+        };
+        one(got.ckv, ref.ckv, c.kv_lora_rank, "c_kv");
+        one(got.kpe, ref.kpe, c.qk_rope_head_dim, "k_pe");
+    }
+};
+
+void check_caches_after_rounds(const model_files& m, float temp, const spec_params& p, uint64_t seed, int n_new) {
+    const model_config& c = m.config;
+    const int D = c.n_mtp(), d = c.hidden_size, V = c.vocab_size;
+    cpu_model cm(m);
+    sampler_params sp;
+    sp.temperature = temp;
+    sp.seed = seed;
+    sampler s(sp);
+    generator g(cm, s, p);
+    rng r(seed);
+    std::vector<int> prompt(9);
+    for (int& t : prompt) t = int(r.below(V));
+    g.start(prompt);
+    std::vector<int> out;
+    int rounds = 0;
+    cache_checker ck{m};
+    while (int(out.size()) < n_new) {
+        const int n_before = int(g.tokens().size()) - 1, remaining = n_new - int(out.size());
+        ASSERT_GT(g.step(n_new - int(out.size()), out), 0);
+        ++rounds;
+        if (rounds % 7 != 0 && int(out.size()) < n_new) continue;       // check every 7th round and at the end
+        const std::vector<int>& t = g.tokens();
+        const int n = int(t.size()) - 1;
+        // Fresh prefill: trunk over t_0..t_{n-1}; module k over positions 0..n-k (t_{j+k} committed).
+        cpu_model fresh(m);
+        std::vector<std::vector<float>> H(D + 1, std::vector<float>(size_t(n) * d));
+        std::vector<float> lg(V);
+        fresh.eval(0, 0, n, t.data(), nullptr, H[0].data(), lg.data(), n - 1);
+        for (int k = 1; k <= D && n - k + 1 > 0; ++k)
+            fresh.eval(k, 0, n - k + 1, t.data() + k, H[k - 1].data(), H[k].data(), nullptr);
+        ASSERT_EQ(cm.n_cached(0), n);
+        for (int i = 0; i < c.num_hidden_layers; ++i)
+            ck.compare(cm.cache(0).layers[i], fresh.cache(0).layers[i], n, stages_per_layer * (i + 1),
+                       "trunk layer " + std::to_string(i));
+        for (int k = 1; k <= D; ++k) {
+            const int v = g.n_valid(k);
+            ASSERT_EQ(cm.n_cached(k), v) << "module " << k << " holds provisional entries after rollback";
+            ASSERT_LE(v, n - k + 1);
+            // Only what the last round drafted on is missing (when module k ran in it: v = n_before - k + 1).
+            if (p.p_min == 0 && remaining - 1 >= k && k <= g.draft_max()) ASSERT_EQ(v, std::max(0, n_before - k + 1)) << "module " << k;
+            ck.compare(cm.cache(k).layers[0], fresh.cache(k).layers[0], v, stages_to_depth(c, k),
+                       "module " + std::to_string(k));
+        }
+    }
+    EXPECT_GE(rounds, 10);
+    if (std::getenv("MTP_FD_VERBOSE"))
+        std::printf("    %d rounds, worst cache error / tolerance %.3f, %s\n", rounds, ck.worst_ratio,
+                    g.stats().summary().c_str());
+}
+
+TEST(SpecCaches, MatchFreshPrefillAfterManyRounds) {
+    single_thread_scope one_thread;
+    const model_files m3 = random_model(small_config(3, true, true, false), 21);
+    const model_files m1 = random_model(small_config(1, false, false, true), 22);
+    for (float temp : {0.0f, 0.8f}) {
+        SCOPED_TRACE("temperature " + std::to_string(temp));
+        spec_params p;
+        check_caches_after_rounds(m3, temp, p, 1, 70);
+        p.n_draft = 5;
+        p.reuse = true;
+        check_caches_after_rounds(m3, temp, p, 2, 70);
+        check_caches_after_rounds(m1, temp, p, 3, 70);
+        p.p_min = 0.3f;
+        check_caches_after_rounds(m3, temp, p, 4, 70);
+        spec_params q;
+        q.n_batch = 2;
+        check_caches_after_rounds(m1, temp, q, 5, 50);
+    }
+}
+
+} // namespace

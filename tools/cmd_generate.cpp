@@ -1,0 +1,243 @@
+// `mtp generate` (KV-cached decoding, optionally with MTP speculative decoding) and `mtp bench` (pp / tg / tg with
+// speculation tokens/s, llama-bench style). Flag parsing only; the work is in src/infer.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "commands.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "infer/bench.h"
+#include "infer/cpu_model.h"
+#include "infer/speculative.h"
+#include "io/tokenizer.h"
+
+namespace mtp::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_text(const std::string& path, const std::string& flag) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) fail(flag, "cannot open " + path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+
+// --tokenizer, else MODEL/tokenizer.json when present; nullptr when neither.
+std::unique_ptr<tokenizer> load_tokenizer(const std::string& flag_value, const std::string& model_dir, int vocab) {
+    std::string path = flag_value;
+    if (path.empty()) {
+        fs::path p = fs::path(model_dir) / "tokenizer.json";
+        if (!fs::exists(p)) return nullptr;
+        path = p.string();
+    }
+    auto t = std::make_unique<tokenizer>(tokenizer_load(path));
+    if (tokenizer_vocab_size(*t) > vocab)
+        fail(path, "tokenizer has " + std::to_string(tokenizer_vocab_size(*t)) + " tokens, the model's vocab_size is " +
+                       std::to_string(vocab));
+    return t;
+}
+
+// The bytes of one token, or "[id]" when the tokenizer has no such token.
+std::string piece(const tokenizer* t, int id) {
+    if (!t) return std::to_string(id) + " ";
+    if (id >= tokenizer_vocab_size(*t) || tokenizer_id_to_token(*t, id).empty()) {
+        bool added = false;
+        for (const auto& a : t->added_tokens) added |= a.id == id;
+        if (!added) return "[" + std::to_string(id) + "]";
+    }
+    return tokenizer_decode(*t, {id});
+}
+
+struct sampling_flags {
+    sampler_params s;
+    void add(CLI::App* cmd) {
+        cmd->add_option("--temp", s.temperature, "temperature (0: greedy)");
+        cmd->add_option("--top-k", s.top_k, "keep the k most likely tokens (0: off)");
+        cmd->add_option("--top-p", s.top_p, "nucleus sampling mass (1: off)");
+        cmd->add_option("--min-p", s.min_p, "drop tokens below min-p × the top probability (0: off)");
+        cmd->add_option("--repeat-penalty", s.repeat_penalty, "CTRL repetition penalty (1: off)");
+        cmd->add_option("--repeat-last-n", s.repeat_last_n, "tokens the penalty looks back at (-1: all)");
+        cmd->add_option("--seed", s.seed, "sampling seed");
+    }
+};
+
+void add_generate_cmd(CLI::App& app) {
+    auto* cmd = app.add_subcommand("generate", "Generate text with KV caches and MTP speculative decoding");
+    struct opts {
+        std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out;
+        int n = 128, draft = 0, batch = 256;
+        float p_min = 0;
+        bool reuse = false, ignore_eos = false;
+        sampling_flags sf;
+    };
+    auto o = std::make_shared<opts>();
+    cmd->add_option("--model", o->model, "model directory")->required();
+    cmd->add_option("--tokenizer", o->tok, "tokenizer.json (default: MODEL/tokenizer.json if present)");
+    auto* p1 = cmd->add_option("--prompt", o->prompt, "prompt text");
+    auto* p2 = cmd->add_option("--prompt-file", o->prompt_file, "file with the prompt text");
+    auto* p3 = cmd->add_option("--prompt-tokens", o->prompt_tokens, "prompt as comma-separated token ids");
+    p1->excludes(p2)->excludes(p3);
+    p2->excludes(p3);
+    cmd->add_option("-n,--n-predict", o->n, "tokens to generate");
+    o->sf.add(cmd);
+    cmd->add_option("--spec", o->spec, "speculative decoding: mtp or none (default: mtp when the model has MTP modules)")
+        ->check(CLI::IsMember({"mtp", "none"}));
+    auto* dr = cmd->add_option("--draft", o->draft, "draft tokens per round (default: D; D+1 with --draft-reuse)");
+    cmd->add_option("--draft-p-min", o->p_min, "adaptive drafting: stop at a draft token with probability below P");
+    cmd->add_flag("--draft-reuse", o->reuse, "continue drafting past D by reusing the last MTP module");
+    cmd->add_option("--batch", o->batch, "prompt tokens per forward");
+    cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at eos_token_id");
+    cmd->add_option("--tokens-out", o->tokens_out, "write the generated token ids (comma-separated) to FILE");
+    cmd->callback([o, p1, p2, p3, dr] {
+        if (p1->count() + p2->count() + p3->count() == 0)
+            fail("generate", "give a prompt with --prompt, --prompt-file or --prompt-tokens");
+        if (o->n < 0) fail("-n", "must be >= 0");
+        if (dr->count() && o->draft < 1) fail("--draft", "must be >= 1");
+        sampler_params_check(o->sf.s);
+        model_files m = model_load_dir(o->model);
+        const model_config& c = m.config;
+        auto tok = load_tokenizer(o->tok, o->model, c.vocab_size);
+        std::vector<int> prompt;
+        if (p3->count()) {
+            prompt = parse_tokens(o->prompt_tokens, c.vocab_size, "--prompt-tokens");
+        } else {
+            const std::string flag = p1->count() ? "--prompt" : "--prompt-file";
+            std::string text = p1->count() ? o->prompt : read_text(o->prompt_file, flag);
+            if (!tok) fail(flag, "text prompts need a tokenizer (--tokenizer, or tokenizer.json in the model directory)");
+            if (text.empty()) fail(flag, "empty prompt");
+            prompt = tokenizer_encode(*tok, text);
+            for (int id : prompt)
+                if (id >= c.vocab_size) fail(flag, "token id " + std::to_string(id) + " is not below vocab_size");
+        }
+        if (prompt.empty()) fail("prompt", "empty prompt");
+        if (int(prompt.size()) > c.max_position_embeddings)
+            fail("prompt", std::to_string(prompt.size()) + " tokens exceed max_position_embeddings " +
+                               std::to_string(c.max_position_embeddings));
+        spec_params sp;
+        sp.enabled = o->spec != "none";
+        sp.n_draft = o->draft;
+        sp.p_min = o->p_min;
+        sp.reuse = o->reuse;
+        sp.n_batch = o->batch;
+        if (o->spec == "mtp" && c.n_mtp() == 0)
+            std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
+        spec_params_check(sp, c.n_mtp());
+
+        cpu_model cm(m);
+        sampler s(o->sf.s);
+        std::vector<int> out;
+        gen_stats st;
+        out = generate(cm, s, sp, prompt, o->n, o->ignore_eos ? -1 : c.eos_token_id,
+                       [&](const int* ids, int k) {
+                           for (int i = 0; i < k; ++i) {
+                               std::string b = piece(tok.get(), ids[i]);
+                               std::fwrite(b.data(), 1, b.size(), stdout);
+                           }
+                           std::fflush(stdout);
+                       },
+                       &st);
+        std::printf("\n");
+        std::fflush(stdout);
+        if (!o->tokens_out.empty()) {
+            std::string s2;
+            for (size_t i = 0; i < out.size(); ++i) s2 += (i ? "," : "") + std::to_string(out[i]);
+            std::ofstream f(o->tokens_out, std::ios::binary);
+            if (!f || !(f << s2 << "\n")) fail("--tokens-out", "cannot write " + o->tokens_out);
+        }
+        std::fprintf(stderr, "%s%s\n", st.summary().c_str(),
+                     sp.enabled && c.n_mtp() > 0 ? "" : " | speculation off");
+    });
+}
+
+void add_bench_cmd(CLI::App& app) {
+    auto* cmd = app.add_subcommand("bench", "Prompt/generation tokens/s, plain and with MTP speculation");
+    struct opts {
+        std::string model, tok, prompt_file;
+        int p = 128, n = 128, r = 3, batch = 256;
+        std::vector<float> temps;
+        float p_min = 0;
+        uint64_t seed = 1;
+        bool json = false;
+    };
+    auto o = std::make_shared<opts>();
+    cmd->add_option("--model", o->model, "model directory")->required();
+    cmd->add_option("--tokenizer", o->tok, "tokenizer.json (default: MODEL/tokenizer.json if present)");
+    cmd->add_option("--prompt-file", o->prompt_file,
+                    "held-out text; prompt r is -p tokens from offset r*(len/reps) (default: random token ids)");
+    cmd->add_option("-p,--n-prompt", o->p, "prompt tokens");
+    cmd->add_option("-n,--n-gen", o->n, "generated tokens");
+    cmd->add_option("-r,--repetitions", o->r, "repetitions");
+    cmd->add_option("--temp", o->temps, "temperatures (default: 0 and 0.8)")->expected(1, -1);
+    cmd->add_option("--draft-p-min", o->p_min, "also measure adaptive drafting with this p-min");
+    cmd->add_option("--batch", o->batch, "prompt tokens per forward");
+    cmd->add_option("--seed", o->seed, "sampling / random prompt seed");
+    cmd->add_flag("--json", o->json, "print JSON instead of the table");
+    cmd->callback([o] {
+        if (o->p < 1) fail("-p", "must be >= 1");
+        if (o->n < 2) fail("-n", "must be >= 2");
+        if (o->r < 1) fail("-r", "must be >= 1");
+        if (o->batch < 1) fail("--batch", "must be >= 1");
+        if (!(o->p_min >= 0 && o->p_min <= 1)) fail("--draft-p-min", "must be in [0, 1]");
+        for (float t : o->temps)
+            if (!(t >= 0)) fail("--temp", "must be >= 0");
+        model_files m = model_load_dir(o->model);
+        const model_config& c = m.config;
+        if (o->p + o->n > c.max_position_embeddings)
+            fail("-p", "-p + -n exceeds max_position_embeddings " + std::to_string(c.max_position_embeddings));
+        bench_params bp;
+        bp.n_prompt = o->p;
+        bp.n_gen = o->n;
+        bp.reps = o->r;
+        bp.n_batch = o->batch;
+        bp.p_min = o->p_min;
+        bp.seed = o->seed;
+        if (!o->temps.empty()) bp.temps = o->temps;
+        std::string source = "random token ids";
+        if (!o->prompt_file.empty()) {
+            auto tok = load_tokenizer(o->tok, o->model, c.vocab_size);
+            if (!tok) fail("--prompt-file", "needs a tokenizer (--tokenizer, or tokenizer.json in the model directory)");
+            std::vector<int> ids = tokenizer_encode(*tok, read_text(o->prompt_file, "--prompt-file"));
+            if (int(ids.size()) < o->p)
+                fail("--prompt-file", "has " + std::to_string(ids.size()) + " tokens, fewer than -p " +
+                                          std::to_string(o->p));
+            const size_t stride = (ids.size() - o->p) / size_t(o->r);
+            for (int r = 0; r < o->r; ++r)
+                bp.prompts.emplace_back(ids.begin() + long(r * stride), ids.begin() + long(r * stride + o->p));
+            source = o->prompt_file;
+        } else {
+            rng g(o->seed);
+            for (int r = 0; r < o->r; ++r) {
+                std::vector<int> pr(o->p);
+                for (int& t : pr) t = int(g.below(uint64_t(c.vocab_size)));
+                bp.prompts.push_back(pr);
+            }
+        }
+        cpu_model cm(m);
+        auto rows = bench_run(cm, bp, [](const std::string& s) { std::fprintf(stderr, "bench: %s\r", s.c_str()); });
+        std::fprintf(stderr, "\n");
+        if (o->json) {
+            std::printf("%s\n", bench_json(rows).c_str());
+        } else {
+            std::printf("model %s: %d layers + %d MTP modules, d %d, vocab %d; prompts: %s; -p %d -n %d -r %d\n\n",
+                        o->model.c_str(), c.num_hidden_layers, c.n_mtp(), c.hidden_size, c.vocab_size, source.c_str(),
+                        o->p, o->n, o->r);
+            std::printf("%s", bench_table(rows).c_str());
+        }
+    });
+}
+
+} // namespace
+
+void add_generate(CLI::App& app) {
+    add_generate_cmd(app);
+    add_bench_cmd(app);
+}
+
+} // namespace mtp::cli
