@@ -7,6 +7,8 @@
 #include <sstream>
 #include <string>
 
+#include <omp.h>
+
 #include "commands.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -44,6 +46,11 @@ std::unique_ptr<tokenizer> load_tokenizer(const std::string& flag_value, const s
     return t;
 }
 
+void set_threads(int n) {
+    if (n < 0) fail("--threads", "must be >= 0");
+    if (n > 0) omp_set_num_threads(n);
+}
+
 // The bytes of one token, or "[id]" when the tokenizer has no such token.
 std::string piece(const tokenizer* t, int id) {
     if (!t) return std::to_string(id) + " ";
@@ -72,7 +79,7 @@ void add_generate_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("generate", "Generate text with KV caches and MTP speculative decoding");
     struct opts {
         std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out;
-        int n = 128, draft = 0, batch = 256;
+        int n = 128, draft = 0, batch = 256, threads = 0;
         float p_min = 0;
         bool reuse = false, ignore_eos = false;
         sampling_flags sf;
@@ -87,8 +94,8 @@ void add_generate_cmd(CLI::App& app) {
     p2->excludes(p3);
     cmd->add_option("-n,--n-predict", o->n, "tokens to generate");
     o->sf.add(cmd);
-    cmd->add_option("--spec", o->spec, "speculative decoding: mtp or none (default: mtp when the model has MTP modules)")
-        ->check(CLI::IsMember({"mtp", "none"}));
+    cmd->add_option("--spec", o->spec, "speculative decoding: mtp or none (default: mtp when the model has MTP modules)");
+    cmd->add_option("-t,--threads", o->threads, "OpenMP threads (0: OMP_NUM_THREADS / all cores)");
     auto* dr = cmd->add_option("--draft", o->draft, "draft tokens per round (default: D; D+1 with --draft-reuse)");
     cmd->add_option("--draft-p-min", o->p_min, "adaptive drafting: stop at a draft token with probability below P");
     cmd->add_flag("--draft-reuse", o->reuse, "continue drafting past D by reusing the last MTP module");
@@ -99,7 +106,10 @@ void add_generate_cmd(CLI::App& app) {
         if (p1->count() + p2->count() + p3->count() == 0)
             fail("generate", "give a prompt with --prompt, --prompt-file or --prompt-tokens");
         if (o->n < 0) fail("-n", "must be >= 0");
+        if (!o->spec.empty() && o->spec != "mtp" && o->spec != "none")
+            fail("--spec", "expected mtp or none, got '" + o->spec + "'");
         if (dr->count() && o->draft < 1) fail("--draft", "must be >= 1");
+        set_threads(o->threads);
         sampler_params_check(o->sf.s);
         model_files m = model_load_dir(o->model);
         const model_config& c = m.config;
@@ -110,8 +120,8 @@ void add_generate_cmd(CLI::App& app) {
         } else {
             const std::string flag = p1->count() ? "--prompt" : "--prompt-file";
             std::string text = p1->count() ? o->prompt : read_text(o->prompt_file, flag);
-            if (!tok) fail(flag, "text prompts need a tokenizer (--tokenizer, or tokenizer.json in the model directory)");
             if (text.empty()) fail(flag, "empty prompt");
+            if (!tok) fail(flag, "text prompts need a tokenizer (--tokenizer, or tokenizer.json in the model directory)");
             prompt = tokenizer_encode(*tok, text);
             for (int id : prompt)
                 if (id >= c.vocab_size) fail(flag, "token id " + std::to_string(id) + " is not below vocab_size");
@@ -160,7 +170,7 @@ void add_bench_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("bench", "Prompt/generation tokens/s, plain and with MTP speculation");
     struct opts {
         std::string model, tok, prompt_file;
-        int p = 128, n = 128, r = 3, batch = 256;
+        int p = 128, n = 128, r = 3, batch = 256, threads = 0;
         std::vector<float> temps;
         float p_min = 0;
         uint64_t seed = 1;
@@ -178,6 +188,7 @@ void add_bench_cmd(CLI::App& app) {
     cmd->add_option("--draft-p-min", o->p_min, "also measure adaptive drafting with this p-min");
     cmd->add_option("--batch", o->batch, "prompt tokens per forward");
     cmd->add_option("--seed", o->seed, "sampling / random prompt seed");
+    cmd->add_option("-t,--threads", o->threads, "OpenMP threads (0: OMP_NUM_THREADS / all cores)");
     cmd->add_flag("--json", o->json, "print JSON instead of the table");
     cmd->callback([o] {
         if (o->p < 1) fail("-p", "must be >= 1");
@@ -187,6 +198,7 @@ void add_bench_cmd(CLI::App& app) {
         if (!(o->p_min >= 0 && o->p_min <= 1)) fail("--draft-p-min", "must be in [0, 1]");
         for (float t : o->temps)
             if (!(t >= 0)) fail("--temp", "must be >= 0");
+        set_threads(o->threads);
         model_files m = model_load_dir(o->model);
         const model_config& c = m.config;
         if (o->p + o->n > c.max_position_embeddings)
@@ -225,9 +237,10 @@ void add_bench_cmd(CLI::App& app) {
         if (o->json) {
             std::printf("%s\n", bench_json(rows).c_str());
         } else {
-            std::printf("model %s: %d layers + %d MTP modules, d %d, vocab %d; prompts: %s; -p %d -n %d -r %d\n\n",
+            std::printf("model %s: %d layers + %d MTP modules, d %d, vocab %d; prompts: %s; -p %d -n %d -r %d, "
+                        "%d threads\n\n",
                         o->model.c_str(), c.num_hidden_layers, c.n_mtp(), c.hidden_size, c.vocab_size, source.c_str(),
-                        o->p, o->n, o->r);
+                        o->p, o->n, o->r, omp_get_max_threads());
             std::printf("%s", bench_table(rows).c_str());
         }
     });

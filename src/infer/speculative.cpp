@@ -56,7 +56,7 @@ std::string gen_stats::summary() const {
     std::snprintf(b, sizeof b, "prompt %d tokens %.2f t/s | generated %d tokens %.2f t/s", n_prompt, prompt_tps(),
                   n_gen, gen_tps());
     std::string s = b;
-    if (n_drafts > 0 || n_draft_tokens > 0) {
+    if (!reached.empty()) {                       // speculation on (even when nothing was drafted)
         std::snprintf(b, sizeof b, " | drafts %lld, draft tokens %lld, accepted %lld, acceptance", (long long)n_drafts,
                       (long long)n_draft_tokens, (long long)n_accepted);
         s += b;
@@ -166,6 +166,14 @@ int generator::step(int max_new, std::vector<int>& out) {
             conf = q_[j - 1][d];
         }
         if (conf < p_.p_min) break;
+        if (!greedy && p_.p_min > 0 && p_.test_broken_rule != 3) {
+            // A kept draft is distributed as q restricted to {q >= p_min} (the others stop drafting), so that is
+            // the proposal the acceptance rule must use; with q itself the output would not follow p.
+            std::vector<double>& q = q_[j - 1];
+            double mass = 0;
+            for (double& x : q) mass += x = x >= p_.p_min ? x : 0.0;
+            for (double& x : q) x /= mass;
+        }
         drafts_.push_back(d);
         toks_.push_back(d);
     }
@@ -182,7 +190,7 @@ int generator::step(int max_new, std::vector<int>& out) {
         const float* row = vlog_.data() + size_t(j) * V_;
         const int hn = n + 1 + j;                  // history: committed + drafts before this slot
         const int dj = drafts_[j];
-        if (p_.test_accept_all) {
+        if (p_.test_broken_rule == 1) {
             ++a;
             continue;
         }
@@ -199,7 +207,7 @@ int generator::step(int max_new, std::vector<int>& out) {
                 rd_.resize(V_);
                 double mass = 0;
                 for (int i = 0; i < V_; ++i) mass += rd_[i] = std::max(0.0, pd_[i] - q[i]);
-                next = s_.draw(mass > 0 ? rd_ : pd_);
+                next = s_.draw(mass > 0 && p_.test_broken_rule != 2 ? rd_ : pd_);
             }
         }
     }

@@ -28,7 +28,9 @@ struct spec_params {
     float p_min = 0.0f;           // adaptive: stop drafting at a draft whose probability is below p_min (0: off)
     bool reuse = false;           // continue past D by reusing the last module recurrently
     int n_batch = 256;            // prompt (and MTP catch-up) tokens per forward
-    bool test_accept_all = false; // TESTS ONLY: a deliberately broken acceptance rule (accept every draft)
+    int test_broken_rule = 0;     // TESTS ONLY, deliberately wrong acceptance: 1 accept every draft, 2 on
+                                  // rejection draw from p instead of normalize(max(0, p - q)), 3 adaptive drafting
+                                  // judged against the unrestricted q
 };
 
 // Throws mtp::error naming the flag for bad values; D = the model's MTP modules.
@@ -71,6 +73,7 @@ public:
     bool speculating() const { return spec_; }
     int draft_max() const { return K_; }
     const gen_stats& stats() const { return st_; }
+    const std::vector<int>& last_drafts() const { return drafts_; }   // the last round's draft tokens
 
 private:
     void ensure_rows(int k, int rows);

@@ -113,5 +113,29 @@ case("output dir missing", ["logits", "--model", model, "--tokens", "1,2", "--ou
 case("unknown flag", ["logits", "--model", model, "--tokens", "1", "--out", out, "--frobnicate", "1"], "frobnicate", out)
 case("missing required flag", ["logits", "--model", model], "--tokens", out)
 
+
+# --- tokenizer training and data preparation
+corpus = os.path.join(work, "corpus.txt")
+write(corpus, "the quick brown fox jumps over the lazy dog. " * 50)
+tokf = os.path.join(work, "tok.json")
+rc, so, se = run(["tokenizer", "train", "--vocab-size", "300", "--input", corpus, "--out", tokf])
+assert rc == 0, se
+emptyf = os.path.join(work, "empty.txt"); write(emptyf, "")
+case("tokenizer: vocab below 256 + specials", ["tokenizer", "train", "--vocab-size", "200", "--input", corpus,
+     "--out", os.path.join(work, "t2.json")], "--vocab-size", os.path.join(work, "t2.json"))
+case("tokenizer: missing input", ["tokenizer", "train", "--vocab-size", "300", "--input", os.path.join(work, "nofile.txt"),
+     "--out", os.path.join(work, "t3.json")], "nofile.txt", os.path.join(work, "t3.json"))
+case("tokenizer: empty corpus", ["tokenizer", "train", "--vocab-size", "300", "--input", emptyf,
+     "--out", os.path.join(work, "t4.json")], "empty", os.path.join(work, "t4.json"))
+dout = os.path.join(work, "data_out")
+case("data prepare: missing input", ["data", "prepare", "--tokenizer", tokf, "--input", os.path.join(work, "nofile.txt"),
+     "--out", dout], "nofile.txt", os.path.join(dout, "meta.json"))
+case("data prepare: empty corpus", ["data", "prepare", "--tokenizer", tokf, "--input", emptyf, "--out", dout],
+     "empty corpus", os.path.join(dout, "meta.json"))
+case("data prepare: bad tokenizer file", ["data", "prepare", "--tokenizer", corpus, "--input", corpus, "--out", dout],
+     "corpus.txt", os.path.join(dout, "meta.json"))
+case("data prepare: bad val fraction", ["data", "prepare", "--tokenizer", tokf, "--input", corpus, "--out", dout,
+     "--val-fraction", "1.5"], "--val-fraction", os.path.join(dout, "meta.json"))
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

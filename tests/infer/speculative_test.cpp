@@ -268,6 +268,30 @@ struct cache_checker {
     }
 };
 
+// The greedy drafts of a round are the argmax chain of the full forward's MTP heads at the frontier: d_{n+k} =
+// argmax P^k_{n-1} over t_0..t_n, d_{n+1}, .., d_{n+k-1} (depths past D, from reuse, have no full-forward twin).
+void check_draft_chain(const model_files& m, const std::vector<int>& committed, int n, const std::vector<int>& drafts) {
+    const model_config& c = m.config;
+    const int V = c.vocab_size, D = c.n_mtp(), d = c.hidden_size;
+    const int md = std::min<int>(int(drafts.size()), D);
+    if (md == 0) return;
+    std::vector<int> seq(committed.begin(), committed.begin() + n + 1);
+    seq.insert(seq.end(), drafts.begin(), drafts.begin() + md);
+    arena a;
+    model_state st;
+    model_forward(c, m.layout, m.weights.data(), st, seq.data(), int(seq.size()), 0.0f, a);
+    for (int k = 1; k <= md; ++k) {
+        const float* row = st.mtp[k - 1].logits + size_t(n - 1) * V;
+        int b1 = 0;
+        for (int v = 1; v < V; ++v) if (row[v] > row[b1]) b1 = v;
+        float second = -1e30f;
+        for (int v = 0; v < V; ++v) if (v != b1) second = std::max(second, row[v]);
+        const int T = int(seq.size());
+        if (row[b1] - second <= 2 * logit_tolerance(m, k, T, st.mtp[k - 1].h + size_t(n - 1) * d)) return;
+        ASSERT_EQ(drafts[k - 1], b1) << "draft at depth " << k << " of the round at n = " << n;
+    }
+}
+
 void check_caches_after_rounds(const model_files& m, float temp, const spec_params& p, uint64_t seed, int n_new) {
     const model_config& c = m.config;
     const int D = c.n_mtp(), d = c.hidden_size, V = c.vocab_size;
@@ -288,6 +312,7 @@ void check_caches_after_rounds(const model_files& m, float temp, const spec_para
         const int n_before = int(g.tokens().size()) - 1, remaining = n_new - int(out.size());
         ASSERT_GT(g.step(n_new - int(out.size()), out), 0);
         ++rounds;
+        if (temp == 0.0f) check_draft_chain(m, g.tokens(), n_before, g.last_drafts());
         if (rounds % 7 != 0 && int(out.size()) < n_new) continue;       // check every 7th round and at the end
         const std::vector<int>& t = g.tokens();
         const int n = int(t.size()) - 1;

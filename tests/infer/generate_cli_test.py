@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""`mtp generate` / `mtp bench` through the CLI: speculative greedy output equals plain greedy output, the stats
+line, the no-MTP fallback, text prompts with a tokenizer, bench JSON, and bad input (each case: exit 1, or 2 for
+flag syntax, with ONE line on stderr starting with 'error:' that names the flag)."""
+import json, os, shutil, subprocess, sys
+
+mtp, work = sys.argv[1], sys.argv[2]
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+env = dict(os.environ, OMP_NUM_THREADS="1")   # tiny model: threads only add fork/join overhead
+
+CFG = {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+       "intermediate_size": 48, "moe_intermediate_size": 16, "n_routed_experts": 4, "n_shared_experts": 1,
+       "num_experts_per_tok": 2, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 16,
+       "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "num_nextn_predict_layers": 2,
+       "initializer_range": 0.2, "max_position_embeddings": 64}
+
+def run(args, timeout=120):
+    p = subprocess.run([mtp] + args, capture_output=True, text=True, errors="replace", timeout=timeout, env=env)
+    return p.returncode, p.stdout, p.stderr
+
+passed = failed = 0
+def check(name, ok, detail=""):
+    global passed, failed
+    print(f"{'ok  ' if ok else 'FAIL'} {name}{': ' + detail if detail and not ok else ''}")
+    if ok: passed += 1
+    else: failed += 1
+
+def make_model(name, **over):
+    cfg = dict(CFG, **over)
+    path = os.path.join(work, name + ".json")
+    with open(path, "w") as f: json.dump(cfg, f)
+    out = os.path.join(work, name)
+    rc, so, se = run(["init", "--config", path, "--seed", "5", "--out", out])
+    assert rc == 0, se
+    return out
+
+model = make_model("d2")
+model0 = make_model("d0", num_nextn_predict_layers=0)
+
+def gen(m, extra, name):
+    toks = os.path.join(work, name + ".tokens")
+    rc, so, se = run(["generate", "--model", m, "--prompt-tokens", "5,17,3,99,42", "-n", "40", "--ignore-eos",
+                      "--tokens-out", toks] + extra)
+    ids = open(toks).read().strip() if rc == 0 and os.path.exists(toks) else None
+    return rc, so, se, ids
+
+# --- speculative greedy == plain greedy, stats line
+rc, so, se, plain = gen(model, ["--spec", "none"], "plain")
+check("plain greedy runs", rc == 0 and plain and len(plain.split(",")) == 40, se)
+check("stats line: prompt and generated tokens/s",
+      rc == 0 and "prompt 5 tokens" in se.splitlines()[-1] and "generated 40 tokens" in se.splitlines()[-1], se)
+for extra in (["--spec", "mtp"], ["--draft", "1"], ["--draft", "4", "--draft-reuse"], ["--draft-p-min", "0.2"],
+              ["--draft-reuse"], ["--batch", "2", "--draft", "2"], ["-t", "2"]):
+    rc, so, se, ids = gen(model, extra, "spec")
+    last = se.splitlines()[-1] if se else ""
+    check("speculative greedy == plain " + " ".join(extra), rc == 0 and ids == plain, se)
+    check("stats line " + " ".join(extra),
+          all(k in last for k in ("drafts", "draft tokens", "accepted", "acceptance", "mean acceptance length")), last)
+check("stdout streams the ids", so.split() == plain.split(","), so[:200])
+
+# --- sampling with speculation runs and is reproducible by seed
+a = gen(model, ["--temp", "0.8", "--top-p", "0.9", "--seed", "3"], "s1")
+b = gen(model, ["--temp", "0.8", "--top-p", "0.9", "--seed", "3"], "s2")
+check("sampling reproducible by seed", a[0] == 0 and a[3] == b[3], a[2])
+
+# --- no MTP modules: --spec mtp falls back with a warning
+rc, so, se, ids0 = gen(model0, ["--spec", "none"], "nomtp_plain")
+rc2, so2, se2, ids1 = gen(model0, ["--spec", "mtp"], "nomtp_spec")
+check("--spec mtp without MTP modules falls back", rc2 == 0 and ids1 == ids0, se2)
+check("... with a warning", "warning:" in se2 and "no MTP modules" in se2, se2)
+
+# --- text prompt with a tokenizer (trained here on a small text)
+corpus = os.path.join(work, "corpus.txt")
+with open(corpus, "w") as f:
+    f.write("the quick brown fox jumps over the lazy dog. " * 50 + "hello world, hello there. " * 30)
+tok = os.path.join(work, "tokenizer.json")
+rc, so, se = run(["tokenizer", "train", "--vocab-size", "290", "--input", corpus, "--out", tok])
+check("tokenizer trained", rc == 0, se)
+shutil.copy(tok, os.path.join(model, "tokenizer.json"))    # picked up from the model dir by default
+rc, so, se = run(["generate", "--model", model, "--prompt", "hello world", "-n", "12", "--ignore-eos"])
+check("text prompt via MODEL/tokenizer.json", rc == 0 and len(so) > 0 and "generated 12 tokens" in se, se)
+pf = os.path.join(work, "prompt.txt")
+with open(pf, "w") as f: f.write("the quick brown fox")
+rc, so, se = run(["generate", "--model", model0, "--tokenizer", tok, "--prompt-file", pf, "-n", "8", "--ignore-eos"])
+check("--prompt-file with --tokenizer", rc == 0 and "prompt " in se, se)
+
+# --- bench
+rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "2", "--temp", "0", "0.8", "--json"])
+try:
+    rows = json.loads(so)
+except Exception:
+    rows = []
+tests = [(r["test"], r["temperature"], r["draft"], r["reuse"]) for r in rows]
+want = [("pp8", 0, 0, False)] + [x for t in (0.0, 0.8) for x in
+        [("tg8", t, 0, False), ("tg8+mtp", t, 1, False), ("tg8+mtp", t, 2, False), ("tg8+mtp", t, 3, True),
+         ("tg8+mtp", t, 4, True)]]
+check("bench --json rows", rc == 0 and [(a, round(b, 2), c, d) for a, b, c, d in tests] == want, f"{tests} {se}")
+check("bench speed-up and acceptance fields",
+      rc == 0 and all("speedup_mean" in r and len(r["acceptance_per_position"]) == r["draft"] and
+                      len(r["tokens_per_s"]) == 2 for r in rows if r["draft"] > 0), so[:300])
+rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "1", "--temp", "0"])
+check("bench table", rc == 0 and "| pp8 |" in so and "| tg8+mtp |" in so and "speed-up" in so, so + se)
+rc, so, se = run(["bench", "--model", model, "--prompt-file", corpus, "-p", "16", "-n", "8", "-r", "2", "--temp", "0"])
+check("bench prompts from held-out text", rc == 0 and corpus in so, so + se)
+
+# --- bad input
+def bad(name, args, expect, codes=(1,)):
+    rc, so, se = run(args)
+    lines = [l for l in se.splitlines() if l.strip()]
+    ok = rc in codes and len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0]
+    check("bad input: " + name, ok, f"rc={rc} stderr={se.strip()!r}")
+
+G = ["generate", "--model", model]
+P = ["--prompt-tokens", "1,2,3"]
+bad("no prompt", G, "--prompt")
+bad("empty --prompt", G + ["--prompt", ""], "empty prompt")
+empty = os.path.join(work, "empty.txt"); open(empty, "w").close()
+bad("empty --prompt-file", G + ["--prompt-file", empty], "empty prompt")
+bad("missing --prompt-file", G + ["--prompt-file", os.path.join(work, "nope.txt")], "--prompt-file")
+bad("empty --prompt-tokens", G + ["--prompt-tokens", ""], "--prompt-tokens")
+bad("token id out of vocab", G + ["--prompt-tokens", "1,300"], "--prompt-tokens")
+bad("token id not a number", G + ["--prompt-tokens", "1,x"], "--prompt-tokens")
+bad("prompt longer than max_position_embeddings", G + ["--prompt-tokens", ",".join(["7"] * 65)],
+    "max_position_embeddings")
+bad("text prompt without a tokenizer", ["generate", "--model", model0, "--prompt", "hi"], "tokenizer")
+bad("--temp negative", G + P + ["--temp", "-1"], "--temp")
+bad("--top-p 0", G + P + ["--top-p", "0"], "--top-p")
+bad("--top-p above 1", G + P + ["--top-p", "1.5"], "--top-p")
+bad("--min-p 1", G + P + ["--min-p", "1"], "--min-p")
+bad("--top-k negative", G + P + ["--top-k", "-3"], "--top-k")
+bad("--repeat-penalty 0", G + P + ["--repeat-penalty", "0"], "--repeat-penalty")
+bad("-n negative", G + P + ["-n", "-1"], "-n")
+bad("--draft 0", G + P + ["--draft", "0"], "--draft")
+bad("--draft above D without reuse", G + P + ["--draft", "3"], "--draft-reuse")
+bad("--draft-p-min above 1", G + P + ["--draft-p-min", "2"], "--draft-p-min")
+bad("--spec unknown", G + P + ["--spec", "eagle"], "--spec")
+bad("--batch 0", G + P + ["--batch", "0"], "--batch")
+bad("--threads negative", G + P + ["--threads", "-2"], "--threads")
+bad("--temp not a number", G + P + ["--temp", "warm"], "--temp", codes=(2,))
+bad("two prompt sources", G + P + ["--prompt", "x"], "excludes", codes=(2,))
+bad("missing model", ["generate", "--model", os.path.join(work, "nomodel")] + P, "nomodel")
+bad("--tokens-out unwritable", G + P + ["-n", "3", "--tokens-out", os.path.join(work, "no", "dir", "f")], "--tokens-out")
+bad("bench -p 0", ["bench", "--model", model, "-p", "0"], "-p")
+bad("bench -n 1", ["bench", "--model", model, "-n", "1"], "-n")
+bad("bench -r 0", ["bench", "--model", model, "-r", "0"], "-r")
+bad("bench beyond max_position_embeddings", ["bench", "--model", model, "-p", "60", "-n", "10"], "max_position_embeddings")
+bad("bench --prompt-file without tokenizer", ["bench", "--model", model0, "--prompt-file", corpus, "-p", "8", "-n", "8"],
+    "tokenizer")
+bad("bench --temp negative", ["bench", "--model", model, "--temp", "-0.5"], "--temp")
+
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)

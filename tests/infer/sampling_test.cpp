@@ -1,0 +1,312 @@
+// Sampler processing (penalty, temperature, top-k, top-p, min-p) and the losslessness of speculative sampling:
+// the next tokens drawn with MTP speculation follow the exact target distribution (computed by enumeration over a
+// small vocabulary), by a chi-square test at significance 0.001; deliberately broken acceptance rules (accept
+// every draft; on rejection resample from p instead of the residual; adaptive drafting judged against the
+// unrestricted q) fail the same test.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/error.h"
+#include "infer/cpu_model.h"
+#include "infer/sampler.h"
+#include "infer/speculative.h"
+#include "infer_test_util.h"
+#include "model/model.h"
+
+namespace {
+
+using namespace mtp;
+using namespace mtp::test;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Sampler unit tests on hand-made logits.
+
+TEST(Sampler, ProcessingSteps) {
+    const std::vector<float> lg = {2.0f, 1.0f, 0.5f, -1.0f, 3.0f};
+    std::vector<double> p;
+    sampler_params sp;
+    sampler g(sp);                                                  // greedy: one-hot at the argmax
+    g.dist(lg.data(), 5, nullptr, 0, p);
+    EXPECT_EQ(p, (std::vector<double>{0, 0, 0, 0, 1}));
+    EXPECT_EQ(g.argmax(lg.data(), 5, nullptr, 0), 4);
+
+    sp.temperature = 0.5f;                                          // softmax(l / T)
+    sampler t(sp);
+    t.dist(lg.data(), 5, nullptr, 0, p);
+    double z = 0;
+    for (float v : lg) z += std::exp(v / 0.5);
+    for (int i = 0; i < 5; ++i) EXPECT_NEAR(p[i], std::exp(lg[i] / 0.5) / z, 1e-12);
+
+    sp.top_k = 2;                                                   // only tokens 4 and 0, renormalised
+    sampler k(sp);
+    k.dist(lg.data(), 5, nullptr, 0, p);
+    const double e4 = std::exp(3.0 / 0.5), e0 = std::exp(2.0 / 0.5);
+    EXPECT_NEAR(p[4], e4 / (e4 + e0), 1e-12);
+    EXPECT_NEAR(p[0], e0 / (e4 + e0), 1e-12);
+    EXPECT_EQ(p[1] + p[2] + p[3], 0.0);
+
+    sp.top_k = 0;                                                   // top-p: smallest set with mass >= 0.9
+    sp.temperature = 1.0f;
+    sp.top_p = 0.9f;
+    sampler tp(sp);
+    tp.dist(lg.data(), 5, nullptr, 0, p);
+    std::vector<double> full;
+    sampler_params sp1;
+    sp1.temperature = 1.0f;
+    sampler(sp1).dist(lg.data(), 5, nullptr, 0, full);              // 4: .61, 0: .22, 1: .08, 2: .05, 3: .01
+    EXPECT_GT(p[1], 0.0);
+    EXPECT_EQ(p[2], 0.0);
+    EXPECT_NEAR(p[4] / p[0], full[4] / full[0], 1e-12);
+    EXPECT_LT(full[4] + full[0], 0.9);
+    EXPECT_GE(full[4] + full[0] + full[1], 0.9);
+
+    sp.top_p = 1.0f;                                                // min-p: drop p < 0.1 * p_max
+    sp.min_p = 0.1f;
+    sampler mp(sp);
+    mp.dist(lg.data(), 5, nullptr, 0, p);
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(p[i] > 0, full[i] >= 0.1 * full[4]) << i;
+
+    sp.min_p = 0.0f;                                                // repetition penalty on tokens seen
+    sp.temperature = 0.0f;
+    sp.repeat_penalty = 2.0f;
+    sampler rp(sp);
+    const std::vector<int> hist = {4, 4, 3};
+    std::vector<float> pen;
+    rp.penalize(lg.data(), 5, hist.data(), 3, pen);
+    EXPECT_EQ(pen, (std::vector<float>{2.0f, 1.0f, 0.5f, -2.0f, 1.5f}));
+    EXPECT_EQ(rp.argmax(lg.data(), 5, hist.data(), 3), 0);
+    sp.repeat_last_n = 1;                                           // only the last token (3) counts
+    EXPECT_EQ(sampler(sp).argmax(lg.data(), 5, hist.data(), 3), 4);
+}
+
+TEST(Sampler, SeededAndChecked) {
+    const std::vector<float> lg = {0.1f, 0.2f, 0.3f, 0.4f};
+    sampler_params sp;
+    sp.temperature = 1.0f;
+    sp.seed = 42;
+    sampler a(sp), b(sp);
+    for (int i = 0; i < 50; ++i) EXPECT_EQ(a.sample(lg.data(), 4, nullptr, 0), b.sample(lg.data(), 4, nullptr, 0));
+    auto bad = [](auto set) { sampler_params p; set(p); EXPECT_THROW(sampler_params_check(p), mtp::error); };
+    bad([](sampler_params& p) { p.temperature = -1; });
+    bad([](sampler_params& p) { p.top_k = -2; });
+    bad([](sampler_params& p) { p.top_p = 0; });
+    bad([](sampler_params& p) { p.top_p = 1.5f; });
+    bad([](sampler_params& p) { p.min_p = 1; });
+    bad([](sampler_params& p) { p.repeat_penalty = 0; });
+    bad([](sampler_params& p) { p.temperature = NAN; });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Chi-square machinery.
+
+// Regularised upper incomplete gamma Q(a, x): series for x < a + 1, else the continued fraction (modified Lentz).
+double gamma_q(double a, double x) {
+    if (x <= 0) return 1.0;
+    const double lg = std::lgamma(a);
+    if (x < a + 1) {
+        double sum = 1.0 / a, term = sum;
+        for (int n = 1; n < 100000; ++n) {
+            term *= x / (a + n);
+            sum += term;
+            if (std::fabs(term) < std::fabs(sum) * 1e-15) break;
+        }
+        return 1.0 - sum * std::exp(-x + a * std::log(x) - lg);
+    }
+    const double tiny = 1e-300;
+    double b = x + 1 - a, c = 1 / tiny, d = 1 / b, h = d;
+    for (int i = 1; i < 100000; ++i) {
+        const double an = -i * (i - a);
+        b += 2;
+        d = an * d + b;
+        if (std::fabs(d) < tiny) d = tiny;
+        c = b + an / c;
+        if (std::fabs(c) < tiny) c = tiny;
+        d = 1 / d;
+        const double del = d * c;
+        h *= del;
+        if (std::fabs(del - 1) < 1e-15) break;
+    }
+    return std::exp(-x + a * std::log(x) - lg) * h;
+}
+
+TEST(ChiSquare, SurvivalFunction) {
+    EXPECT_NEAR(gamma_q(0.5, 3.841458820694124 / 2), 0.05, 1e-9);   // chi2(1) 95% quantile
+    EXPECT_NEAR(gamma_q(5.0, 18.307038053275146 / 2), 0.05, 1e-9);  // chi2(10)
+    EXPECT_NEAR(gamma_q(50.0, 124.34211340400407 / 2), 0.05, 1e-8); // chi2(100)
+    EXPECT_NEAR(gamma_q(1.0, 2.0), std::exp(-2.0), 1e-12);
+}
+
+using seq_t = std::vector<int>;
+
+// Exact distribution of the next L tokens under the sampler's processing (history = prompt + prefix), by
+// enumeration with full forwards.
+void enumerate(const model_files& m, const sampler& s, const seq_t& prompt, int L, seq_t& prefix, double prob,
+               std::map<seq_t, double>& out) {
+    if (int(prefix.size()) == L) {
+        out[prefix] += prob;
+        return;
+    }
+    seq_t ctx = prompt;
+    ctx.insert(ctx.end(), prefix.begin(), prefix.end());
+    arena a;
+    model_state st;
+    model_forward(m.config, m.layout, m.weights.data(), st, ctx.data(), int(ctx.size()), 0.0f, a, nullptr, 0);
+    const int V = m.config.vocab_size;
+    std::vector<double> p;
+    s.dist(st.logits + size_t(ctx.size() - 1) * V, V, ctx.data(), int(ctx.size()), p);
+    for (int v = 0; v < V; ++v)
+        if (p[v] > 0) {
+            prefix.push_back(v);
+            enumerate(m, s, prompt, L, prefix, prob * p[v], out);
+            prefix.pop_back();
+        }
+}
+
+struct chi2_result {
+    double stat = 0, p_value = 0;
+    int df = 0;
+};
+
+// Pearson chi-square of observed sequence counts against exact probabilities; cells with expected count < 5 are
+// pooled into one bin (together with any sequence of probability 0).
+chi2_result chi_square(const std::map<seq_t, double>& exact, const std::map<seq_t, int64_t>& seen, int64_t N) {
+    chi2_result r;
+    double pooled_e = 0;
+    int64_t pooled_o = 0, covered = 0;
+    int bins = 0;
+    for (const auto& [s, p] : exact) {
+        const double e = p * double(N);
+        auto it = seen.find(s);
+        const int64_t o = it == seen.end() ? 0 : it->second;
+        covered += o;
+        if (e >= 5) {
+            r.stat += (o - e) * (o - e) / e;
+            ++bins;
+        } else {
+            pooled_e += e;
+            pooled_o += o;
+        }
+    }
+    pooled_o += N - covered;                       // sequences outside the exact support
+    if (pooled_e > 0) {
+        r.stat += (pooled_o - pooled_e) * (pooled_o - pooled_e) / pooled_e;
+        ++bins;
+    } else if (pooled_o > 0) {
+        r.stat = INFINITY;
+    }
+    r.df = bins - 1;
+    r.p_value = std::isinf(r.stat) ? 0.0 : gamma_q(r.df / 2.0, r.stat / 2.0);
+    return r;
+}
+
+// N draws of the next L tokens after `prompt` (one sampler, fixed seed, carried across draws).
+std::map<seq_t, int64_t> draw(const model_files& m, const sampler_params& sp, const spec_params& p, const seq_t& prompt,
+                              int L, int64_t N, gen_stats& tot) {
+    cpu_model cm(m);
+    sampler s(sp);
+    std::map<seq_t, int64_t> seen;
+    for (int64_t i = 0; i < N; ++i) {
+        gen_stats st;
+        seen[generate(cm, s, p, prompt, L, -1, {}, &st)]++;
+        tot.add(st);
+    }
+    return seen;
+}
+
+struct case_spec {
+    const char* name;
+    nlohmann::json cfg;
+    uint64_t seed;
+    sampler_params sp;
+    spec_params p;
+    bool expect_pass;
+};
+
+void run_case(const case_spec& c, const std::map<seq_t, double>& exact, const model_files& m, const seq_t& prompt,
+              int L, int64_t N) {
+    gen_stats tot;
+    const auto seen = draw(m, c.sp, c.p, prompt, L, N, tot);
+    const chi2_result r = chi_square(exact, seen, N);
+    std::printf("    %-44s chi2 %9.1f df %3d p %.3g | drafts %lld, accepted %lld of %lld\n", c.name, r.stat, r.df,
+                r.p_value, (long long)tot.n_drafts, (long long)tot.n_accepted, (long long)tot.n_draft_tokens);
+    if (c.expect_pass) {
+        EXPECT_GT(r.p_value, 1e-3) << c.name << ": the samples do not follow the target distribution";
+        if (c.p.enabled) {
+            EXPECT_GT(tot.n_accepted, N / 20) << c.name << ": too few acceptances for the test to mean much";
+            EXPECT_LT(tot.n_accepted, tot.n_draft_tokens) << c.name << ": no rejection exercised";
+        }
+    } else {
+        EXPECT_LT(r.p_value, 1e-3) << c.name << ": the broken rule must fail the test";
+    }
+}
+
+TEST(SpecSampling, KeepsTheTargetDistribution) {
+    single_thread_scope one_thread;
+    const int L = 4;              // the first token comes from the prompt pass, the next 3 from speculative rounds
+    const int64_t N = 12000;
+    const seq_t prompt = {1, 5, 2, 7, 3};
+    struct model_case {
+        nlohmann::json cfg;
+        uint64_t seed;
+        sampler_params sp;
+        std::vector<std::pair<const char*, spec_params>> runs;
+    };
+    sampler_params a;                                                // temperature 0.8, top-p 0.9
+    a.temperature = 0.8f;
+    a.top_p = 0.9f;
+    a.seed = 7;
+    sampler_params b;                                                // temperature 1, top-k 5, min-p, penalty
+    b.temperature = 1.0f;
+    b.top_k = 5;
+    b.min_p = 0.05f;
+    b.repeat_penalty = 1.3f;
+    b.seed = 8;
+    spec_params plain;
+    plain.enabled = false;
+    spec_params d2;                                                  // D = 2, two drafts per round
+    spec_params d3reuse;                                             // D = 1 reused: three drafts per round
+    d3reuse.n_draft = 3;
+    d3reuse.reuse = true;
+    spec_params adaptive = d3reuse;
+    adaptive.p_min = 0.3f;
+    spec_params broken = d2;
+    broken.test_broken_rule = 1;
+    spec_params broken1 = d3reuse;
+    broken1.test_broken_rule = 1;
+    spec_params broken4 = adaptive;
+    broken4.test_broken_rule = 3;
+    spec_params broken2 = d2;
+    broken2.test_broken_rule = 2;
+    spec_params broken3 = d3reuse;
+    broken3.test_broken_rule = 2;
+    const std::vector<model_case> cases = {
+        {small_config(2, false, true, false, 8), 31, a,
+         {{"D=2 plain sampling", plain}, {"D=2 speculative", d2}, {"D=2 broken rule (accept all)", broken},
+          {"D=2 broken rule (resample from p)", broken2}}},
+        {small_config(1, true, false, true, 8), 32, b,
+         {{"D=1 reuse x3 speculative", d3reuse}, {"D=1 reuse x3 adaptive p-min 0.3", adaptive},
+          {"D=1 reuse x3 broken rule (accept all)", broken1},
+          {"D=1 reuse x3 broken rule (resample from p)", broken3},
+          {"D=1 adaptive broken rule (unrestricted q)", broken4}}},
+    };
+    for (const auto& mc : cases) {
+        const model_files m = random_model(mc.cfg, mc.seed);
+        std::map<seq_t, double> exact;
+        seq_t prefix;
+        enumerate(m, sampler(mc.sp), prompt, L, prefix, 1.0, exact);
+        double total = 0;
+        for (const auto& [s, p] : exact) total += p;
+        ASSERT_NEAR(total, 1.0, 1e-9);
+        std::printf("    model D=%d: %zu sequences of %d tokens in the exact support\n", m.config.n_mtp(), exact.size(), L);
+        for (const auto& [name, p] : mc.runs)
+            run_case({name, mc.cfg, mc.seed, mc.sp, p, p.test_broken_rule == 0}, exact, m, prompt, L, N);
+    }
+}
+
+} // namespace
