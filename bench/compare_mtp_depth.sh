@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 steps="${1:-600}"
 [ -f runs/default/data/meta.json ] || { echo "error: runs/default/data missing (run scripts/main.sh)" >&2; exit 1; }
 for d in 0 1 2; do
+  rm -rf runs/compare_d$d
   ./build/mtp train --config configs/train_default.json --mtp-depth $d --max-steps "$steps" --max-time 0 \
     --out-dir runs/compare_d$d --eval-every "$steps" --ckpt-every 0 --progress false --log-every 100 \
     > runs/compare_d$d.log 2>&1

@@ -12,5 +12,6 @@ echo "== tokenizer: byte-level BPE, 8000 tokens, DeepSeek-V3 pre-tokenizer"
 echo "== data: token shards, 5% of documents held out"
 ./build/mtp data prepare --tokenizer "$run/tokenizer.json" --input data/brown --out "$run/data" --val-fraction 0.05
 echo "== train: configs/train_default.json (model configs/model_default.json)"
+rm -rf "$run/train"                 # a fresh run each time (the trainer refuses to mix runs)
 ./build/mtp train --config configs/train_default.json
 echo "== model saved in $run/train/model (config.json, model.safetensors, tokenizer.json); loss plot $run/train/loss.png"

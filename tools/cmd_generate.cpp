@@ -15,6 +15,7 @@
 #include "infer/bench.h"
 #include "infer/cpu_model.h"
 #include "infer/speculative.h"
+#include "io/token_shard.h"
 #include "io/tokenizer.h"
 
 namespace mtp::cli {
@@ -169,7 +170,7 @@ void add_generate_cmd(CLI::App& app) {
 void add_bench_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("bench", "Prompt/generation tokens/s, plain and with MTP speculation");
     struct opts {
-        std::string model, tok, prompt_file;
+        std::string model, tok, prompt_file, prompt_shard;
         int p = 128, n = 128, r = 3, batch = 256, threads = 0;
         std::vector<float> temps;
         float p_min = 0;
@@ -181,6 +182,9 @@ void add_bench_cmd(CLI::App& app) {
     cmd->add_option("--tokenizer", o->tok, "tokenizer.json (default: MODEL/tokenizer.json if present)");
     cmd->add_option("--prompt-file", o->prompt_file,
                     "held-out text; prompt r is -p tokens from offset r*(len/reps) (default: random token ids)");
+    cmd->add_option("--prompt-shard", o->prompt_shard,
+                    "held-out token shard from `mtp data prepare` (e.g. DATA/val_000.bin), prompts taken as above")
+        ->excludes(cmd->get_option("--prompt-file"));
     cmd->add_option("-p,--n-prompt", o->p, "prompt tokens");
     cmd->add_option("-n,--n-gen", o->n, "generated tokens");
     cmd->add_option("-r,--repetitions", o->r, "repetitions");
@@ -212,17 +216,28 @@ void add_bench_cmd(CLI::App& app) {
         bp.seed = o->seed;
         if (!o->temps.empty()) bp.temps = o->temps;
         std::string source = "random token ids";
-        if (!o->prompt_file.empty()) {
-            auto tok = load_tokenizer(o->tok, o->model, c.vocab_size);
-            if (!tok) fail("--prompt-file", "needs a tokenizer (--tokenizer, or tokenizer.json in the model directory)");
-            std::vector<int> ids = tokenizer_encode(*tok, read_text(o->prompt_file, "--prompt-file"));
-            if (int(ids.size()) < o->p)
-                fail("--prompt-file", "has " + std::to_string(ids.size()) + " tokens, fewer than -p " +
-                                          std::to_string(o->p));
+        if (!o->prompt_file.empty() || !o->prompt_shard.empty()) {
+            const bool shard = !o->prompt_shard.empty();
+            const std::string flag = shard ? "--prompt-shard" : "--prompt-file";
+            std::vector<int> ids;
+            if (shard) {
+                token_shard ts = token_shard_read(o->prompt_shard);
+                if (int64_t(ts.vocab_size) > c.vocab_size)
+                    fail(flag, "shard vocab_size " + std::to_string(ts.vocab_size) + " exceeds the model's " +
+                                   std::to_string(c.vocab_size));
+                ids.assign(ts.ids.begin(), ts.ids.end());
+                source = o->prompt_shard;
+            } else {
+                auto tok = load_tokenizer(o->tok, o->model, c.vocab_size);
+                if (!tok) fail(flag, "needs a tokenizer (--tokenizer, or tokenizer.json in the model directory)");
+                ids = tokenizer_encode(*tok, read_text(o->prompt_file, flag));
+                source = o->prompt_file;
+            }
+            if (int64_t(ids.size()) < o->p)
+                fail(flag, "has " + std::to_string(ids.size()) + " tokens, fewer than -p " + std::to_string(o->p));
             const size_t stride = (ids.size() - o->p) / size_t(o->r);
             for (int r = 0; r < o->r; ++r)
                 bp.prompts.emplace_back(ids.begin() + long(r * stride), ids.begin() + long(r * stride + o->p));
-            source = o->prompt_file;
         } else {
             rng g(o->seed);
             for (int r = 0; r < o->r; ++r) {

@@ -4,6 +4,7 @@
 #include <cblas.h>
 #include <cmath>
 #include <cstring>
+#include <omp.h>
 
 namespace mtp {
 
@@ -106,9 +107,14 @@ void silu_mul_backward(float* dg, float* du, const float* da, const float* g, co
 }
 
 double cross_entropy(float* dlogits, const float* logits, const int* targets, int T, int V, float scale) {
-    double total = 0;
-#pragma omp parallel for reduction(+ : total) if (size_t(T) * V > omp_min_work)
+    // Per-thread partial sums over a static schedule, added in thread order: bitwise repeatable for a given
+    // thread count (an OpenMP reduction combines partials in arrival order).
+    constexpr int max_threads = 256;
+    double partial[max_threads] = {};
+    const bool par = size_t(T) * V > omp_min_work;
+#pragma omp parallel for schedule(static) if (par)
     for (int t = 0; t < T; ++t) {
+        double& total = partial[omp_get_thread_num() % max_threads];
         const float* l = logits + size_t(t) * V;
         float* d = dlogits ? dlogits + size_t(t) * V : nullptr;
         int tgt = targets[t];
@@ -130,6 +136,8 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
         }
         total += double(mx) + std::log(sum) - lt;
     }
+    double total = 0;
+    for (double p : partial) total += p;
     return total;
 }
 

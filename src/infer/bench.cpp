@@ -1,6 +1,7 @@
 // Benchmark runner and its table / JSON output.
 #include "infer/bench.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -52,6 +53,13 @@ std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
         }
     }
     const std::string pp = "pp" + std::to_string(p.n_prompt), tg = "tg" + std::to_string(p.n_gen);
+    {                                              // warm-up (caches, thread pools, page faults), not measured
+        sampler_params sp;
+        sampler s(sp);
+        spec_params w;
+        w.n_batch = p.n_batch;
+        generate(m, s, w, p.prompts[0], std::min(p.n_gen, 16));
+    }
     std::vector<bench_row> rows;
     bench_row pp_row;
     pp_row.test = pp;
@@ -112,7 +120,8 @@ std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
 }
 
 std::string bench_table(const std::vector<bench_row>& rows) {
-    std::string s = "| test | temp | draft | t/s | speed-up vs tg | mean acc. len | acceptance per draft position |\n"
+    std::string s = "| test | temp | draft | t/s | speed-up vs tg | mean acc. len | acceptance per draft position (- none "
+                    "reached) |\n"
                     "|---|---:|---|---:|---:|---:|---|\n";
     char b[512];
     for (const auto& r : rows) {
@@ -134,7 +143,8 @@ std::string bench_table(const std::vector<bench_row>& rows) {
             len = b;
             acc.clear();
             for (size_t j = 0; j < r.stats.reached.size(); ++j) {
-                std::snprintf(b, sizeof b, "%s%.3f", j ? " " : "", r.stats.accept_rate(int(j)));
+                if (r.stats.reached[j] == 0) std::snprintf(b, sizeof b, "%s-", j ? " " : "");
+                else std::snprintf(b, sizeof b, "%s%.3f", j ? " " : "", r.stats.accept_rate(int(j)));
                 acc += b;
             }
         }

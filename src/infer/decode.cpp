@@ -3,6 +3,10 @@
 
 #include <cstring>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include "core/ops.h"
 
 namespace mtp {
@@ -11,6 +15,57 @@ size_t kv_cache::bytes() const {
     size_t b = 0;
     for (const auto& l : layers) b += (l.ckv.capacity() + l.kpe.capacity()) * sizeof(float);
     return b;
+}
+
+namespace {
+
+// y[t*ldy] = x_t · wr for NT rows x_t (stride in); 8 fixed lanes, then a fixed pairwise lane sum and the tail.
+template <int NT>
+inline void rows_dot(float* y, size_t ldy, const float* x, int in, const float* wr) {
+    int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    for (; i + 8 <= in; i += 8) {
+        const __m256 wv = _mm256_loadu_ps(wr + i);
+        for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(x + size_t(t) * in + i), wv, acc[t]);
+    }
+    alignas(32) float l[NT][8];
+    for (int t = 0; t < NT; ++t) _mm256_store_ps(l[t], acc[t]);
+#else
+    float l[NT][8] = {};
+    for (; i + 8 <= in; i += 8)
+        for (int t = 0; t < NT; ++t)
+            for (int k = 0; k < 8; ++k) l[t][k] += x[size_t(t) * in + i + k] * wr[i + k];
+#endif
+    for (int t = 0; t < NT; ++t) {
+        float tail = 0;
+        for (int j = i; j < in; ++j) tail += x[size_t(t) * in + j] * wr[j];
+        const float* a = l[t];
+        y[size_t(t) * ldy] = (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) + tail;
+    }
+}
+
+} // namespace
+
+void decode_linear(float* y, const float* x, const float* w, int T, int in, int out) {
+    if (T <= 0 || out <= 0) return;
+    if (T > 12 || size_t(out) * in < (size_t(1) << 18)) {
+        linear_forward(y, x, w, T, in, out);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (size_t(out) * in >= (size_t(1) << 20))
+    for (int o = 0; o < out; ++o) {
+        const float* wr = w + size_t(o) * in;
+        int t = 0;
+        for (; t + 4 <= T; t += 4) rows_dot<4>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr);
+        switch (T - t) {
+            case 3: rows_dot<3>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr); break;
+            case 2: rows_dot<2>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr); break;
+            case 1: rows_dot<1>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr); break;
+            default: break;
+        }
+    }
 }
 
 namespace {
@@ -39,7 +94,7 @@ void head(const model_config& c, const model_layout& L, const float* W, const fl
           int logits_from) {
     if (!logits || logits_from >= m) return;
     const int d = c.hidden_size;
-    linear_forward(logits, h + size_t(logits_from) * d, W + L.lm_head, m - logits_from, d, c.vocab_size);
+    decode_linear(logits, h + size_t(logits_from) * d, W + L.lm_head, m - logits_from, d, c.vocab_size);
 }
 
 void ensure_scratch(decode_scratch& s, size_t n) {

@@ -261,7 +261,14 @@ std::vector<int> generate(infer_model& m, sampler& s, const spec_params& p, cons
             if (on_tokens) on_tokens(buf.data(), keep);
         }
     }
-    if (stats) *stats = g.stats();
+    if (stats) {
+        *stats = g.stats();
+        const int cut = stats->n_gen - int(out.size());   // tokens committed past the stop token
+        if (n_new > 0 && cut > 0) {
+            stats->n_gen -= cut;
+            stats->n_steps_tokens -= cut;
+        }
+    }
     return out;
 }
 

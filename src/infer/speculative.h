@@ -79,7 +79,6 @@ private:
     void ensure_rows(int k, int rows);
     float* hrow(int k, int pos) { return hist_[k].data() + size_t(pos) * d_; }
     void run_module(int k, int n, int end, bool want_logits);
-    int hist_len() const { return int(toks_.size()); }
 
     infer_model& m_;
     sampler& s_;
@@ -87,7 +86,8 @@ private:
     bool spec_ = false;
     int D_ = 0, K_ = 0, d_ = 0, V_ = 0;
     std::vector<int> toks_;
-    std::vector<std::vector<float>> hist_;   // [stage][pos * d]: h (stage 0) and h^k of the latest computation
+    std::vector<std::vector<float>> hist_;   // [stage][pos * d]: h (stage 0) and h^k of the latest computation;
+                                             // grows with the context: (D+1)·n·d floats (could be windowed)
     std::vector<int> v_;                     // [stage] valid cache entries (MTP stages)
     std::vector<float> vlog_, dlog_;         // verify logits [(m+1), V], a draft's logits [V]
     std::vector<std::vector<double>> q_;     // draft distributions (sampling)

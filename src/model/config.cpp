@@ -135,6 +135,42 @@ model_config config_from_json(const json& j, const std::string& where) {
         if (c.n_group > 1 && c.has_router_bias() && c.n_routed_experts / c.n_group < 2)
             r.bad("n_group", "noaux_tc group scores need at least 2 experts per group");
     }
+    if (c.rope_scaling.yarn && !(c.rope_theta > 1.0)) r.bad("rope_theta", "must be > 1 with YaRN rope_scaling");
+    if (c.rope_scaling.yarn && !(c.rope_scaling.beta_fast > c.rope_scaling.beta_slow))
+        r.bad("rope_scaling", "beta_fast must exceed beta_slow");
+    // Size caps keep every int product the kernels form far from overflow, and the total parameter count sane.
+    auto cap = [&](const char* key, int v, int mx) { if (v > mx) r.bad(key, "value " + std::to_string(v) + " exceeds the supported maximum " + std::to_string(mx)); };
+    cap("vocab_size", c.vocab_size, 1 << 24);
+    cap("hidden_size", c.hidden_size, 1 << 16);
+    cap("num_hidden_layers", c.num_hidden_layers, 4096);
+    cap("num_attention_heads", c.num_attention_heads, 1024);
+    cap("intermediate_size", c.intermediate_size, 1 << 20);
+    cap("moe_intermediate_size", c.moe_intermediate_size, 1 << 20);
+    cap("n_routed_experts", c.n_routed_experts, 1 << 16);
+    cap("n_shared_experts", c.n_shared_experts, 64);
+    cap("q_lora_rank", c.q_lora_rank, 1 << 16);
+    cap("kv_lora_rank", c.kv_lora_rank, 1 << 16);
+    cap("qk_nope_head_dim", c.qk_nope_head_dim, 1 << 12);
+    cap("qk_rope_head_dim", c.qk_rope_head_dim, 1 << 12);
+    cap("v_head_dim", c.v_head_dim, 1 << 12);
+    cap("max_position_embeddings", c.max_position_embeddings, 1 << 24);
+    {
+        const double d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim(), dv = c.v_head_dim;
+        double attn = (c.q_lora_rank ? double(c.q_lora_rank) * (d + H * dq) : d * H * dq) +
+                      d * (c.kv_lora_rank + c.qk_rope_head_dim) + double(c.kv_lora_rank) * H * (c.qk_nope_head_dim + dv) +
+                      H * dv * d;
+        double total = 2.0 * c.vocab_size * d;
+        for (int i = 0; i < c.n_layers_total(); ++i) {
+            double ffn = c.is_moe_layer(i) ? 3.0 * d * c.moe_intermediate_size * (c.n_routed_experts + c.n_shared_experts) +
+                                                 d * c.n_routed_experts
+                                           : 3.0 * d * c.intermediate_size;
+            total += attn + ffn + (i >= c.num_hidden_layers ? 2.0 * d * d : 0.0);
+        }
+        if (double(c.n_routed_experts) * c.n_layers_total() > double(1 << 20))
+            r.bad("n_routed_experts", "more than 2^20 expert tensors in all layers");
+        if (total > double(1ull << 33))
+            fail(where, "model too large: " + std::to_string(total / 1e9) + "B parameters (this engine keeps fp32 weights in memory)");
+    }
     if (c.bos_token_id >= c.vocab_size) r.bad("bos_token_id", "not below vocab_size");
     if (c.eos_token_id >= c.vocab_size) r.bad("eos_token_id", "not below vocab_size");
     long long params = (long long)c.vocab_size * c.hidden_size;

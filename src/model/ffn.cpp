@@ -84,6 +84,7 @@ void moe_route(const model_config& c, const float* s, const float* bias, int* id
     float sum = 0;
     for (int k = 0; k < K; ++k) { w[k] = s[idx[k]]; sum += w[k]; }
     const bool norm = c.norm_topk_prob && K > 1;
+    if (norm) sum += 1e-20f;                              // as Hugging Face: guards an all-zero softmax tail
     for (int k = 0; k < K; ++k) w[k] = float((norm ? w[k] / sum : w[k]) * c.routed_scaling_factor);
 }
 
@@ -199,7 +200,7 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
         const int* id = m.idx + size_t(t) * K;
         const float* g = dw + size_t(t) * K;
         if (norm) {
-            double S = 0, gs = 0;
+            double S = 1e-20, gs = 0;
             for (int k = 0; k < K; ++k) { S += s[id[k]]; gs += double(g[k]) * s[id[k]]; }
             for (int k = 0; k < K; ++k) ds[id[k]] += float(sf * (g[k] / S - gs / (S * S)));
         } else {

@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "core/error.h"
 #include "core/ops.h"
 #include "model/rope.h"
 
@@ -11,6 +12,10 @@ namespace mtp {
 void model_forward(const model_config& c, const model_layout& L, const float* W, model_state& s, const int* tokens,
                    int T, float alpha, arena& a, std::vector<double>* load, int n_mtp_run) {
     const int d = c.hidden_size, V = c.vocab_size, E = c.n_routed_experts;
+    for (int t = 0; t < T; ++t)
+        if (tokens[t] < 0 || tokens[t] >= V)
+            fail("tokens", "token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
+                               " is outside the model's vocabulary [0, " + std::to_string(V) + ")");
     s.T = T;
     s.tokens.assign(tokens, tokens + T);
     s.pos.resize(T);

@@ -69,24 +69,33 @@ prepare_stats dataset_prepare(const prepare_options& o) {
         texts[i] = ss.str();
     }
     std::vector<std::vector<int>> enc(files.size());
+    std::vector<std::string> errors(files.size());       // exceptions must not escape the OpenMP region
 #pragma omp parallel for schedule(dynamic)
-    for (size_t i = 0; i < files.size(); ++i) enc[i] = tokenizer_encode(tok, texts[i], false);
+    for (size_t i = 0; i < files.size(); ++i) {
+        try {
+            enc[i] = tokenizer_encode(tok, texts[i], false);
+        } catch (const std::exception& e) {
+            errors[i] = e.what();
+        }
+    }
+    for (size_t i = 0; i < files.size(); ++i)
+        if (!errors[i].empty()) fail(files[i], "tokenizing failed: " + errors[i]);
+    size_t last_train_doc = 0;                            // start of the last train document
     for (size_t i = 0; i < files.size(); ++i) {
         if (enc[i].empty()) continue;
         st.docs++;
         st.bytes += texts[i].size();
         bool is_val = r.uniform() < o.val_fraction;
         auto& dst = is_val ? val : train;
+        if (!is_val) last_train_doc = train.size();
         dst.insert(dst.end(), enc[i].begin(), enc[i].end());
         if (sep >= 0) dst.push_back(uint32_t(sep));
     }
     if (st.docs == 0 || train.empty()) fail(o.inputs.empty() ? "--input" : o.inputs[0], "empty corpus: no tokens to train on");
-    if (o.val_fraction > 0 && val.empty() && st.docs >= 2) {   // guarantee a validation split
-        // move the last document of train to val
-        size_t cut = train.size() - 1;
-        while (cut > 0 && (sep < 0 || train[cut - 1] != uint32_t(sep))) --cut;
-        val.assign(train.begin() + long(cut), train.end());
-        train.resize(cut);
+    if (o.val_fraction > 0 && val.empty() && st.docs >= 2 && last_train_doc > 0) {
+        // guarantee a validation split: move the last whole train document to val
+        val.assign(train.begin() + long(last_train_doc), train.end());
+        train.resize(last_train_doc);
     }
     fs::create_directories(o.out_dir);
     if (!fs::is_directory(o.out_dir)) fail(o.out_dir, "cannot create output folder");

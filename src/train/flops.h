@@ -6,7 +6,7 @@ namespace mtp {
 
 // Forward FLOPs of one sequence of T tokens (matmuls + attention), trunk and every MTP depth.
 double model_forward_flops(const model_config& c, int T);
-// Measures sustained SGEMM GFLOP/s with the current thread count (~0.3 s).
+// Measures SGEMM GFLOP/s with the current thread count: best of ~0.5 s of 768^3 products.
 double measure_peak_gflops();
 
 } // namespace mtp

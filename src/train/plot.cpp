@@ -10,6 +10,7 @@
 namespace mtp {
 
 std::string plot_losses(const std::string& metrics_jsonl, const std::string& png, int n_mtp) {
+    if (png.find('\'') != std::string::npos) return "output path contains a quote";
     if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) return "gnuplot not installed";
     std::ifstream f(metrics_jsonl);
     std::string line;
@@ -19,6 +20,14 @@ std::string plot_losses(const std::string& metrics_jsonl, const std::string& png
     while (std::getline(f, line)) {
         nlohmann::json j;
         try { j = nlohmann::json::parse(line); } catch (...) { continue; }
+        auto finite = [&](const char* a, const char* b) {
+            if (!j[a].is_number()) return false;
+            if (b && (!j[b].is_array() || int(j[b].size()) < n_mtp)) return false;
+            for (int k = 0; b && k < n_mtp; ++k) if (!j[b][k].is_number()) return false;
+            return true;
+        };
+        if (j.value("type", "") == "train" && !finite("main", "mtp")) continue;
+        if (j.value("type", "") == "eval" && !finite("val_main", "val_mtp")) continue;
         if (j.value("type", "") == "train") {
             tr << j["step"].get<int>() << " " << j["main"].get<double>();
             for (int k = 0; k < n_mtp; ++k) tr << " " << j["mtp"][k].get<double>();

@@ -74,7 +74,7 @@ struct evaluation {
 
 evaluation evaluate(const model_files& m, const dataset& data, const train_config& tc, double lambda, arena& a,
                     model_state& s, std::vector<int>& buf) {
-    const auto& split = data.val.empty() ? data.train : data.val;
+    const auto& split = data.val.size() < size_t(tc.seq_len) ? data.train : data.val;   // tiny val: use train
     evaluation e;
     e.mtp.assign(m.config.n_mtp(), 0.0);
     for (int i = 0; i < tc.eval_batches; ++i) {
@@ -114,6 +114,9 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     }
     train_config_validate(tc);
     if (tc.threads > 0) omp_set_num_threads(tc.threads);
+    else tc.threads = omp_get_max_threads();   // recorded in checkpoints: exact resume needs the same count
+    if (!resume.empty() && tc.stop_at_step > 0 && tc.stop_at_step <= start_step)
+        fail("--stop-at-step", "must be after the resumed step " + std::to_string(start_step));
 
     dataset data = dataset_load(tc.data);
     if (resume.empty()) {
@@ -134,6 +137,9 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     std::string tok_path = !tc.tokenizer.empty() ? tc.tokenizer : data.tokenizer;
     if (!tok_path.empty() && fs::exists(tok_path)) tok = tokenizer_load(tok_path);
 
+    if (start_step == 0 && fs::is_directory(fs::path(tc.out_dir) / "checkpoints") &&
+        !fs::is_empty(fs::path(tc.out_dir) / "checkpoints"))
+        fail(tc.out_dir, "already holds checkpoints of another run: resume it with --resume, or choose another out_dir");
     fs::create_directories(tc.out_dir);
     const std::string metrics_path = (fs::path(tc.out_dir) / "metrics.jsonl").string();
     if (start_step == 0) fs::remove(metrics_path);
@@ -201,15 +207,18 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             if (tok) ids = tokenizer_encode(*tok, tc.sample_prompt, false);
             if (ids.empty()) ids.push_back(c.bos_token_id);
             size_t n0 = ids.size();
+            for (int& id : ids) if (id >= c.vocab_size) id = c.bos_token_id;
             generate_naive(c, m.layout, m.weights.data(), ids, tc.sample_tokens, 0.8f, 40, uint64_t(tc.seed) + at_step,
                            T, data.eos_id, a);
+            const int tok_vocab = tok ? tokenizer_vocab_size(*tok) : c.vocab_size;
+            for (int& id : ids) if (id >= tok_vocab) id = data.eos_id >= 0 ? data.eos_id : 0;   // padded model vocab
             std::string text;
             if (tok) text = tc.sample_prompt + tokenizer_decode(*tok, std::vector<int>(ids.begin() + long(n0), ids.end()));
             else for (int id : ids) text += std::to_string(id) + " ";
             std::printf("sample: %s\n", text.c_str());
             rec["sample"] = text;
         }
-        metrics << rec.dump() << "\n";
+        metrics << rec.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
         metrics.flush();
         std::fflush(stdout);
     };
@@ -243,6 +252,8 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             if (p.trainable)
                 for (size_t i = 0; i < p.size; ++i) gn2 += double(G[p.offset + i]) * G[p.offset + i];
         const double gnorm = std::sqrt(gn2);
+        if (!std::isfinite(gnorm) || !std::isfinite(l_total))
+            fail("train", "diverged at step " + std::to_string(step + 1) + ": loss or gradient is not finite (lower lr?)");
         if (tc.grad_clip > 0 && gnorm > tc.grad_clip) {
             const float sc = float(tc.grad_clip / gnorm);
             for (auto& g : G) g *= sc;
@@ -290,12 +301,15 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             do_eval(done);
             evaluated_last = true;
         }
-        if (tc.ckpt_every > 0 && done % tc.ckpt_every == 0 && done < tc.max_steps) {
+        if (tc.ckpt_every > 0 && done % tc.ckpt_every == 0 && done < tc.max_steps &&
+            !(tc.stop_at_step > 0 && done == tc.stop_at_step)) {
+            metrics.flush();
             checkpoint_save(tc.out_dir, m, opt, tc, done);
             checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
         }
     }
     if (tty) std::fprintf(stderr, "\r\033[K");
+    metrics.flush();
     if (tc.stop_at_step > 0 && step == tc.stop_at_step && step < tc.max_steps) {
         checkpoint_save(tc.out_dir, m, opt, tc, step);                   // as if interrupted: resume continues
         checkpoint_prune(tc.out_dir, tc.keep_checkpoints);

@@ -9,6 +9,7 @@
 
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/ops.h"
 #include "infer/cpu_model.h"
 #include "infer_test_util.h"
 #include "model/model.h"
@@ -98,9 +99,42 @@ void check_cached_vs_full(const nlohmann::json& j, uint64_t seed, int T) {
     if (std::getenv("MTP_FD_VERBOSE")) std::printf("    worst error / tolerance: %.3f\n", ck.worst_ratio);
 }
 
-TEST(KvCache, DenseQLoraD3) { check_cached_vs_full(small_config(3, false, true, false), 1, 29); }
-TEST(KvCache, MoeYarnD1) { check_cached_vs_full(small_config(1, true, false, true), 2, 31); }
-TEST(KvCache, MoeQLoraD2) { check_cached_vs_full(small_config(2, true, true, true), 3, 23); }
+// Single-threaded except the last (tiny forwards: OpenMP fork/join only adds stalls on a loaded machine; the last
+// keeps the threaded paths covered).
+TEST(KvCache, DenseQLoraD3) {
+    single_thread_scope one_thread;
+    check_cached_vs_full(small_config(3, false, true, false), 1, 29);
+}
+TEST(KvCache, MoeYarnD1) {
+    single_thread_scope one_thread;
+    check_cached_vs_full(small_config(1, true, false, true), 2, 31);
+}
+TEST(KvCache, MoeQLoraD2Threaded) { check_cached_vs_full(small_config(2, true, true, true), 3, 23); }
+
+TEST(KvCache, DecodeLinearRowsIndependentOfBatch) {
+    single_thread_scope one_thread;
+    // The few-rows head kernel: equal to the BLAS product within rounding (in·u·Σ|terms|), and each row's result
+    // bitwise the same whether it is computed alone or with up to 11 other rows.
+    const int in = 67, out = 5000;                                  // in not a multiple of 8: the tail path too
+    rng r(9);
+    std::vector<float> w(size_t(out) * in), x(size_t(12) * in);
+    for (auto& v : w) v = float(r.normal());
+    for (auto& v : x) v = float(r.normal());
+    std::vector<float> one(out), many(size_t(12) * out), ref(size_t(12) * out);
+    linear_forward(ref.data(), x.data(), w.data(), 12, in, out);
+    for (int T = 1; T <= 12; ++T) {
+        decode_linear(many.data(), x.data(), w.data(), T, in, out);
+        for (int t = 0; t < T; ++t) {
+            decode_linear(one.data(), x.data() + size_t(t) * in, w.data(), 1, in, out);
+            for (int o = 0; o < out; ++o) {
+                ASSERT_EQ(one[o], many[size_t(t) * out + o]) << "T " << T << " row " << t;
+                double abs_sum = 0;
+                for (int i = 0; i < in; ++i) abs_sum += std::fabs(double(x[size_t(t) * in + i]) * w[size_t(o) * in + i]);
+                ASSERT_NEAR(one[o], ref[size_t(t) * out + o], 2.0 * in * u32 * abs_sum);
+            }
+        }
+    }
+}
 
 TEST(KvCache, ContractViolationsThrow) {
     const model_files m = random_model(small_config(1, false, true, false, 40, 16), 4);

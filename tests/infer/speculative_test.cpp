@@ -46,7 +46,9 @@ std::vector<bool> decisive_steps(const model_files& m, const sampler& s, const s
         for (int v = 0; v < V; ++v) if (v != b1) second = std::max(second, pen[v]);
         const double tol = logit_tolerance(m, 0, T, st.h + size_t(row) * d);
         dec[i] = pen[b1] - second > 2 * tol;
-        if (dec[i]) EXPECT_EQ(b1, gen[i]) << "full forward disagrees with the reference at generated token " << i;
+        if (dec[i]) {
+            EXPECT_EQ(b1, gen[i]) << "full forward disagrees with the reference at generated token " << i;
+        }
     }
     return dec;
 }
@@ -332,7 +334,9 @@ void check_caches_after_rounds(const model_files& m, float temp, const spec_para
             ASSERT_EQ(cm.n_cached(k), v) << "module " << k << " holds provisional entries after rollback";
             ASSERT_LE(v, n - k + 1);
             // Only what the last round drafted on is missing (when module k ran in it: v = n_before - k + 1).
-            if (p.p_min == 0 && remaining - 1 >= k && k <= g.draft_max()) ASSERT_EQ(v, std::max(0, n_before - k + 1)) << "module " << k;
+            if (p.p_min == 0 && remaining - 1 >= k && k <= g.draft_max()) {
+                ASSERT_EQ(v, std::max(0, n_before - k + 1)) << "module " << k;
+            }
             ck.compare(cm.cache(k).layers[0], fresh.cache(k).layers[0], v, stages_to_depth(c, k),
                        "module " + std::to_string(k));
         }
