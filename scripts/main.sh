@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Main job: build, fetch the Brown corpus, train a byte-level BPE tokenizer, tokenise the corpus, train the
-# default small DeepSeek-V3-style MoE with D=2 MTP modules (about 10 minutes on 2 cores), save it, print samples.
+# default small DeepSeek-V3-style MoE with D=2 MTP modules (about 10 minutes on 2 cores), save it, print samples,
+# then generate with and without MTP speculative decoding and compare their speed (`mtp bench`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
@@ -15,3 +16,12 @@ echo "== train: configs/train_default.json (model configs/model_default.json)"
 rm -rf "$run/train"                 # a fresh run each time (the trainer refuses to mix runs)
 ./build/mtp train --config configs/train_default.json
 echo "== model saved in $run/train/model (config.json, model.safetensors, tokenizer.json); loss plot $run/train/loss.png"
+model="$run/train/model"
+for prompt in "The jury said" "In the morning, she"; do
+  echo "== generate (greedy), plain: \"$prompt\""
+  ./build/mtp generate --model "$model" --prompt "$prompt" -n 48 --spec none -t 1
+  echo "== generate (greedy), MTP speculative decoding, 2 drafts: \"$prompt\""
+  ./build/mtp generate --model "$model" --prompt "$prompt" -n 48 --spec mtp --draft 2 -t 1
+done
+echo "== bench: plain vs speculative generation on held-out prompts (greedy and temperature 0.8)"
+./build/mtp bench --model "$model" --prompt-shard "$run/data/val_000.bin" -p 64 -n 64 -r 3 -t 1
