@@ -1,5 +1,7 @@
-// `mtp generate` (KV-cached decoding, optionally with MTP speculative decoding) and `mtp bench` (pp / tg / tg with
-// speculation tokens/s, llama-bench style). Flag parsing only; the work is in src/infer.
+// `mtp generate` (KV-cached decoding, optionally with MTP speculative decoding), `mtp bench` (pp / tg / tg with
+// speculation tokens/s, llama-bench style, and where the time goes) and `mtp draft-vocab` (token frequencies of the
+// training shards for the FR-Spec restricted draft vocabulary). Flag parsing only; the work is in src/infer.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
 #include <omp.h>
 
 #include "commands.h"
@@ -15,6 +18,7 @@
 #include "infer/bench.h"
 #include "infer/cpu_model.h"
 #include "infer/speculative.h"
+#include "io/atomic_file.h"
 #include "io/token_shard.h"
 #include "io/tokenizer.h"
 
@@ -63,6 +67,51 @@ std::string piece(const tokenizer* t, int id) {
     return tokenizer_decode(*t, {id});
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Draft vocabulary (FR-Spec): token ids ranked by frequency in the training data.
+
+// Ranking from a token shard (every id counted; ties: lower id first).
+std::vector<int> rank_from_shard(const std::string& path, int vocab, const std::string& flag) {
+    token_shard ts = token_shard_read(path);
+    if (int64_t(ts.vocab_size) > vocab)
+        fail(flag, "shard vocab_size " + std::to_string(ts.vocab_size) + " exceeds the model's " + std::to_string(vocab));
+    if (ts.ids.empty()) fail(flag, path + " holds no tokens");
+    return vocab_rank_by_frequency(ts.ids, vocab);
+}
+
+// Ranking from DIR/draft_vocab.json (written by `mtp draft-vocab`): "ids", most frequent first.
+std::vector<int> rank_from_json(const std::string& path, int vocab, const std::string& flag) {
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(read_text(path, flag));
+    } catch (const nlohmann::json::exception& e) {
+        fail(flag, path + ": " + e.what());
+    }
+    if (!j.is_object() || !j.contains("ids") || !j["ids"].is_array() || j["ids"].empty())
+        fail(flag, path + ": expected an object with a non-empty \"ids\" array");
+    std::vector<int> rank;
+    std::vector<char> seen(vocab, 0);
+    for (const auto& v : j["ids"]) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
+            fail(flag, path + ": ids must be integers in [0, " + std::to_string(vocab) + ")");
+        const int id = v.get<int>();
+        if (seen[id]) fail(flag, path + ": id " + std::to_string(id) + " listed twice");
+        seen[id] = 1;
+        rank.push_back(id);
+    }
+    return rank;
+}
+
+// The frequency ranking for --draft-vocab: --draft-vocab-from SHARD, else MODEL/draft_vocab.json.
+std::vector<int> draft_rank(const std::string& from, const std::string& model_dir, int vocab) {
+    if (!from.empty()) return rank_from_shard(from, vocab, "--draft-vocab-from");
+    const fs::path p = fs::path(model_dir) / "draft_vocab.json";
+    if (!fs::exists(p))
+        fail("--draft-vocab", "needs token frequencies: --draft-vocab-from SHARD, or " + p.string() +
+                                  " (mtp draft-vocab --data DATA_DIR --out " + p.string() + ")");
+    return rank_from_json(p.string(), vocab, "--draft-vocab");
+}
+
 struct sampling_flags {
     sampler_params s;
     void add(CLI::App* cmd) {
@@ -79,8 +128,8 @@ struct sampling_flags {
 void add_generate_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("generate", "Generate text with KV caches and MTP speculative decoding");
     struct opts {
-        std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out;
-        int n = 128, draft = 0, batch = 256, threads = 0;
+        std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out, dv_from;
+        int n = 128, draft = 0, batch = 256, threads = 0, draft_vocab = 0;
         float p_min = 0;
         bool reuse = false, ignore_eos = false;
         sampling_flags sf;
@@ -100,6 +149,10 @@ void add_generate_cmd(CLI::App& app) {
     auto* dr = cmd->add_option("--draft", o->draft, "draft tokens per round (default: D; D+1 with --draft-reuse)");
     cmd->add_option("--draft-p-min", o->p_min, "adaptive drafting: stop at a draft token with probability below P");
     cmd->add_flag("--draft-reuse", o->reuse, "continue drafting past D by reusing the last MTP module");
+    cmd->add_option("--draft-vocab", o->draft_vocab,
+                    "drafts consider only the N most frequent tokens (FR-Spec; 0: the full vocabulary)");
+    cmd->add_option("--draft-vocab-from", o->dv_from,
+                    "token shard to count frequencies in (default: MODEL/draft_vocab.json from mtp draft-vocab)");
     cmd->add_option("--batch", o->batch, "prompt tokens per forward");
     cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at eos_token_id");
     cmd->add_option("--tokens-out", o->tokens_out, "write the generated token ids (comma-separated) to FILE");
@@ -110,6 +163,8 @@ void add_generate_cmd(CLI::App& app) {
         if (!o->spec.empty() && o->spec != "mtp" && o->spec != "none")
             fail("--spec", "expected mtp or none, got '" + o->spec + "'");
         if (dr->count() && o->draft < 1) fail("--draft", "must be >= 1");
+        if (o->draft_vocab < 0) fail("--draft-vocab", "must be >= 0");
+        if (!o->dv_from.empty() && o->draft_vocab == 0) fail("--draft-vocab-from", "needs --draft-vocab N");
         set_threads(o->threads);
         sampler_params_check(o->sf.s);
         model_files m = model_load_dir(o->model);
@@ -139,6 +194,16 @@ void add_generate_cmd(CLI::App& app) {
         sp.n_batch = o->batch;
         if (o->spec == "mtp" && c.n_mtp() == 0)
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
+        if (o->draft_vocab > 0) {
+            if (o->draft_vocab > c.vocab_size)
+                fail("--draft-vocab", std::to_string(o->draft_vocab) + " exceeds vocab_size " +
+                                          std::to_string(c.vocab_size));
+            const std::vector<int> rank = draft_rank(o->dv_from, o->model, c.vocab_size);
+            if (o->draft_vocab > int(rank.size()))
+                fail("--draft-vocab", std::to_string(o->draft_vocab) + " exceeds the " + std::to_string(rank.size()) +
+                                          " ranked tokens available");
+            sp.draft_vocab = draft_vocab_from_rank(rank, o->draft_vocab);
+        }
         spec_params_check(sp, c.n_mtp());
 
         cpu_model cm(m);
@@ -170,9 +235,11 @@ void add_generate_cmd(CLI::App& app) {
 void add_bench_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("bench", "Prompt/generation tokens/s, plain and with MTP speculation");
     struct opts {
-        std::string model, tok, prompt_file, prompt_shard;
+        std::string model, tok, prompt_file, prompt_shard, dv_from;
         int p = 128, n = 128, r = 3, batch = 256, threads = 0;
         std::vector<float> temps;
+        std::vector<int> draft_vocabs, cost_rows;
+        bool no_costs = false;
         float p_min = 0;
         uint64_t seed = 1;
         bool json = false;
@@ -190,6 +257,14 @@ void add_bench_cmd(CLI::App& app) {
     cmd->add_option("-r,--repetitions", o->r, "repetitions");
     cmd->add_option("--temp", o->temps, "temperatures (default: 0 and 0.8)")->expected(1, -1);
     cmd->add_option("--draft-p-min", o->p_min, "also measure adaptive drafting with this p-min");
+    cmd->add_option("--draft-vocab", o->draft_vocabs,
+                    "draft vocabulary sizes to measure (0: full vocabulary; N: the N most frequent tokens)")
+        ->expected(1, -1);
+    cmd->add_option("--draft-vocab-from", o->dv_from,
+                    "token shard to count frequencies in (default: MODEL/draft_vocab.json)");
+    cmd->add_option("--cost-rows", o->cost_rows, "row counts of the forward-cost table (default 1 2 3 4 5 6 8)")
+        ->expected(1, -1);
+    cmd->add_flag("--no-costs", o->no_costs, "skip the forward-cost table");
     cmd->add_option("--batch", o->batch, "prompt tokens per forward");
     cmd->add_option("--seed", o->seed, "sampling / random prompt seed");
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads (0: OMP_NUM_THREADS / all cores)");
@@ -202,6 +277,10 @@ void add_bench_cmd(CLI::App& app) {
         if (!(o->p_min >= 0 && o->p_min <= 1)) fail("--draft-p-min", "must be in [0, 1]");
         for (float t : o->temps)
             if (!(t >= 0)) fail("--temp", "must be >= 0");
+        for (int v : o->draft_vocabs)
+            if (v < 0) fail("--draft-vocab", "must be >= 0");
+        for (int v : o->cost_rows)
+            if (v < 1 || v > 64) fail("--cost-rows", "must be in 1..64");
         set_threads(o->threads);
         model_files m = model_load_dir(o->model);
         const model_config& c = m.config;
@@ -215,6 +294,27 @@ void add_bench_cmd(CLI::App& app) {
         bp.p_min = o->p_min;
         bp.seed = o->seed;
         if (!o->temps.empty()) bp.temps = o->temps;
+        if (!o->draft_vocabs.empty()) {
+            bp.draft_vocabs = o->draft_vocabs;
+            bool any = false;
+            for (int v : o->draft_vocabs) {
+                any |= v > 0;
+                if (v > c.vocab_size)
+                    fail("--draft-vocab", std::to_string(v) + " exceeds vocab_size " + std::to_string(c.vocab_size));
+            }
+            if (any) bp.vocab_rank = draft_rank(o->dv_from, o->model, c.vocab_size);
+            for (int v : o->draft_vocabs)
+                if (v > int(bp.vocab_rank.size()))
+                    fail("--draft-vocab", std::to_string(v) + " exceeds the " + std::to_string(bp.vocab_rank.size()) +
+                                              " ranked tokens available");
+        } else if (!o->dv_from.empty()) {
+            fail("--draft-vocab-from", "needs --draft-vocab N...");
+        }
+        if (!o->cost_rows.empty()) bp.cost_rows = o->cost_rows;
+        if (o->no_costs) bp.cost_rows.clear();
+        if (!bp.cost_rows.empty() && o->p + *std::max_element(bp.cost_rows.begin(), bp.cost_rows.end()) >
+                                         c.max_position_embeddings)
+            fail("--cost-rows", "-p + the largest row count exceeds max_position_embeddings");
         std::string source = "random token ids";
         if (!o->prompt_file.empty() || !o->prompt_shard.empty()) {
             const bool shard = !o->prompt_shard.empty();
@@ -247,17 +347,92 @@ void add_bench_cmd(CLI::App& app) {
             }
         }
         cpu_model cm(m);
-        auto rows = bench_run(cm, bp, [](const std::string& s) { std::fprintf(stderr, "bench: %s\r", s.c_str()); });
+        auto res = bench_run(cm, bp, [](const std::string& s) { std::fprintf(stderr, "bench: %-40s\r", s.c_str()); });
         std::fprintf(stderr, "\n");
         if (o->json) {
-            std::printf("%s\n", bench_json(rows).c_str());
+            std::printf("%s\n", bench_json(res).c_str());
         } else {
             std::printf("model %s: %d layers + %d MTP modules, d %d, vocab %d; prompts: %s; -p %d -n %d -r %d, "
                         "%d threads\n\n",
                         o->model.c_str(), c.num_hidden_layers, c.n_mtp(), c.hidden_size, c.vocab_size, source.c_str(),
                         o->p, o->n, o->r, omp_get_max_threads());
-            std::printf("%s", bench_table(rows).c_str());
+            std::printf("%s\n", bench_table(res.rows).c_str());
+            std::printf("Where the decode time goes, per generated token (all repetitions):\n\n%s",
+                        bench_breakdown(res.rows).c_str());
+            if (!res.costs.empty())
+                std::printf("\nOne forward over R new positions after %d cached ones, µs (median of 41):\n\n%s",
+                            res.cost_context, bench_cost_table(res).c_str());
         }
+    });
+}
+
+void add_draft_vocab_cmd(CLI::App& app) {
+    auto* cmd = app.add_subcommand("draft-vocab",
+                                   "Rank tokens by frequency in the training shards (FR-Spec draft vocabulary)");
+    struct opts {
+        std::string data, out;
+        int n = 0;
+    };
+    auto o = std::make_shared<opts>();
+    cmd->add_option("--data", o->data, "dataset directory from `mtp data prepare` (meta.json + shards)")->required();
+    cmd->add_option("--out", o->out, "output JSON (e.g. MODEL/draft_vocab.json)")->required();
+    cmd->add_option("--n", o->n, "keep the N most frequent tokens (0: every token that occurs)");
+    cmd->callback([o] {
+        if (o->n < 0) fail("--n", "must be >= 0");
+        const fs::path dir(o->data);
+        const fs::path meta = dir / "meta.json";
+        if (!fs::exists(meta)) fail("--data", meta.string() + " not found (a directory from `mtp data prepare`)");
+        nlohmann::json j;
+        try {
+            j = nlohmann::json::parse(read_text(meta.string(), "--data"));
+        } catch (const nlohmann::json::exception& e) {
+            fail("--data", meta.string() + ": " + e.what());
+        }
+        if (!j.is_object() || !j.contains("train") || !j["train"].is_array() || j["train"].empty() ||
+            !j.contains("vocab_size") || !j["vocab_size"].is_number_integer() || j["vocab_size"].get<int64_t>() < 1 ||
+            j["vocab_size"].get<int64_t>() > (int64_t(1) << 24))
+            fail("--data", meta.string() + ": expected \"train\" shards and \"vocab_size\"");
+        const int V = j["vocab_size"].get<int>();
+        std::vector<int64_t> cnt(V, 0);
+        int64_t total = 0;
+        for (const auto& f : j["train"]) {
+            if (!f.is_string()) fail("--data", meta.string() + ": shard names must be strings");
+            token_shard ts = token_shard_read((dir / f.get<std::string>()).string());
+            for (uint32_t t : ts.ids) {
+                if (t >= uint32_t(V)) fail("--data", "token id " + std::to_string(t) + " is not below vocab_size");
+                ++cnt[t];
+            }
+            total += int64_t(ts.ids.size());
+        }
+        if (total == 0) fail("--data", "the training shards hold no tokens");
+        std::vector<int> rank(V);
+        for (int i = 0; i < V; ++i) rank[i] = i;
+        std::stable_sort(rank.begin(), rank.end(), [&](int a, int b) { return cnt[a] > cnt[b]; });
+        int keep = 0;
+        while (keep < V && cnt[rank[keep]] > 0) ++keep;
+        if (o->n > 0 && o->n < keep) keep = o->n;
+        std::vector<int> ids(rank.begin(), rank.begin() + keep);
+        std::vector<int64_t> counts;
+        int64_t covered = 0;
+        for (int id : ids) {
+            counts.push_back(cnt[id]);
+            covered += cnt[id];
+        }
+        nlohmann::json out{{"format", "mtp.cpp draft vocab v1"},
+                           {"data", o->data},
+                           {"vocab_size", V},
+                           {"train_tokens", total},
+                           {"n", keep},
+                           {"coverage", double(covered) / double(total)},
+                           {"ids", ids},
+                           {"counts", counts}};
+        try {
+            write_file_atomic(o->out, out.dump() + "\n");
+        } catch (const std::exception& e) {
+            fail("--out", std::string("cannot write ") + o->out + ": " + e.what());
+        }
+        std::printf("%d tokens ranked from %lld training tokens; the first %d cover %.2f%% of them -> %s\n", keep,
+                    (long long)total, keep, 100.0 * double(covered) / double(total), o->out.c_str());
     });
 }
 
@@ -266,6 +441,7 @@ void add_bench_cmd(CLI::App& app) {
 void add_generate(CLI::App& app) {
     add_generate_cmd(app);
     add_bench_cmd(app);
+    add_draft_vocab_cmd(app);
 }
 
 } // namespace mtp::cli

@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
     mtp::cli::add_data(app);
     mtp::cli::add_tokenizer(app);
     mtp::cli::add_generate(app);
+    mtp::cli::add_convert(app);
+    mtp::cli::add_serve(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

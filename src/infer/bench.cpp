@@ -2,6 +2,8 @@
 #include "infer/bench.h"
 
 #include <algorithm>
+#include <chrono>
+#include <numeric>
 #include <cmath>
 #include <cstdio>
 
@@ -32,26 +34,129 @@ struct spec_cfg {
     int draft;
     bool reuse;
     float p_min;
+    int vocab;                                     // draft vocabulary size, 0: full
 };
+
+using clk = std::chrono::steady_clock;
+
+double median_of(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Per-rows forward costs after a prefill of `prompt` (stage 0 and module 1).
+void measure_costs(infer_model& m, const bench_params& p, const std::vector<int>& dv, bench_result& res) {
+    const std::vector<int>& prompt = p.prompts[0];
+    const int P = int(prompt.size()), d = m.n_embd(), V = m.n_vocab();
+    int rmax = 0;
+    for (int r : p.cost_rows) rmax = std::max(rmax, r);
+    if (rmax <= 0 || P < 2 || P + rmax > m.n_ctx() || m.n_mtp() == 0) return;
+    if (!dv.empty()) m.set_draft_vocab(dv);
+    for (int k = 0; k <= m.n_mtp(); ++k) m.truncate(k, 0);
+    std::vector<float> h0(size_t(P + rmax) * d), h1(size_t(P + rmax) * d), hb(size_t(rmax) * d),
+        lg(size_t(rmax) * V);
+    for (int j0 = 0; j0 < P; j0 += p.n_batch) {
+        const int cnt = std::min(p.n_batch, P - j0);
+        m.eval(0, j0, cnt, prompt.data() + j0, nullptr, h0.data() + size_t(j0) * d, nullptr);
+    }
+    for (int j0 = 0; j0 < P - 1; j0 += p.n_batch) {
+        const int cnt = std::min(p.n_batch, P - 1 - j0);
+        m.eval(1, j0, cnt, prompt.data() + j0 + 1, h0.data() + size_t(j0) * d, h1.data() + size_t(j0) * d, nullptr);
+    }
+    std::vector<int> toks(rmax);
+    for (int i = 0; i < rmax; ++i) toks[i] = prompt[size_t(i) % P];
+    res.cost_context = P;
+    res.cost_draft_vocab = int(dv.size());
+    const int iters = 41;
+    auto time_it = [&](auto&& fn) {
+        std::vector<double> t;
+        fn();                                      // warm-up
+        for (int i = 0; i < iters; ++i) {
+            auto t0 = clk::now();
+            fn();
+            t.push_back(std::chrono::duration<double, std::micro>(clk::now() - t0).count());
+        }
+        return median_of(t);
+    };
+    for (int R : p.cost_rows) {
+        if (R <= 0) continue;
+        cost_row c;
+        c.rows = R;
+        c.main_full = time_it([&] {
+            m.eval(0, P, R, toks.data(), nullptr, hb.data(), lg.data(), 0);
+            m.truncate(0, P);
+        });
+        c.trunk = time_it([&] {
+            m.eval(0, P, R, toks.data(), nullptr, hb.data(), nullptr);
+            m.truncate(0, P);
+        });
+        c.module = time_it([&] {
+            m.eval(1, P - 1, R, toks.data(), h0.data(), hb.data(), nullptr);
+            m.truncate(1, P - 1);
+        });
+        c.module_full = time_it([&] {
+            m.eval(1, P - 1, R, toks.data(), h0.data(), hb.data(), lg.data(), R - 1);
+            m.truncate(1, P - 1);
+        });
+        if (!dv.empty())
+            c.module_draft = time_it([&] {
+                m.eval(1, P - 1, R, toks.data(), h0.data(), hb.data(), lg.data(), R - 1, true);
+                m.truncate(1, P - 1);
+            });
+        res.costs.push_back(c);
+    }
+    for (int k = 0; k <= m.n_mtp(); ++k) m.truncate(k, 0);
+}
 
 } // namespace
 
-std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
-                                 const std::function<void(const std::string&)>& progress) {
+std::vector<int> vocab_rank_by_frequency(const std::vector<uint32_t>& ids, int V) {
+    std::vector<int64_t> cnt(V, 0);
+    for (uint32_t t : ids)
+        if (t < uint32_t(V)) ++cnt[t];
+    std::vector<int> rank(V);
+    std::iota(rank.begin(), rank.end(), 0);
+    std::stable_sort(rank.begin(), rank.end(), [&](int a, int b) { return cnt[a] > cnt[b]; });
+    return rank;
+}
+
+std::vector<int> draft_vocab_from_rank(const std::vector<int>& rank, int N) {
+    if (N <= 0 || N > int(rank.size()))
+        fail("--draft-vocab", std::to_string(N) + " is not in 1.." + std::to_string(rank.size()));
+    std::vector<int> v(rank.begin(), rank.begin() + N);
+    std::sort(v.begin(), v.end());
+    return v;
+}
+
+bench_result bench_run(infer_model& m, const bench_params& p,
+                       const std::function<void(const std::string&)>& progress) {
     if (p.prompts.empty()) fail("bench", "no prompts");
     if (p.reps < 1) fail("-r", "must be >= 1");
     if (p.n_gen < 2) fail("-n", "must be >= 2");
     const int D = m.n_mtp();
-    std::vector<spec_cfg> cfgs;
-    for (int d = 1; d <= D; ++d) cfgs.push_back({d, false, 0.0f});
-    if (D > 0) {
-        cfgs.push_back({D + 1, true, 0.0f});
-        cfgs.push_back({D + 2, true, 0.0f});
-        if (p.p_min > 0) {
-            cfgs.push_back({D, false, p.p_min});
-            cfgs.push_back({D + 2, true, p.p_min});
-        }
+    std::vector<std::vector<int>> vocabs;          // per entry of p.draft_vocabs
+    for (int N : p.draft_vocabs) {
+        if (N > 0 && p.vocab_rank.empty()) fail("--draft-vocab", "needs token frequencies");
+        vocabs.push_back(N > 0 ? draft_vocab_from_rank(p.vocab_rank, N) : std::vector<int>{});
     }
+    std::vector<spec_cfg> cfgs;
+    if (D > 0)
+        for (int N : p.draft_vocabs) {
+            for (int d = 1; d <= D; ++d) cfgs.push_back({d, false, 0.0f, N});
+            cfgs.push_back({D + 1, true, 0.0f, N});
+            cfgs.push_back({D + 2, true, 0.0f, N});
+            if (p.p_min > 0) {
+                cfgs.push_back({D, false, p.p_min, N});
+                cfgs.push_back({D + 2, true, p.p_min, N});
+            }
+        }
+    auto vocab_of = [&](int N) -> const std::vector<int>& {
+        for (size_t i = 0; i < p.draft_vocabs.size(); ++i)
+            if (p.draft_vocabs[i] == N) return vocabs[i];
+        return vocabs[0];
+    };
     const std::string pp = "pp" + std::to_string(p.n_prompt), tg = "tg" + std::to_string(p.n_gen);
     {                                              // warm-up (caches, thread pools, page faults), not measured
         sampler_params sp;
@@ -60,7 +165,8 @@ std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
         w.n_batch = p.n_batch;
         generate(m, s, w, p.prompts[0], std::min(p.n_gen, 16));
     }
-    std::vector<bench_row> rows;
+    bench_result res;
+    std::vector<bench_row>& rows = res.rows;
     bench_row pp_row;
     pp_row.test = pp;
     rows.push_back(pp_row);
@@ -75,6 +181,7 @@ std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
             spec[i].draft = cfgs[i].draft;
             spec[i].reuse = cfgs[i].reuse;
             spec[i].p_min = cfgs[i].p_min;
+            spec[i].draft_vocab = cfgs[i].vocab;
         }
         for (int r = 0; r < p.reps; ++r) {
             const std::vector<int>& prompt = p.prompts[size_t(r) % p.prompts.size()];
@@ -106,6 +213,7 @@ std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
                 sp2.reuse = cfgs[i].reuse;
                 sp2.p_min = cfgs[i].p_min;
                 sp2.n_batch = p.n_batch;
+                sp2.draft_vocab = vocab_of(cfgs[i].vocab);
                 if (progress)
                     progress("rep " + std::to_string(r + 1) + " temp " + std::to_string(temp) + ": draft " +
                              std::to_string(cfgs[i].draft));
@@ -116,25 +224,51 @@ std::vector<bench_row> bench_run(infer_model& m, const bench_params& p,
         rows.push_back(plain);
         for (auto& r : spec) rows.push_back(r);
     }
-    return rows;
+    if (!p.cost_rows.empty()) {
+        if (progress) progress("forward costs");
+        std::vector<int> dv;
+        for (size_t i = 0; i < p.draft_vocabs.size() && dv.empty(); ++i) dv = vocabs[i];
+        measure_costs(m, p, dv, res);
+    }
+    return res;
 }
 
+namespace {
+
+std::string draft_label(const bench_row& r) {
+    char b[64];
+    std::string draft = "-";
+    if (r.draft > 0) {
+        draft = std::to_string(r.draft);
+        if (r.reuse) draft += " reuse";
+        if (r.p_min > 0) {
+            std::snprintf(b, sizeof b, " p-min %.2g", r.p_min);
+            draft += b;
+        }
+    }
+    return draft;
+}
+
+std::string vocab_label(const bench_row& r) {
+    if (r.draft == 0) return "-";
+    return r.draft_vocab > 0 ? std::to_string(r.draft_vocab) : "full";
+}
+
+std::string temp_label(const bench_row& r) {
+    char b[32];
+    if (r.test.rfind("pp", 0) == 0) return "-";
+    std::snprintf(b, sizeof b, "%.2g", r.temp);
+    return b;
+}
+
+} // namespace
+
 std::string bench_table(const std::vector<bench_row>& rows) {
-    std::string s = "| test | temp | draft | t/s | speed-up vs tg | mean acc. len | acceptance per draft position (- none "
-                    "reached) |\n"
-                    "|---|---:|---|---:|---:|---:|---|\n";
+    std::string s = "| test | temp | draft | draft vocab | t/s | speed-up vs tg | mean acc. len | acceptance per draft "
+                    "position (- none reached) |\n"
+                    "|---|---:|---|---:|---:|---:|---:|---|\n";
     char b[512];
     for (const auto& r : rows) {
-        std::string draft = "-";
-        if (r.draft > 0) {
-            draft = std::to_string(r.draft);
-            if (r.reuse) draft += " reuse";
-            if (r.p_min > 0) {
-                std::snprintf(b, sizeof b, " p-min %.2g", r.p_min);
-                draft += b;
-            }
-        }
-        std::string temp = r.test.rfind("pp", 0) == 0 ? "-" : (std::snprintf(b, sizeof b, "%.2g", r.temp), b);
         std::string sp = "-", acc = "-", len = "-";
         if (!r.speedup.empty() && r.draft > 0) {
             std::snprintf(b, sizeof b, "%.3f ± %.3f", mean_of(r.speedup), stddev_of(r.speedup));
@@ -148,24 +282,82 @@ std::string bench_table(const std::vector<bench_row>& rows) {
                 acc += b;
             }
         }
-        std::snprintf(b, sizeof b, "| %s | %s | %s | %.2f ± %.2f | %s | %s | %s |\n", r.test.c_str(), temp.c_str(),
-                      draft.c_str(), mean_of(r.tps), stddev_of(r.tps), sp.c_str(), len.c_str(), acc.c_str());
+        std::snprintf(b, sizeof b, "| %s | %s | %s | %s | %.2f ± %.2f | %s | %s | %s |\n", r.test.c_str(),
+                      temp_label(r).c_str(), draft_label(r).c_str(), vocab_label(r).c_str(), mean_of(r.tps),
+                      stddev_of(r.tps), sp.c_str(), len.c_str(), acc.c_str());
         s += b;
     }
     return s;
 }
 
-std::string bench_json(const std::vector<bench_row>& rows) {
-    nlohmann::json a = nlohmann::json::array();
+std::string bench_breakdown(const std::vector<bench_row>& rows) {
+    std::string s = "| test | temp | draft | draft vocab | µs/token | draft (MTP fwd) | verify (main fwd) | sampling | "
+                    "rollback | other | main rows/round | MTP passes/round | refill rows/round |\n"
+                    "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    char b[512];
     for (const auto& r : rows) {
+        if (r.test.rfind("tg", 0) != 0) continue;
+        const gen_stats& st = r.stats;
+        if (st.n_steps_tokens == 0) continue;
+        const double k = 1e6 / double(st.n_steps_tokens);
+        const double other = st.t_gen - st.t_draft - st.t_verify - st.t_sample - st.t_rollback;
+        const double rounds = st.n_rounds > 0 ? double(st.n_rounds) : 1.0;
+        std::snprintf(b, sizeof b,
+                      "| %s | %s | %s | %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f | %.2f |\n",
+                      r.test.c_str(), temp_label(r).c_str(), draft_label(r).c_str(), vocab_label(r).c_str(),
+                      st.t_gen * k, st.t_draft * k, st.t_verify * k, st.t_sample * k, st.t_rollback * k, other * k,
+                      st.n_verify_rows / rounds, st.n_module_passes / rounds, st.n_refill_rows / rounds);
+        s += b;
+    }
+    return s;
+}
+
+std::string bench_cost_table(const bench_result& r) {
+    if (r.costs.empty()) return "";
+    char b[512];
+    std::snprintf(b, sizeof b,
+                  "| rows | main fwd + full head | (× 1 row) | trunk only | MTP module, no head | (× 1 row) | module + "
+                  "full head (last row) | module + draft head %d (last row) |\n"
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                  r.cost_draft_vocab);
+    std::string s = b;
+    const cost_row& one = r.costs.front();
+    for (const auto& c : r.costs) {
+        std::string dv = c.module_draft > 0 ? (std::snprintf(b, sizeof b, "%.1f", c.module_draft), b) : "-";
+        std::snprintf(b, sizeof b, "| %d | %.1f | %.2f | %.1f | %.1f | %.2f | %.1f | %s |\n", c.rows, c.main_full,
+                      one.main_full > 0 ? c.main_full / one.main_full : 0, c.trunk, c.module,
+                      one.module > 0 ? c.module / one.module : 0, c.module_full, dv.c_str());
+        s += b;
+    }
+    return s;
+}
+
+std::string bench_json(const bench_result& res) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& r : res.rows) {
         nlohmann::json j{{"test", r.test},
                          {"temperature", r.temp},
                          {"draft", r.draft},
                          {"reuse", r.reuse},
                          {"p_min", r.p_min},
+                         {"draft_vocab", r.draft_vocab},
                          {"tokens_per_s", r.tps},
                          {"tokens_per_s_mean", mean_of(r.tps)},
                          {"tokens_per_s_stddev", stddev_of(r.tps)}};
+        const gen_stats& st = r.stats;
+        if (r.test.rfind("tg", 0) == 0 && st.n_steps_tokens > 0) {
+            const double k = 1e6 / double(st.n_steps_tokens);
+            j["us_per_token"] = {{"total", st.t_gen * k},
+                                 {"draft", st.t_draft * k},
+                                 {"verify", st.t_verify * k},
+                                 {"sampling", st.t_sample * k},
+                                 {"rollback", st.t_rollback * k},
+                                 {"other", (st.t_gen - st.t_draft - st.t_verify - st.t_sample - st.t_rollback) * k}};
+            j["rounds"] = st.n_rounds;
+            j["main_rows"] = st.n_verify_rows;
+            j["module_passes"] = st.n_module_passes;
+            j["refill_rows"] = st.n_refill_rows;
+        }
         if (r.draft > 0) {
             std::vector<double> acc;
             for (size_t k = 0; k < r.stats.reached.size(); ++k) acc.push_back(r.stats.accept_rate(int(k)));
@@ -180,7 +372,18 @@ std::string bench_json(const std::vector<bench_row>& rows) {
         }
         a.push_back(j);
     }
-    return a.dump(2);
+    nlohmann::json costs = nlohmann::json::array();
+    for (const auto& c : res.costs)
+        costs.push_back({{"rows", c.rows},
+                         {"main_full_us", c.main_full},
+                         {"trunk_us", c.trunk},
+                         {"module_us", c.module},
+                         {"module_full_head_us", c.module_full},
+                         {"module_draft_head_us", c.module_draft}});
+    nlohmann::json out{{"rows", a},
+                       {"forward_costs", {{"context", res.cost_context}, {"draft_vocab", res.cost_draft_vocab},
+                                          {"rows", costs}}}};
+    return out.dump(2);
 }
 
 } // namespace mtp

@@ -22,23 +22,28 @@ public:
     int n_cached(int stage) const override;
     void truncate(int stage, int n) override;
     void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
-              int logits_from = 0) override;
+              int logits_from = 0, bool draft_vocab = false) override;
+    void set_draft_vocab(const std::vector<int>& ids) override;
+    const std::vector<int>& draft_vocab() const override { return dw_.draft_ids; }
 
     // For tests and memory reports.
     const kv_cache& cache(int stage) const { return caches_.at(stage); }
     size_t cache_bytes() const;
+    size_t packed_bytes() const { return dw_.bytes(); }   // decode-time packed weight copies
     const model_config& config() const { return c_; }
 
 private:
     const model_config& c_;
     const model_layout& L_;
     const float* W_;
+    decode_weights dw_;
     int n_ctx_;
     std::vector<double> freqs_;
     std::vector<kv_cache> caches_;        // [1 + D]
     std::vector<decode_scratch> scratch_; // [1 + D]
     std::vector<int> pos_;
-    std::vector<float> cos_, sin_;
+    std::vector<float> cos_, sin_;        // [n_rope_, rope/2]: rows for positions 0..n_rope_-1
+    int n_rope_ = 0;
     arena a_;
 };
 

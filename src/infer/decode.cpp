@@ -1,10 +1,14 @@
-// Trunk and MTP-module decode forwards: pre-norm decoder layers with absorbed MLA over the latent cache.
+// Trunk and MTP-module decode forwards: pre-norm decoder layers with absorbed MLA over the latent cache, on packed
+// multi-row kernels (few rows) or the training forward's BLAS kernels (long prompt chunks).
 #include "infer/decode.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#define MTP_DECODE_AVX2 1
 #endif
 
 #include "core/ops.h"
@@ -14,87 +18,389 @@ namespace mtp {
 size_t kv_cache::bytes() const {
     size_t b = 0;
     for (const auto& l : layers) b += (l.ckv.capacity() + l.kpe.capacity()) * sizeof(float);
+    for (const auto& l : panels) b += (l.ckv.capacity() + l.kpe.capacity()) * sizeof(float);
     return b;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Packed weights.
+
 namespace {
 
-// y[t*ldy] = x_t · wr for NT rows x_t (stride in); 8 fixed lanes, then a fixed pairwise lane sum and the tail.
-template <int NT>
-inline void rows_dot(float* y, size_t ldy, const float* x, int in, const float* wr) {
-    int i = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (; i + 8 <= in; i += 8) {
-        const __m256 wv = _mm256_loadu_ps(wr + i);
-        for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(_mm256_loadu_ps(x + size_t(t) * in + i), wv, acc[t]);
+size_t ffn_bytes(const decode_ffn& f) { return f.gate_up.bytes() + f.down.bytes(); }
+
+size_t layer_bytes(const decode_layer_weights& l) {
+    size_t b = l.in_proj.bytes() + l.q_b.bytes() + l.o_proj.bytes() + l.router.bytes() + ffn_bytes(l.mlp) +
+               ffn_bytes(l.shared);
+    for (const auto& p : l.uk) b += p.bytes();
+    for (const auto& p : l.uv) b += p.bytes();
+    for (const auto& e : l.experts) b += ffn_bytes(e);
+    return b;
+}
+
+void build_ffn(decode_ffn& f, const swiglu_offsets& s, const float* W, int d) {
+    f.inner = s.inner;
+    if (s.inner <= 0) return;
+    pack_weight_stacked(f.gate_up, {W + s.gate, W + s.up}, {s.inner, s.inner}, d);
+    pack_weight(f.down, W + s.down, d, s.inner);
+}
+
+void build_layer(decode_layer_weights& lw, const model_config& c, const layer_offsets& l, const float* W) {
+    const int d = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
+    const int kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim, dq = nope + c.qk_rope_head_dim, dkv = nope + dv;
+    if (c.q_lora_rank > 0) {
+        pack_weight_stacked(lw.in_proj, {W + l.q_a, W + l.kv_a}, {c.q_lora_rank, kvl + rope}, d);
+        pack_weight(lw.q_b, W + l.q_b, H * dq, c.q_lora_rank);
+    } else {
+        pack_weight_stacked(lw.in_proj, {W + l.q_proj, W + l.kv_a}, {H * dq, kvl + rope}, d);
     }
-    alignas(32) float l[NT][8];
-    for (int t = 0; t < NT; ++t) _mm256_store_ps(l[t], acc[t]);
-#else
-    float l[NT][8] = {};
-    for (; i + 8 <= in; i += 8)
-        for (int t = 0; t < NT; ++t)
-            for (int k = 0; k < 8; ++k) l[t][k] += x[size_t(t) * in + i + k] * wr[i + k];
-#endif
-    for (int t = 0; t < NT; ++t) {
-        float tail = 0;
-        for (int j = i; j < in; ++j) tail += x[size_t(t) * in + j] * wr[j];
-        const float* a = l[t];
-        y[size_t(t) * ldy] = (((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))) + tail;
+    lw.uk.resize(H);
+    lw.uv.resize(H);
+    for (int h = 0; h < H; ++h) {
+        const float* wuk = W + l.kv_b + size_t(h) * dkv * kvl;           // [nope, kvl]
+        pack_weight_transposed(lw.uk[h], wuk, nope, kvl);
+        pack_weight(lw.uv[h], wuk + size_t(nope) * kvl, dv, kvl);        // [dv, kvl]
+    }
+    pack_weight(lw.o_proj, W + l.o_proj, d, H * dv);
+    lw.moe = l.moe;
+    if (l.moe) {
+        pack_weight(lw.router, W + l.router, c.n_routed_experts, d);
+        lw.experts.resize(l.experts.size());
+        for (size_t e = 0; e < l.experts.size(); ++e) build_ffn(lw.experts[e], l.experts[e], W, d);
+        build_ffn(lw.shared, l.shared, W, d);
+    } else {
+        build_ffn(lw.mlp, l.mlp, W, d);
     }
 }
 
 } // namespace
 
-void decode_linear(float* y, const float* x, const float* w, int T, int in, int out) {
-    if (T <= 0 || out <= 0) return;
-    if (T > 12 || size_t(out) * in < (size_t(1) << 18)) {
-        linear_forward(y, x, w, T, in, out);
+size_t decode_weights::bytes() const {
+    size_t b = lm_head.bytes() + draft_head.bytes();
+    for (const auto& l : layers) b += layer_bytes(l);
+    for (const auto& l : mtp) b += layer_bytes(l);
+    for (const auto& p : eh_proj) b += p.bytes();
+    return b;
+}
+
+void decode_weights_build(decode_weights& dw, const model_config& c, const model_layout& L, const float* W) {
+    const int d = c.hidden_size;
+    dw.layers.resize(c.num_hidden_layers);
+    for (int i = 0; i < c.num_hidden_layers; ++i) build_layer(dw.layers[i], c, L.layers[i], W);
+    const int D = c.n_mtp();
+    dw.mtp.resize(D);
+    dw.eh_proj.resize(D);
+    for (int k = 0; k < D; ++k) {
+        build_layer(dw.mtp[k], c, L.mtp[k], W);
+        pack_weight(dw.eh_proj[k], W + L.mtp[k].eh_proj, d, 2 * d);
+    }
+    pack_weight(dw.lm_head, W + L.lm_head, c.vocab_size, d);
+}
+
+void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, const model_layout& L, const float* W,
+                                    const std::vector<int>& ids) {
+    dw.draft_ids = ids;
+    if (ids.empty()) {
+        dw.draft_head = packed_weight{};
         return;
     }
-#pragma omp parallel for schedule(static) if (size_t(out) * in >= (size_t(1) << 20))
-    for (int o = 0; o < out; ++o) {
-        const float* wr = w + size_t(o) * in;
-        int t = 0;
-        for (; t + 4 <= T; t += 4) rows_dot<4>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr);
-        switch (T - t) {
-            case 3: rows_dot<3>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr); break;
-            case 2: rows_dot<2>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr); break;
-            case 1: rows_dot<1>(y + size_t(t) * out + o, out, x + size_t(t) * in, in, wr); break;
-            default: break;
-        }
-    }
+    pack_weight_rows(dw.draft_head, W + L.lm_head, ids.data(), int(ids.size()), c.hidden_size);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Row-wise pieces with a fixed evaluation order.
 
 namespace {
 
-// x[T,d] += MLA(norm(x)); x += FFN(norm(x)), the attention reading/appending the layer's latent cache.
-void decode_layer(const model_config& c, const layer_offsets& l, const float* W, mla_latent_cache& lc,
-                  moe_cache& moe, swiglu_cache& mlp, float* x, int T, const float* cos, const float* sin, arena& a) {
+#ifdef MTP_DECODE_AVX2
+// exp of 8 floats: Cody-Waite range reduction and a degree-6 polynomial (about 1 ulp); x < -87.3 gives 0.
+inline __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.3f);
+    const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.3f));
+    const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(under, y);
+}
+#endif
+
+// x[i] = exp(x[i] - sub), elementwise (the same function for every element, wherever it sits).
+inline void exp_sub(float* x, int n, float sub) {
+#ifdef MTP_DECODE_AVX2
+    const __m256 s = _mm256_set1_ps(sub);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+    if (i < n) {
+        alignas(32) float t[8] = {};
+        std::memcpy(t, x + i, sizeof(float) * size_t(n - i));
+        _mm256_store_ps(t, exp8(_mm256_sub_ps(_mm256_load_ps(t), s)));
+        std::memcpy(x + i, t, sizeof(float) * size_t(n - i));
+    }
+#else
+    for (int i = 0; i < n; ++i) x[i] = std::exp(x[i] - sub);
+#endif
+}
+
+// Σ x[0..n): 8 lane sums over the multiples of 8, a fixed pairwise lane sum, then the tail in order.
+inline float sum_fixed(const float* x, int n) {
+    int i = 0;
+    float r = 0.0f;
+#ifdef MTP_DECODE_AVX2
+    if (n >= 8) {
+        __m256 acc = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(x + i));
+        const __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        const __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        r = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+    }
+#endif
+    for (; i < n; ++i) r += x[i];
+    return r;
+}
+
+// acc[0..n) = fma(p, row[0..n), acc) elementwise.
+inline void axpy_fixed(float* acc, float p, const float* row, int n) {
+    int i = 0;
+#ifdef MTP_DECODE_AVX2
+    const __m256 pv = _mm256_set1_ps(p);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(row + i), _mm256_loadu_ps(acc + i)));
+#endif
+    for (; i < n; ++i) acc[i] = std::fma(p, row[i], acc[i]);
+}
+
+// a[f] = silu(g) * u = g / (1 + exp(-g)) * u.
+inline void silu_mul_row(float* a, const float* g, const float* u, int f) {
+    int i = 0;
+#ifdef MTP_DECODE_AVX2
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= f; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        const __m256 e = exp8(_mm256_sub_ps(zero, gv));
+        _mm256_storeu_ps(a + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    if (i < f) {
+        alignas(32) float tg[8] = {}, tu[8] = {}, ta[8];
+        std::memcpy(tg, g + i, sizeof(float) * size_t(f - i));
+        std::memcpy(tu, u + i, sizeof(float) * size_t(f - i));
+        const __m256 gv = _mm256_load_ps(tg);
+        const __m256 e = exp8(_mm256_sub_ps(zero, gv));
+        _mm256_store_ps(ta, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_load_ps(tu)));
+        std::memcpy(a + i, ta, sizeof(float) * size_t(f - i));
+    }
+#else
+    for (; i < f; ++i) a[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+#endif
+}
+
+// Copies cache entries [n0, n) of a layer into its position panels (grown as needed, whole panels).
+void fill_panels(latent_panels& lp, const mla_latent_cache& lc, int n0, int n, int kvl, int rope) {
+    const size_t need_k = size_t((n + 7) / 8) * 8 * kvl, need_r = size_t((n + 7) / 8) * 8 * rope;
+    if (lp.ckv.size() < need_k) lp.ckv.resize(std::max(need_k, 2 * lp.ckv.size()));
+    if (lp.kpe.size() < need_r) lp.kpe.resize(std::max(need_r, 2 * lp.kpe.size()));
+    for (int j = n0; j < n; ++j) {
+        float* pk = lp.ckv.data() + size_t(j / 8) * kvl * 8 + (j % 8);
+        const float* sk = lc.ckv.data() + size_t(j) * kvl;
+        for (int c = 0; c < kvl; ++c) pk[size_t(c) * 8] = sk[c];
+        float* pr = lp.kpe.data() + size_t(j / 8) * rope * 8 + (j % 8);
+        const float* sr = lc.kpe.data() + size_t(j) * rope;
+        for (int c = 0; c < rope; ++c) pr[size_t(c) * 8] = sr[c];
+    }
+}
+
+// y[T, n] (contiguous) = rows of x with stride ldx, columns [off, off + n).
+void gather_cols(float* y, const float* x, size_t ldx, int T, int off, int n) {
+    for (int t = 0; t < T; ++t) std::memcpy(y + size_t(t) * n, x + size_t(t) * ldx + off, sizeof(float) * n);
+}
+
+// a[T, f] = silu(g) * u from gu[T, 2f] = [g | u] per row.
+void silu_rows(float* a, const float* gu, int T, int f) {
+    for (int t = 0; t < T; ++t) silu_mul_row(a + size_t(t) * f, gu + size_t(t) * 2 * f, gu + size_t(t) * 2 * f + f, f);
+}
+
+// y[T, d] = down(silu(gate x) * up x), packed.
+void ffn_packed(const decode_ffn& f, float* y, const float* x, int T, int d, arena& a) {
+    auto mk = a.mark();
+    float* gu = a.alloc(size_t(T) * 2 * f.inner);
+    float* act = a.alloc(size_t(T) * f.inner);
+    gemv_packed(gu, 2 * f.inner, x, d, T, f.gate_up);
+    silu_rows(act, gu, T, f.inner);
+    gemv_packed(y, d, act, f.inner, T, f.down);
+    a.rewind(mk);
+}
+
+// Absorbed MLA for T rows (spec §3) over the latent cache; y[T, d] written. The rows of all heads go through the
+// multi-row kernel together: scores = [q_abs | q_pe] against the position panels of the cache, P·c_kv against the
+// cache itself. Row (t, h) attends to positions 0..n0+t; its scores past that are computed but get probability
+// exactly 0, which adds exact zeros to its P·c_kv chain, so the result is the same as with the row alone.
+void mla_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
+                mla_latent_cache& lc, latent_panels& lp, float* y, const float* x, int T, const float* cos,
+                const float* sin, arena& a) {
+    const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+    const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, d = c.hidden_size;
+    const int ql = c.q_lora_rank, qw = ql > 0 ? ql : H * dq, nin = qw + kvl + rope;
+    const float scale = float(c.attn_scale()), eps = float(c.rms_norm_eps);
+    auto mk = a.mark();
+    float* proj = a.alloc(size_t(T) * nin);                              // [T, qw + kvl + rope]
+    gemv_packed(proj, nin, x, d, T, lw.in_proj);
+    float* q = a.alloc(size_t(T) * H * dq);                              // [T, H*dq]
+    float* rstd = a.alloc(T);
+    if (ql > 0) {
+        float* qa = a.alloc(size_t(T) * ql);
+        gather_cols(qa, proj, nin, T, 0, ql);
+        rmsnorm_forward(qa, rstd, qa, W + l.q_a_norm, T, ql, eps);
+        gemv_packed(q, H * dq, qa, ql, T, lw.q_b);
+    } else {
+        gather_cols(q, proj, nin, T, 0, H * dq);
+    }
+    rope_forward(q, T, H * dq, H, dq, nope, rope, cos, sin);
+
+    const int n0 = lc.n, n = n0 + T;                                     // append the latents
+    if (lc.ckv.size() < size_t(n) * kvl + 8) {                           // + slack: gemv_panels reads whole panels
+        lc.ckv.resize(size_t(n) * kvl * 2 + 8);
+        lc.kpe.resize(size_t(n) * rope * 2 + 8);
+    }
+    float* ckv_new = lc.ckv.data() + size_t(n0) * kvl;
+    float* kpe_new = lc.kpe.data() + size_t(n0) * rope;
+    gather_cols(ckv_new, proj, nin, T, qw, kvl);
+    rmsnorm_forward(ckv_new, rstd, ckv_new, W + l.kv_a_norm, T, kvl, eps);
+    gather_cols(kpe_new, proj, nin, T, qw + kvl, rope);
+    rope_forward(kpe_new, T, rope, 1, rope, 0, rope, cos, sin);
+    lc.n = n;
+    fill_panels(lp, lc, n0, n, kvl, rope);
+
+    const int R = T * H;                                                 // rows (t, h) at t*H + h
+    float* qabs = a.alloc(size_t(R) * kvl);                              // [T, H, kvl]
+    for (int h = 0; h < H; ++h) gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, T, lw.uk[h]);
+    const int np = (n + 7) / 8 * 8;                                      // score row stride
+    float* sa = a.alloc(size_t(R) * np);
+    float* sb = a.alloc(size_t(R) * np);
+    gemv_panels(sa, np, qabs, kvl, R, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
+    gemv_panels(sb, np, q + nope, dq, R, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
+    for (int t = 0; t < T; ++t) {
+        const int lim = n0 + t;                                           // attends to 0..lim
+        for (int h = 0; h < H; ++h) {
+            float* sh = sa + size_t(t * H + h) * np;
+            const float* bh = sb + size_t(t * H + h) * np;
+            float mx = -INFINITY;
+            for (int j = 0; j <= lim; ++j) {
+                sh[j] = scale * (sh[j] + bh[j]);
+                mx = sh[j] > mx ? sh[j] : mx;
+            }
+            exp_sub(sh, lim + 1, mx);
+            const float inv = 1.0f / sum_fixed(sh, lim + 1);
+            for (int j = 0; j <= lim; ++j) sh[j] *= inv;
+            for (int j = lim + 1; j < n; ++j) sh[j] = 0.0f;
+        }
+    }
+    float* olat = a.alloc(size_t(R) * kvl);                              // [T, H, kvl] = P · c_kv
+    gemv_panels(olat, kvl, sa, np, R, lc.ckv.data(), kvl, n, 8, kvl);
+    float* o = a.alloc(size_t(T) * H * dv);                              // [T, H*dv]
+    for (int h = 0; h < H; ++h) gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, T, lw.uv[h]);
+    gemv_packed(y, d, o, H * dv, T, lw.o_proj);
+    a.rewind(mk);
+}
+
+// DeepSeekMoE for T rows (spec §4): router and routing per row, experts over the rows routed to them.
+void moe_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
+                float* y, const float* x, int T, arena& a) {
+    const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+    auto mk = a.mark();
+    float* sc = a.alloc(size_t(T) * E);
+    gemv_packed(sc, E, x, d, T, lw.router);
+    for (int t = 0; t < T; ++t) {                                        // scores, as moe_forward
+        float* r = sc + size_t(t) * E;
+        if (c.scoring_sigmoid) {
+            for (int e = 0; e < E; ++e) r[e] = 1.0f / (1.0f + std::exp(-r[e]));
+        } else {
+            float mx = r[0], sum = 0;
+            for (int e = 1; e < E; ++e) mx = r[e] > mx ? r[e] : mx;
+            for (int e = 0; e < E; ++e) { r[e] = std::exp(r[e] - mx); sum += r[e]; }
+            for (int e = 0; e < E; ++e) r[e] /= sum;
+        }
+    }
+    int* idx = a.alloc_int(size_t(T) * K);
+    float* w = a.alloc(size_t(T) * K);
+    const float* bias = l.router_bias != no_param ? W + l.router_bias : nullptr;
+    for (int t = 0; t < T; ++t) moe_route(c, sc + size_t(t) * E, bias, idx + size_t(t) * K, w + size_t(t) * K);
+
+    // Rows of each expert, in token order.
+    int* cnt = a.alloc_int(E + 1);
+    std::memset(cnt, 0, sizeof(int) * (E + 1));
+    for (int i = 0; i < T * K; ++i) cnt[idx[i] + 1]++;
+    for (int e = 0; e < E; ++e) cnt[e + 1] += cnt[e];
+    int* fill = a.alloc_int(E);
+    std::memcpy(fill, cnt, sizeof(int) * E);
+    int* where = a.alloc_int(size_t(T) * K);                             // gathered row of (t, k)
+    int* rows = a.alloc_int(size_t(T) * K);                              // token of each gathered row
+    for (int t = 0; t < T; ++t)
+        for (int k = 0; k < K; ++k) {
+            const int r = fill[idx[t * K + k]]++;
+            rows[r] = t;
+            where[t * K + k] = r;
+        }
+    float* xe = a.alloc(size_t(T) * K * d);
+    float* ye = a.alloc(size_t(T) * K * d);
+    for (int r = 0; r < T * K; ++r) std::memcpy(xe + size_t(r) * d, x + size_t(rows[r]) * d, sizeof(float) * d);
+    for (int e = 0; e < E; ++e) {
+        const int ne = cnt[e + 1] - cnt[e];
+        if (ne > 0) ffn_packed(lw.experts[e], ye + size_t(cnt[e]) * d, xe + size_t(cnt[e]) * d, ne, d, a);
+    }
+    if (lw.shared.inner > 0) ffn_packed(lw.shared, y, x, T, d, a);
+    else std::memset(y, 0, sizeof(float) * size_t(T) * d);
+    for (int t = 0; t < T; ++t)                                          // y += Σ_k w_k y_k, fixed k order
+        for (int k = 0; k < K; ++k) axpy_fixed(y + size_t(t) * d, w[t * K + k], ye + size_t(where[t * K + k]) * d, d);
+    a.rewind(mk);
+}
+
+// x[T,d] += MLA(norm(x)); x += FFN(norm(x)): packed rows, or the BLAS kernels for long chunks.
+void decode_layer(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
+                  mla_latent_cache& lc, latent_panels& lp, moe_cache& moe, swiglu_cache& mlp, float* x, int T,
+                  const float* cos, const float* sin, arena& a) {
     const int d = c.hidden_size;
     const size_t n = size_t(T) * d;
     const float eps = float(c.rms_norm_eps);
+    const bool packed = T <= decode_rows_max;
     auto mk = a.mark();
     float* xn = a.alloc(n);
     float* rstd = a.alloc(T);
     float* tmp = a.alloc(n);
     rmsnorm_forward(xn, rstd, x, W + l.input_norm, T, d, eps);
-    mla_absorbed_forward(c, l, W, lc, tmp, xn, T, cos, sin, a);
+    if (packed) {
+        mla_packed(c, l, lw, W, lc, lp, tmp, xn, T, cos, sin, a);
+    } else {
+        const int n0 = lc.n;
+        mla_absorbed_forward(c, l, W, lc, tmp, xn, T, cos, sin, a);
+        fill_panels(lp, lc, n0, lc.n, c.kv_lora_rank, c.qk_rope_head_dim);
+    }
     add_inplace(x, tmp, n);
     rmsnorm_forward(xn, rstd, x, W + l.post_norm, T, d, eps);
-    if (l.moe) moe_forward(c, l, W, moe, tmp, xn, T, 0.0f, a);
-    else swiglu_forward(W, l.mlp, mlp, tmp, xn, T, d, a);
+    if (packed) {
+        if (l.moe) moe_packed(c, l, lw, W, tmp, xn, T, a);
+        else ffn_packed(lw.mlp, tmp, xn, T, d, a);
+    } else {
+        if (l.moe) moe_forward(c, l, W, moe, tmp, xn, T, 0.0f, a);
+        else swiglu_forward(W, l.mlp, mlp, tmp, xn, T, d, a);
+    }
     add_inplace(x, tmp, n);
     a.rewind(mk);
 }
 
-void head(const model_config& c, const model_layout& L, const float* W, const float* h, int m, float* logits,
-          int logits_from) {
+void head(const decode_weights& dw, const float* h, int d, int m, float* logits, int logits_from, head_kind kind) {
     if (!logits || logits_from >= m) return;
-    const int d = c.hidden_size;
-    decode_linear(logits, h + size_t(logits_from) * d, W + L.lm_head, m - logits_from, d, c.vocab_size);
+    const packed_weight& w = kind == head_kind::draft ? dw.draft_head : dw.lm_head;
+    gemv_packed(logits, w.out, h + size_t(logits_from) * d, d, m - logits_from, w);
 }
 
 void ensure_scratch(decode_scratch& s, size_t n) {
@@ -104,9 +410,9 @@ void ensure_scratch(decode_scratch& s, size_t n) {
 
 } // namespace
 
-void decode_trunk(const model_config& c, const model_layout& L, const float* W, kv_cache& kv, decode_scratch& s,
-                  const int* tokens, int m, const float* cos, const float* sin, float* h, float* logits,
-                  int logits_from, arena& a) {
+void decode_trunk(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, kv_cache& kv,
+                  decode_scratch& s, const int* tokens, int m, const float* cos, const float* sin, float* h,
+                  float* logits, int logits_from, head_kind head_k, arena& a) {
     if (m <= 0) return;
     const int d = c.hidden_size;
     ensure_scratch(s, kv.layers.size());
@@ -114,17 +420,17 @@ void decode_trunk(const model_config& c, const model_layout& L, const float* W, 
     float* x = a.alloc(size_t(m) * d);
     for (int t = 0; t < m; ++t) std::memcpy(x + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
     for (int i = 0; i < c.num_hidden_layers; ++i)
-        decode_layer(c, L.layers[i], W, kv.layers[i], s.moe[i], s.mlp[i], x, m, cos, sin, a);
+        decode_layer(c, L.layers[i], dw.layers[i], W, kv.layers[i], kv.panels[i], s.moe[i], s.mlp[i], x, m, cos, sin, a);
     float* rstd = a.alloc(m);
     rmsnorm_forward(h, rstd, x, W + L.final_norm, m, d, float(c.rms_norm_eps));
-    head(c, L, W, h, m, logits, logits_from);
+    head(dw, h, d, m, logits, logits_from, head_k);
     kv.n += m;
     a.rewind(mk);
 }
 
-void decode_mtp(const model_config& c, const model_layout& L, const float* W, int k, kv_cache& kv, decode_scratch& s,
-                const float* hprev, const int* tokens, int m, const float* cos, const float* sin, float* h,
-                float* logits, int logits_from, arena& a) {
+void decode_mtp(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
+                kv_cache& kv, decode_scratch& s, const float* hprev, const int* tokens, int m, const float* cos,
+                const float* sin, float* h, float* logits, int logits_from, head_kind head_k, arena& a) {
     if (m <= 0) return;
     const int d = c.hidden_size;
     const float eps = float(c.rms_norm_eps);
@@ -141,10 +447,11 @@ void decode_mtp(const model_config& c, const model_layout& L, const float* W, in
     rmsnorm_forward(tmp, rstd, hprev, W + l.hnorm, m, d, eps);
     for (int t = 0; t < m; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
     float* y = e;                                                        // reuse: [m, d]
-    linear_forward(y, cat, W + l.eh_proj, m, 2 * d, d);
-    decode_layer(c, l, W, kv.layers[0], s.moe[0], s.mlp[0], y, m, cos, sin, a);
+    if (m <= decode_rows_max) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
+    else linear_forward(y, cat, W + l.eh_proj, m, 2 * d, d);
+    decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, a);
     rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, m, d, eps);
-    head(c, L, W, h, m, logits, logits_from);
+    head(dw, h, d, m, logits, logits_from, head_k);
     kv.n += m;
     a.rewind(mk);
 }

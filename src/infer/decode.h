@@ -1,22 +1,46 @@
 // Decode-time forward passes over latent KV caches (spec §3 absorbed MLA, §5 MTP): the trunk and one MTP module
 // over m new tokens appended at positions n..n+m-1 of their caches. Same math as model_forward (the KV-cache test
-// compares them at every position); only the attention is the absorbed form reading the cache.
+// compares them at every position); the attention is the absorbed form reading the cache.
+//
+// Two paths:
+//  - m <= decode_rows_max (every decode step: a plain token, a verify pass over m+1 <= 65 positions, an MTP
+//    module's refill + draft rows, short prompts): every projection, the absorptions W_UK / W_UV, the experts and the
+//    lm_head go through gemv_packed (src/core/gemv.h) on weights packed once (decode_weights), which reads each
+//    weight once for all rows; attention, norms, RoPE, routing and activations are computed row by row in a fixed
+//    order. A row's hidden state, cache entries and logits are therefore bitwise the same whether it is computed
+//    alone or together with other rows (tested), so speculative greedy decoding reproduces plain greedy decoding
+//    exactly, and does so for any thread count.
+//  - m > decode_rows_max (long prompt chunks): the BLAS kernels of the training forward (GEMMs win there).
 #pragma once
 #include <vector>
 
 #include "core/arena.h"
+#include "core/gemv.h"
 #include "model/attention.h"
 #include "model/ffn.h"
 #include "model/weights.h"
 
 namespace mtp {
 
+constexpr int decode_rows_max = 80;
+
+// The latent cache of one layer again, in panels of 8 positions ([n/8][kv_lora][8] and [n/8][rope][8], the
+// gemv_panels layout), so that the attention scores of all heads and rows are one multi-row GEMV over the cache.
+struct latent_panels {
+    std::vector<float> ckv, kpe;
+};
+
 // Latent cache of one stack of decoder layers (trunk: num_hidden_layers; an MTP module: 1): c_kv and rotated
 // k_pe per token per layer (spec §3). Entry j of every layer is position j.
 struct kv_cache {
     std::vector<mla_latent_cache> layers;
+    std::vector<latent_panels> panels;           // [layer]: the same entries, position-panel layout
     int n = 0;                                   // positions 0..n-1 cached
-    void init(int n_layers) { layers.assign(n_layers, mla_latent_cache{}); n = 0; }
+    void init(int n_layers) {
+        layers.assign(n_layers, mla_latent_cache{});
+        panels.assign(n_layers, latent_panels{});
+        n = 0;
+    }
     void truncate(int n_keep) {                  // roll back to n_keep positions (never grows)
         if (n_keep < 0) n_keep = 0;
         if (n_keep >= n) return;
@@ -26,30 +50,60 @@ struct kv_cache {
     size_t bytes() const;                        // memory held by the cache
 };
 
-// Per-layer scratch reused across calls (MoE bookkeeping vectors), so decode steps do not reallocate.
+// Per-layer scratch reused across calls (MoE bookkeeping vectors of the BLAS path), so steps do not reallocate.
 struct decode_scratch {
     std::vector<moe_cache> moe;
     std::vector<swiglu_cache> mlp;
 };
 
-// y[T,out] = x[T,in] · w[out,in]^T for a few rows against a large weight (the lm_head at decode time): each weight
-// row is read once for all T rows, where a BLAS GEMM would first pack the whole weight (measured 4-7x slower for
-// 1-4 rows of the 8000x256 head). Every y element is the same fixed-order dot product whatever T is, so a row's
-// logits do not depend on how many rows are verified together. Falls back to linear_forward for many rows or small
-// weights.
-void decode_linear(float* y, const float* x, const float* w, int T, int in, int out);
+// Decode-time copies of the weights in the packed layout (built once per model; ~the size of the weights the
+// decode path touches).
+struct decode_ffn {
+    packed_weight gate_up;                       // [gate; up] stacked: [2*inner, d]
+    packed_weight down;                          // [d, inner]
+    int inner = 0;
+};
+struct decode_layer_weights {
+    packed_weight in_proj;                       // [q_a (or q_proj); kv_a_proj_with_mqa] stacked, in = d
+    packed_weight q_b;                           // empty without q_lora
+    std::vector<packed_weight> uk;               // [H] W_UK_h^T: q_nope_h -> q_abs_h (out kv_lora, in nope)
+    std::vector<packed_weight> uv;               // [H] W_UV_h: latent output -> o_h (out v, in kv_lora)
+    packed_weight o_proj;
+    bool moe = false;
+    decode_ffn mlp;                              // dense layer
+    packed_weight router;                        // [E, d]
+    std::vector<decode_ffn> experts;             // [E]
+    decode_ffn shared;                           // inner 0: none
+};
+struct decode_weights {
+    std::vector<decode_layer_weights> layers;    // trunk
+    std::vector<decode_layer_weights> mtp;       // the decoder layer of each MTP module
+    std::vector<packed_weight> eh_proj;          // [D]
+    packed_weight lm_head;
+    packed_weight draft_head;                    // lm_head rows of the draft vocabulary (FR-Spec); empty: none
+    std::vector<int> draft_ids;                  // its token ids, ascending
+    size_t bytes() const;
+};
+
+void decode_weights_build(decode_weights& dw, const model_config& c, const model_layout& L, const float* W);
+// Restricts the draft head to `ids` (ascending, distinct, < vocab); empty removes it.
+void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, const model_layout& L, const float* W,
+                                    const std::vector<int>& ids);
+
+// Which head computes logits.
+enum class head_kind { full, draft };
 
 // Trunk over tokens[0..m) at positions kv.n..kv.n+m-1 (cos/sin: rows for those positions). Writes h[m, d]
-// (post model.norm) and, when logits is non-null, logits[m - logits_from, V] for rows logits_from..m-1.
-// All temporaries come from `a` and are released before returning.
-void decode_trunk(const model_config& c, const model_layout& L, const float* W, kv_cache& kv, decode_scratch& s,
-                  const int* tokens, int m, const float* cos, const float* sin, float* h, float* logits,
-                  int logits_from, arena& a);
+// (post model.norm) and, when logits is non-null, logits[m - logits_from, V] for rows logits_from..m-1
+// (V = the draft vocabulary size with head_kind::draft). All temporaries come from `a`.
+void decode_trunk(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, kv_cache& kv,
+                  decode_scratch& s, const int* tokens, int m, const float* cos, const float* sin, float* h,
+                  float* logits, int logits_from, head_kind head, arena& a);
 
 // MTP module k (1..D) over m positions kv.n.. : row i takes hprev[i] = h^{k-1} at that position and tokens[i]
 // = t_{pos+k}. Writes h^k [m, d] and optional logits as above; appends to the module's cache.
-void decode_mtp(const model_config& c, const model_layout& L, const float* W, int k, kv_cache& kv, decode_scratch& s,
-                const float* hprev, const int* tokens, int m, const float* cos, const float* sin, float* h,
-                float* logits, int logits_from, arena& a);
+void decode_mtp(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
+                kv_cache& kv, decode_scratch& s, const float* hprev, const int* tokens, int m, const float* cos,
+                const float* sin, float* h, float* logits, int logits_from, head_kind head, arena& a);
 
 } // namespace mtp

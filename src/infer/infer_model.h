@@ -3,6 +3,7 @@
 // CPU one. Stage 0 is the main model (trunk + lm_head); stage k = 1..n_mtp() is MTP module k (spec §5), each with
 // its own KV cache. Positions are absolute; every stage's cache holds positions 0..n_cached(stage)-1.
 #pragma once
+#include <vector>
 
 namespace mtp {
 
@@ -23,8 +24,14 @@ struct infer_model {
     // module k at position p = pos0+i, fed hprev[i] = h^{k-1}_p [n_embd] and tokens[i] = t_{p+k}.
     // Writes h[m, n_embd] (post-norm hidden state of this stage) and, when logits is non-null,
     // logits[m - logits_from, n_vocab] for rows logits_from..m-1 (rows before logits_from are not computed).
+    // draft_vocab: the logits are over the draft vocabulary only, [m - logits_from, draft_vocab().size()] in the
+    // order of draft_vocab() (requires one to be set). A row's values do not depend on m (nor on logits_from).
     virtual void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
-                      int logits_from = 0) = 0;
+                      int logits_from = 0, bool draft_vocab = false) = 0;
+
+    // FR-Spec draft vocabulary: token ids (ascending, distinct, < n_vocab) the draft head scores; empty: none.
+    virtual void set_draft_vocab(const std::vector<int>& ids) = 0;
+    virtual const std::vector<int>& draft_vocab() const = 0;
 };
 
 } // namespace mtp

@@ -25,6 +25,11 @@ struct sampler_params {
 // Throws mtp::error("<flag>: ...") for values out of range (flag names as the CLI spells them).
 void sampler_params_check(const sampler_params& p);
 
+// Every function takes the logits of n tokens. ids == nullptr: the tokens are 0..n-1 (the full vocabulary). ids
+// non-null: logits[i] belongs to token ids[i] (ascending, distinct: a restricted draft vocabulary), the repetition
+// penalty maps history tokens through ids, ties go to the lower index (= lower id), and the distribution / argmax /
+// draw are over the n positions (the caller maps a position i back to ids[i]). The restricted distribution is the
+// full processing applied as if every other token had logit -inf, i.e. restricted and renormalised.
 class sampler {
 public:
     explicit sampler(const sampler_params& p);
@@ -34,24 +39,30 @@ public:
     rng& gen() { return rng_; }
     double uniform() { return rng_.uniform(); }
 
-    // Penalised logits (repetition penalty over hist[0..n_hist)) into out[V].
-    void penalize(const float* logits, int V, const int* hist, int n_hist, std::vector<float>& out) const;
-    // The processed distribution probs[V] (zeros outside the kept set; sums to 1).
-    void dist(const float* logits, int V, const int* hist, int n_hist, std::vector<double>& probs) const;
-    // argmax of the penalised logits (the greedy token).
-    int argmax(const float* logits, int V, const int* hist, int n_hist) const;
-    // softmax(penalised logits)[token] at temperature 1: a draft's confidence under greedy decoding.
-    double prob_t1(const float* logits, int V, const int* hist, int n_hist, int token) const;
-    // Draws a token from a distribution (need not be normalised; must have positive mass).
+    // Penalised logits (repetition penalty over hist[0..n_hist)) into out[n].
+    void penalize(const float* logits, int n, const int* hist, int n_hist, std::vector<float>& out,
+                  const int* ids = nullptr) const;
+    // The processed distribution probs[n] (zeros outside the kept set; sums to 1).
+    void dist(const float* logits, int n, const int* hist, int n_hist, std::vector<double>& probs,
+              const int* ids = nullptr) const;
+    // argmax of the penalised logits (the greedy token; a position when ids is given).
+    int argmax(const float* logits, int n, const int* hist, int n_hist, const int* ids = nullptr) const;
+    // softmax(penalised logits)[i] at temperature 1: a draft's confidence under greedy decoding.
+    double prob_t1(const float* logits, int n, const int* hist, int n_hist, int i, const int* ids = nullptr) const;
+    // Draws an index from a distribution (need not be normalised; must have positive mass).
     int draw(const std::vector<double>& probs);
     // Greedy: argmax; else a draw from dist().
-    int sample(const float* logits, int V, const int* hist, int n_hist);
+    int sample(const float* logits, int n, const int* hist, int n_hist, const int* ids = nullptr);
 
 private:
+    // The penalised logits: `logits` itself when no penalty applies, else pen_.
+    const float* effective(const float* logits, int n, const int* hist, int n_hist, const int* ids) const;
+
     sampler_params p_;
     rng rng_;
     mutable std::vector<float> pen_;
     mutable std::vector<int> order_;
+    mutable std::vector<double> tmp_t1_;
     std::vector<double> tmp_;
 };
 

@@ -22,6 +22,9 @@ void spec_params_check(const spec_params& p, int D) {
     if (p.n_draft > 64) fail("--draft", "must be <= 64");
     if (!(p.p_min >= 0.0f && p.p_min <= 1.0f)) fail("--draft-p-min", "must be in [0, 1]");
     if (p.n_batch < 1) fail("--batch", "must be >= 1");
+    for (size_t i = 0; i < p.draft_vocab.size(); ++i)
+        if (p.draft_vocab[i] < 0 || (i > 0 && p.draft_vocab[i] <= p.draft_vocab[i - 1]))
+            fail("--draft-vocab", "draft vocabulary ids must be ascending, distinct and >= 0");
 }
 
 double gen_stats::accept_rate(int j) const {
@@ -41,6 +44,13 @@ void gen_stats::add(const gen_stats& o) {
     n_drafts += o.n_drafts;
     n_draft_tokens += o.n_draft_tokens;
     n_accepted += o.n_accepted;
+    t_draft += o.t_draft;
+    t_verify += o.t_verify;
+    t_sample += o.t_sample;
+    t_rollback += o.t_rollback;
+    n_module_passes += o.n_module_passes;
+    n_refill_rows += o.n_refill_rows;
+    n_verify_rows += o.n_verify_rows;
     if (reached.size() < o.reached.size()) {
         reached.resize(o.reached.size(), 0);
         accepted_at.resize(o.reached.size(), 0);
@@ -78,6 +88,13 @@ generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), 
     spec_ = p.enabled && D_ > 0;
     K_ = spec_ ? (p.n_draft > 0 ? p.n_draft : (p.reuse ? D_ + 1 : D_)) : 0;
     if (spec_ && !p.reuse) K_ = std::min(K_, D_);
+    dv_ = spec_ && !p.draft_vocab.empty();
+    if (dv_) {
+        if (p.draft_vocab.back() >= V_)
+            fail("--draft-vocab", "token id " + std::to_string(p.draft_vocab.back()) + " is not below the vocabulary " +
+                                      std::to_string(V_));
+        m.set_draft_vocab(p.draft_vocab);
+    }
     hist_.resize(D_ + 1);
     v_.assign(D_ + 1, 0);
 }
@@ -93,13 +110,56 @@ void generator::run_module(int k, int n, int end, bool want_logits) {
     int start = v_[k];
     m_.truncate(k, start);
     ensure_rows(k, end);
+    // Broken rule 4 (tests) needs the full-vocabulary logits of the draft as well.
+    const bool full_too = dv_ && p_.test_broken_rule == 4;
     for (int j0 = start; j0 < end; j0 += p_.n_batch) {
         const int cnt = std::min(p_.n_batch, end - j0);
         const bool last = j0 + cnt == end;
         m_.eval(k, j0, cnt, toks_.data() + j0 + k, hrow(k - 1, j0), hrow(k, j0),
-                want_logits && last ? dlog_.data() : nullptr, cnt - 1);
+                want_logits && last ? (full_too ? flog_.data() : dlog_.data()) : nullptr, cnt - 1, dv_ && !full_too);
     }
     v_[k] = std::max(0, std::min(end, n - k + 1));
+}
+
+// d_{n+j} from the draft logits in dlog_ (over the draft vocabulary when dv_). Greedy: the argmax; conf = its
+// temperature-1 probability (for adaptive drafting). Sampling: q_[j-1] = the distribution the draft is drawn from,
+// over the full vocabulary (zero outside the draft vocabulary); conf = q(d).
+int generator::draft_token(int j, double& conf) {
+    const int hn = int(toks_.size());
+    const bool greedy = s_.greedy();
+    if (!dv_) {
+        if (greedy) {
+            const int d = s_.argmax(dlog_.data(), V_, toks_.data(), hn);
+            conf = p_.p_min > 0 ? s_.prob_t1(dlog_.data(), V_, toks_.data(), hn, d) : 1.0;
+            return d;
+        }
+        if (q_.size() < size_t(j)) q_.resize(j);
+        s_.dist(dlog_.data(), V_, toks_.data(), hn, q_[j - 1]);
+        const int d = s_.draw(q_[j - 1]);
+        conf = q_[j - 1][d];
+        return d;
+    }
+    const std::vector<int>& ids = p_.draft_vocab;
+    const int N = int(ids.size());
+    if (p_.test_broken_rule == 4)                  // restricted logits gathered from the full ones
+        for (int i = 0; i < N; ++i) dlog_[i] = flog_[ids[i]];
+    if (greedy) {
+        const int i = s_.argmax(dlog_.data(), N, toks_.data(), hn, ids.data());
+        conf = p_.p_min > 0 ? s_.prob_t1(dlog_.data(), N, toks_.data(), hn, i, ids.data()) : 1.0;
+        return ids[i];
+    }
+    if (q_.size() < size_t(j)) q_.resize(j);
+    s_.dist(dlog_.data(), N, toks_.data(), hn, qs_, ids.data());
+    const int i = s_.draw(qs_);
+    std::vector<double>& q = q_[j - 1];
+    if (p_.test_broken_rule == 4) {                // WRONG on purpose: q of the unrestricted head
+        s_.dist(flog_.data(), V_, toks_.data(), hn, q);
+    } else {
+        q.assign(V_, 0.0);
+        for (int t = 0; t < N; ++t) q[ids[t]] = qs_[t];
+    }
+    conf = qs_[i];
+    return ids[i];
 }
 
 int generator::start(const std::vector<int>& prompt) {
@@ -116,6 +176,7 @@ int generator::start(const std::vector<int>& prompt) {
     toks_ = prompt;
     vlog_.resize(size_t(V_) * (K_ + 1));
     dlog_.resize(V_);
+    if (dv_ && p_.test_broken_rule == 4) flog_.resize(V_);
     ensure_rows(0, P);
     for (int j0 = 0; j0 < P; j0 += p_.n_batch) {
         const int cnt = std::min(p_.n_batch, P - j0);
@@ -142,37 +203,39 @@ int generator::step(int max_new, std::vector<int>& out) {
     const int ctx = m_.n_ctx();
     const int m_max = spec_ ? std::max(0, std::min({K_, ctx - 1 - n, max_new - 1})) : 0;
     const bool greedy = s_.greedy();
+    const bool full_too = dv_ && p_.test_broken_rule == 4;
 
     // Draft: drafts are appended to toks_ as they are made (so toks_[n+j] = d_{n+j}) and removed before commit.
     drafts_.clear();
     for (int j = 1; j <= m_max; ++j) {
+        auto ta = clk::now();
         if (j <= D_) {
+            const int rows = n - v_[j];
             run_module(j, n, n, true);            // positions v_j..n-1; its frontier row gives d_{n+j}
+            ++st_.n_module_passes;
+            st_.n_refill_rows += std::max(0, rows - 1);
         } else {                                  // reuse module D at position n+j-D-1, fed its own h^D
             const int pos = n + j - D_ - 1;
             ensure_rows(D_, pos + 1);
-            m_.eval(D_, pos, 1, toks_.data() + n + j - 1, hrow(D_, pos - 1), hrow(D_, pos), dlog_.data(), 0);
+            m_.eval(D_, pos, 1, toks_.data() + n + j - 1, hrow(D_, pos - 1), hrow(D_, pos),
+                    full_too ? flog_.data() : dlog_.data(), 0, dv_ && !full_too);
+            ++st_.n_module_passes;
         }
-        const int hn = int(toks_.size());
-        int d;
+        auto tb = clk::now();
         double conf;
-        if (greedy) {
-            d = s_.argmax(dlog_.data(), V_, toks_.data(), hn);
-            conf = p_.p_min > 0 ? s_.prob_t1(dlog_.data(), V_, toks_.data(), hn, d) : 1.0;
-        } else {
-            if (q_.size() < size_t(j)) q_.resize(j);
-            s_.dist(dlog_.data(), V_, toks_.data(), hn, q_[j - 1]);
-            d = s_.draw(q_[j - 1]);
-            conf = q_[j - 1][d];
-        }
+        const int d = draft_token(j, conf);
+        st_.t_draft += std::chrono::duration<double>(tb - ta).count();
+        st_.t_sample += since(tb);
         if (conf < p_.p_min) break;
         if (!greedy && p_.p_min > 0 && p_.test_broken_rule != 3) {
             // A kept draft is distributed as q restricted to {q >= p_min} (the others stop drafting), so that is
             // the proposal the acceptance rule must use; with q itself the output would not follow p.
+            auto tc = clk::now();
             std::vector<double>& q = q_[j - 1];
             double mass = 0;
             for (double& x : q) mass += x = x >= p_.p_min ? x : 0.0;
             for (double& x : q) x /= mass;
+            st_.t_sample += since(tc);
         }
         drafts_.push_back(d);
         toks_.push_back(d);
@@ -180,9 +243,13 @@ int generator::step(int max_new, std::vector<int>& out) {
     const int m = int(drafts_.size());
 
     // Verify: [t_n, d_{n+1..n+m}] at positions n..n+m.
+    auto tv = clk::now();
     ensure_rows(0, n + m + 1);
     if (vlog_.size() < size_t(m + 1) * V_) vlog_.resize(size_t(m + 1) * V_);
     m_.eval(0, n, m + 1, toks_.data() + n, nullptr, hrow(0, n), vlog_.data(), 0);
+    st_.n_verify_rows += m + 1;
+    auto ts = clk::now();
+    st_.t_verify += std::chrono::duration<double>(ts - tv).count();
 
     // Accept.
     int a = 0, next = -1;
@@ -216,6 +283,8 @@ int generator::step(int max_new, std::vector<int>& out) {
         next = greedy ? s_.argmax(row, V_, toks_.data(), n + 1 + m)
                       : (s_.dist(row, V_, toks_.data(), n + 1 + m, pd_), s_.draw(pd_));
     }
+    auto tr = clk::now();
+    st_.t_sample += std::chrono::duration<double>(tr - ts).count();
 
     // Commit t_{n+1..n+a} = accepted drafts, t_{n+a+1} = next; roll every cache back.
     toks_.resize(n + 1 + a);
@@ -236,7 +305,9 @@ int generator::step(int max_new, std::vector<int>& out) {
     }
     st_.n_gen += produced;
     st_.n_steps_tokens += produced;
-    st_.t_gen += since(t0);
+    const auto te = clk::now();
+    st_.t_rollback += std::chrono::duration<double>(te - tr).count();
+    st_.t_gen += std::chrono::duration<double>(te - t0).count();
     return produced;
 }
 

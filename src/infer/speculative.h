@@ -28,9 +28,13 @@ struct spec_params {
     float p_min = 0.0f;           // adaptive: stop drafting at a draft whose probability is below p_min (0: off)
     bool reuse = false;           // continue past D by reusing the last module recurrently
     int n_batch = 256;            // prompt (and MTP catch-up) tokens per forward
+    std::vector<int> draft_vocab; // FR-Spec: drafts only consider these token ids (ascending; empty: all). Greedy:
+                                  // the draft is the argmax over them; sampling: q is the processed distribution
+                                  // restricted to them and renormalised, the distribution drafts are drawn from
     int test_broken_rule = 0;     // TESTS ONLY, deliberately wrong acceptance: 1 accept every draft, 2 on
                                   // rejection draw from p instead of normalize(max(0, p - q)), 3 adaptive drafting
-                                  // judged against the unrestricted q
+                                  // judged against the unrestricted q, 4 drafts drawn from the restricted draft
+                                  // vocabulary but judged against the full-vocabulary q
 };
 
 // Throws mtp::error naming the flag for bad values; D = the model's MTP modules.
@@ -48,6 +52,14 @@ struct gen_stats {
     int64_t n_accepted = 0;
     std::vector<int64_t> reached; // [j]: drafts with a token at draft position j+1
     std::vector<int64_t> accepted_at;
+    // Where the decode time goes (seconds, summed over rounds; t_gen - the parts = loop overhead).
+    double t_draft = 0;           // MTP module forwards: refill rows + frontier rows + draft head
+    double t_verify = 0;          // main-model forwards (the verify pass; plain decoding: the one-token step)
+    double t_sample = 0;          // sampler work: draft argmax / q, target argmax / p, acceptance, residual draws
+    double t_rollback = 0;        // commit and cache truncation
+    int64_t n_module_passes = 0;  // MTP module forwards
+    int64_t n_refill_rows = 0;    // rows of those passes before the frontier (cache refill for accepted positions)
+    int64_t n_verify_rows = 0;    // rows of the main-model decode forwards
 
     double prompt_tps() const { return t_prompt > 0 ? n_prompt / t_prompt : 0; }
     double gen_tps() const { return t_gen > 0 ? n_steps_tokens / t_gen : 0; }
@@ -79,6 +91,7 @@ private:
     void ensure_rows(int k, int rows);
     float* hrow(int k, int pos) { return hist_[k].data() + size_t(pos) * d_; }
     void run_module(int k, int n, int end, bool want_logits);
+    int draft_token(int j, double& conf);    // picks d_{n+j} from dlog_ (fills q_[j-1] when sampling)
 
     infer_model& m_;
     sampler& s_;
@@ -89,8 +102,11 @@ private:
     std::vector<std::vector<float>> hist_;   // [stage][pos * d]: h (stage 0) and h^k of the latest computation;
                                              // grows with the context: (D+1)·n·d floats (could be windowed)
     std::vector<int> v_;                     // [stage] valid cache entries (MTP stages)
-    std::vector<float> vlog_, dlog_;         // verify logits [(m+1), V], a draft's logits [V]
-    std::vector<std::vector<double>> q_;     // draft distributions (sampling)
+    std::vector<float> vlog_, dlog_, flog_;  // verify logits [(m+1), V], a draft's logits [V or draft vocab],
+                                             // full logits (broken rule 4 only)
+    std::vector<std::vector<double>> q_;     // draft distributions over the full vocabulary (sampling)
+    std::vector<double> qs_;                 // a draft's distribution over the draft vocabulary
+    bool dv_ = false;                        // drafting over the restricted draft vocabulary
     std::vector<double> pd_, rd_;
     std::vector<int> drafts_, buf_;
     gen_stats st_;

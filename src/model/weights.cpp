@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "model/gguf_model.h"
 
 namespace mtp {
 
@@ -162,6 +163,7 @@ void weights_save(const model_config& c, const model_layout& L, const std::vecto
 
 model_files model_load_dir(const std::string& dir) {
     namespace fs = std::filesystem;
+    if (fs::is_regular_file(dir) && fs::path(dir).extension() == ".gguf") return model_load_gguf(dir);   // gguf_model.h
     if (!fs::is_directory(dir)) fail(dir, "model directory not found");
     model_files m;
     m.config = config_load((fs::path(dir) / "config.json").string());

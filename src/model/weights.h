@@ -60,7 +60,7 @@ void weights_load(const model_layout& L, const std::string& path, std::vector<fl
 void weights_save(const model_config& c, const model_layout& L, const std::vector<float>& w, const std::string& file,
                   const std::string& dtype_name = "F32");
 
-// A model directory: DIR/config.json + checkpoint.
+// A model directory: DIR/config.json + checkpoint (model_load_dir also accepts a deepseek2 .gguf file).
 struct model_files {
     model_config config;
     model_layout layout;

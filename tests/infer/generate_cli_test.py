@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""`mtp generate` / `mtp bench` through the CLI: speculative greedy output equals plain greedy output, the stats
-line, the no-MTP fallback, text prompts with a tokenizer, bench JSON, and bad input (each case: exit 1, or 2 for
-flag syntax, with ONE line on stderr starting with 'error:' that names the flag)."""
+"""`mtp generate` / `mtp bench` / `mtp draft-vocab` through the CLI: speculative greedy output equals plain greedy
+output (also with a restricted draft vocabulary), the stats line, the no-MTP fallback, text prompts with a tokenizer,
+bench JSON (rows, time breakdown, forward costs), the draft vocabulary file, and bad input (each case: exit 1, or 2
+for flag syntax, with ONE line on stderr starting with 'error:' that names the flag)."""
 import json, os, shutil, subprocess, sys
 
 mtp, work = sys.argv[1], sys.argv[2]
@@ -86,11 +87,13 @@ rc, so, se = run(["generate", "--model", model0, "--tokenizer", tok, "--prompt-f
 check("--prompt-file with --tokenizer", rc == 0 and "prompt " in se, se)
 
 # --- bench
-rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "2", "--temp", "0", "0.8", "--json"])
+rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "2", "--temp", "0", "0.8", "--json",
+                  "--cost-rows", "1", "2"])
 try:
-    rows = json.loads(so)
+    res = json.loads(so)
+    rows = res["rows"]
 except Exception:
-    rows = []
+    res, rows = {}, []
 tests = [(r["test"], r["temperature"], r["draft"], r["reuse"]) for r in rows]
 want = [("pp8", 0, 0, False)] + [x for t in (0.0, 0.8) for x in
         [("tg8", t, 0, False), ("tg8+mtp", t, 1, False), ("tg8+mtp", t, 2, False), ("tg8+mtp", t, 3, True),
@@ -99,10 +102,59 @@ check("bench --json rows", rc == 0 and [(a, round(b, 2), c, d) for a, b, c, d in
 check("bench speed-up and acceptance fields",
       rc == 0 and all("speedup_mean" in r and len(r["acceptance_per_position"]) == r["draft"] and
                       len(r["tokens_per_s"]) == 2 for r in rows if r["draft"] > 0), so[:300])
+check("bench time breakdown per token",
+      rc == 0 and all(set(r["us_per_token"]) == {"total", "draft", "verify", "sampling", "rollback", "other"} and
+                      r["us_per_token"]["total"] > 0 and r["main_rows"] > 0
+                      for r in rows if r["test"].startswith("tg")) and
+      all(r["us_per_token"]["draft"] == 0 for r in rows if r["test"] == "tg8"), so[:300])
+costs = res.get("forward_costs", {}).get("rows", [])
+check("bench forward-cost rows", rc == 0 and [c["rows"] for c in costs] == [1, 2] and
+      all(c["main_full_us"] > 0 and c["module_us"] > 0 for c in costs), json.dumps(res.get("forward_costs"))[:300])
 rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "1", "--temp", "0"])
-check("bench table", rc == 0 and "| pp8 |" in so and "| tg8+mtp |" in so and "speed-up" in so, so + se)
-rc, so, se = run(["bench", "--model", model, "--prompt-file", corpus, "-p", "16", "-n", "8", "-r", "2", "--temp", "0"])
-check("bench prompts from held-out text", rc == 0 and corpus in so, so + se)
+check("bench table", rc == 0 and "| pp8 |" in so and "| tg8+mtp |" in so and "speed-up" in so and
+      "Where the decode time goes" in so and "One forward over R new positions" in so, so + se)
+rc, so, se = run(["bench", "--model", model, "--prompt-file", corpus, "-p", "16", "-n", "8", "-r", "2", "--temp", "0",
+                  "--no-costs"])
+check("bench prompts from held-out text", rc == 0 and corpus in so and "One forward" not in so, so + se)
+
+# --- draft vocabulary (FR-Spec): frequencies from a shard or MODEL/draft_vocab.json
+docs = os.path.join(work, "docs")
+os.makedirs(docs, exist_ok=True)
+shutil.copy(corpus, os.path.join(docs, "a.txt"))
+import random
+rnd = random.Random(7)                                       # many distinct byte-level tokens
+with open(os.path.join(docs, "b.txt"), "w") as f:
+    f.write(" ".join("".join(rnd.choice("abcdefghijklmnopqrstuvwxyz,.!?0123456789") for _ in range(rnd.randint(1, 7)))
+                     for _ in range(3000)))
+data = os.path.join(work, "data")
+rc, so, se = run(["data", "prepare", "--tokenizer", tok, "--input", docs, "--out", data, "--val-fraction", "0"])
+check("data prepared for draft-vocab", rc == 0, se)
+shard = os.path.join(data, "train_000.bin")
+dvfile = os.path.join(model, "draft_vocab.json")
+rc, so, se = run(["draft-vocab", "--data", data, "--out", dvfile, "--n", "40"])
+try:
+    dvj = json.load(open(dvfile))
+except Exception:
+    dvj = {}
+check("draft-vocab writes the ranking", rc == 0 and dvj.get("n") == 40 and len(dvj.get("ids", [])) == 40 and
+      dvj["counts"] == sorted(dvj["counts"], reverse=True) and 0 < dvj["coverage"] <= 1, so + se)
+# prompt ids inside and outside the draft vocabulary; greedy output must not change
+for extra in (["--draft-vocab", "20"], ["--draft-vocab", "40", "--draft", "4", "--draft-reuse"],
+              ["--draft-vocab", "7", "--draft-vocab-from", shard], ["--draft-vocab", "1", "--draft-p-min", "0.1"]):
+    rc, so, se, ids = gen(model, extra, "dv")
+    check("draft vocab: speculative greedy == plain " + " ".join(extra), rc == 0 and ids == plain, se)
+a = gen(model, ["--temp", "0.8", "--seed", "4", "--draft-vocab", "30"], "dvs1")
+b = gen(model, ["--temp", "0.8", "--seed", "4", "--draft-vocab", "30"], "dvs2")
+check("draft vocab sampling reproducible", a[0] == 0 and a[3] == b[3], a[2])
+rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "1", "--temp", "0", "--json",
+                  "--draft-vocab", "0", "16", "--cost-rows", "1"])
+try:
+    rows = json.loads(so)["rows"]
+    costs = json.loads(so)["forward_costs"]
+except Exception:
+    rows, costs = [], {}
+check("bench draft vocab rows", rc == 0 and sorted({r["draft_vocab"] for r in rows if r["draft"] > 0}) == [0, 16] and
+      costs.get("draft_vocab") == 16 and costs["rows"][0]["module_draft_head_us"] > 0, so[:400] + se)
 
 # --- bad input
 def bad(name, args, expect, codes=(1,)):
@@ -148,6 +200,26 @@ bad("bench beyond max_position_embeddings", ["bench", "--model", model, "-p", "6
 bad("bench --prompt-file without tokenizer", ["bench", "--model", model0, "--prompt-file", corpus, "-p", "8", "-n", "8"],
     "tokenizer")
 bad("bench --temp negative", ["bench", "--model", model, "--temp", "-0.5"], "--temp")
+bad("--draft-vocab negative", G + P + ["--draft-vocab", "-1"], "--draft-vocab")
+bad("--draft-vocab above vocab_size", G + P + ["--draft-vocab", "301"], "--draft-vocab")
+bad("--draft-vocab above the ranked tokens", G + P + ["--draft-vocab", "41"], "--draft-vocab")
+bad("--draft-vocab without frequencies", ["generate", "--model", model0] + P + ["--draft-vocab", "5"], "draft_vocab.json")
+bad("--draft-vocab-from without --draft-vocab", G + P + ["--draft-vocab-from", shard], "--draft-vocab-from")
+bad("--draft-vocab-from missing shard", G + P + ["--draft-vocab", "5", "--draft-vocab-from", os.path.join(work, "no.bin")],
+    "no.bin")
+badjson = os.path.join(work, "bad_dv")
+shutil.copytree(model0, badjson)
+with open(os.path.join(badjson, "draft_vocab.json"), "w") as f: f.write('{"ids": [1, 2, 2]}')
+bad("draft_vocab.json with a duplicate id", ["generate", "--model", badjson] + P + ["--draft-vocab", "2"], "twice")
+with open(os.path.join(badjson, "draft_vocab.json"), "w") as f: f.write('{"ids": [1, 2')
+bad("draft_vocab.json not JSON", ["generate", "--model", badjson] + P + ["--draft-vocab", "2"], "draft_vocab.json")
+bad("draft-vocab --data without meta.json", ["draft-vocab", "--data", work, "--out", os.path.join(work, "x.json")],
+    "meta.json")
+bad("draft-vocab --n negative", ["draft-vocab", "--data", data, "--out", os.path.join(work, "x.json"), "--n", "-2"], "--n")
+bad("draft-vocab --out unwritable", ["draft-vocab", "--data", data, "--out", os.path.join(work, "no", "dir", "x.json")],
+    "--out")
+bad("bench --draft-vocab negative", ["bench", "--model", model, "--draft-vocab", "-3"], "--draft-vocab")
+bad("bench --cost-rows 0", ["bench", "--model", model, "--cost-rows", "0"], "--cost-rows")
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

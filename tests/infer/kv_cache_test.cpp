@@ -10,6 +10,7 @@
 #include "core/arena.h"
 #include "core/error.h"
 #include "core/ops.h"
+#include "infer/decode.h"
 #include "infer/cpu_model.h"
 #include "infer_test_util.h"
 #include "model/model.h"
@@ -111,29 +112,118 @@ TEST(KvCache, MoeYarnD1) {
 }
 TEST(KvCache, MoeQLoraD2Threaded) { check_cached_vs_full(small_config(2, true, true, true), 3, 23); }
 
-TEST(KvCache, DecodeLinearRowsIndependentOfBatch) {
+// Long prompt chunks (more than decode_rows_max rows) take the BLAS path; it must agree with the full forward too,
+// and the packed path must continue correctly from a cache the BLAS path filled (and the reverse).
+TEST(KvCache, LongChunksBlasPath) {
     single_thread_scope one_thread;
-    // The few-rows head kernel: equal to the BLAS product within rounding (in·u·Σ|terms|), and each row's result
-    // bitwise the same whether it is computed alone or with up to 11 other rows.
-    const int in = 67, out = 5000;                                  // in not a multiple of 8: the tail path too
-    rng r(9);
-    std::vector<float> w(size_t(out) * in), x(size_t(12) * in);
-    for (auto& v : w) v = float(r.normal());
-    for (auto& v : x) v = float(r.normal());
-    std::vector<float> one(out), many(size_t(12) * out), ref(size_t(12) * out);
-    linear_forward(ref.data(), x.data(), w.data(), 12, in, out);
-    for (int T = 1; T <= 12; ++T) {
-        decode_linear(many.data(), x.data(), w.data(), T, in, out);
-        for (int t = 0; t < T; ++t) {
-            decode_linear(one.data(), x.data() + size_t(t) * in, w.data(), 1, in, out);
-            for (int o = 0; o < out; ++o) {
-                ASSERT_EQ(one[o], many[size_t(t) * out + o]) << "T " << T << " row " << t;
-                double abs_sum = 0;
-                for (int i = 0; i < in; ++i) abs_sum += std::fabs(double(x[size_t(t) * in + i]) * w[size_t(o) * in + i]);
-                ASSERT_NEAR(one[o], ref[size_t(t) * out + o], 2.0 * in * u32 * abs_sum);
-            }
+    const model_files m = random_model(small_config(2, true, true, true, 40, 160), 5);
+    const model_config& c = m.config;
+    const int T = 150, d = c.hidden_size, V = c.vocab_size, D = c.n_mtp();
+    ASSERT_GT(T - D, decode_rows_max);
+    rng r(5);
+    std::vector<int> tok(T);
+    for (int& t : tok) t = int(r.below(V));
+    arena a;
+    model_state s;
+    model_forward(c, m.layout, m.weights.data(), s, tok.data(), T, 0.0f, a);
+    checker ck{m};
+    for (const auto& pat : std::vector<std::vector<int>>{{T}, {100, 1, 3}, {2, 120}}) {
+        cpu_model cm(m);
+        std::vector<std::vector<float>> H(D + 1, std::vector<float>(size_t(T) * d)), LG(D + 1);
+        LG[0].resize(size_t(T) * V);
+        feed(cm, 0, 0, T, pat, tok.data(), nullptr, H[0].data(), LG[0].data(), d, V);
+        ck.rows(LG[0].data(), s.logits, s.h, 0, T, 0, T, "trunk");
+        for (int k = 1; k <= D; ++k) {
+            LG[k].resize(size_t(T - k) * V);
+            feed(cm, k, 0, T - k, pat, tok.data() + k, H[k - 1].data(), H[k].data(), LG[k].data(), d, V);
+            ck.rows(LG[k].data(), s.mtp[k - 1].logits, s.mtp[k - 1].h, 0, T - k, k, T, "mtp");
         }
     }
+}
+
+// The decode-step property speculative decoding relies on: a position's hidden state, cache entries and logits are
+// BITWISE the same whether it is computed alone or together with other rows (verify passes, refill + draft rows),
+// for the trunk and every module, the full and the draft-vocabulary head, and any thread count. So a verify pass
+// produces exactly the logits plain decoding would, and greedy speculative output is identical to plain greedy.
+void check_rows_independent(const nlohmann::json& j, uint64_t seed, int threads) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    const model_files m = random_model(j, seed);
+    const model_config& c = m.config;
+    const int d = c.hidden_size, V = c.vocab_size, D = c.n_mtp(), P = 11, R = 9;
+    const std::vector<int> dv = {0, 3, 4, 9, 17, 18, 25, 31, 39};
+    rng r(seed);
+    std::vector<int> tok(P + R + D);
+    for (int& t : tok) t = int(r.below(V));
+    // Reference: after a prompt of P positions, the next R positions one at a time.
+    auto run = [&](int chunk, int n_threads, std::vector<std::vector<float>>& H, std::vector<std::vector<float>>& LG,
+                   std::vector<std::vector<float>>& DL, cpu_model*& keep) {
+        omp_set_num_threads(n_threads);
+        auto* cm = new cpu_model(m);
+        cm->set_draft_vocab(dv);
+        H.assign(D + 1, std::vector<float>(size_t(P + R) * d));
+        LG.assign(D + 1, std::vector<float>(size_t(P + R) * V));
+        DL.assign(D + 1, std::vector<float>(size_t(P + R) * dv.size()));
+        for (int k = 0; k <= D; ++k) {
+            const int end = P + R - k;
+            cm->eval(k, 0, P - k, tok.data() + k, k ? H[k - 1].data() : nullptr, H[k].data(), nullptr);
+            for (int p0 = P - k; p0 < end; p0 += chunk) {
+                const int cnt = std::min(chunk, end - p0);
+                // logits of every row, then the same rows again through the draft head (rolled back in between)
+                cm->eval(k, p0, cnt, tok.data() + k + p0, k ? H[k - 1].data() + size_t(p0) * d : nullptr,
+                         H[k].data() + size_t(p0) * d, LG[k].data() + size_t(p0) * V, 0);
+                cm->truncate(k, p0);
+                std::vector<float> h2(size_t(cnt) * d);
+                cm->eval(k, p0, cnt, tok.data() + k + p0, k ? H[k - 1].data() + size_t(p0) * d : nullptr, h2.data(),
+                         DL[k].data() + size_t(p0 + cnt - 1) * dv.size(), cnt - 1, true);
+                for (size_t i = 0; i < h2.size(); ++i) ASSERT_EQ(h2[i], H[k][size_t(p0) * d + i]);
+            }
+        }
+        keep = cm;
+    };
+    std::vector<std::vector<float>> H1, L1, DL1;
+    cpu_model* ref = nullptr;
+    run(1, 1, H1, L1, DL1, ref);
+    for (int chunk : {2, 3, 4, 5, 7, 9}) {
+        for (int n_threads : {1, threads}) {
+            SCOPED_TRACE("chunk " + std::to_string(chunk) + " threads " + std::to_string(n_threads));
+            std::vector<std::vector<float>> H2, L2, DL2;
+            cpu_model* got = nullptr;
+            run(chunk, n_threads, H2, L2, DL2, got);
+            for (int k = 0; k <= D; ++k) {
+                const int end = P + R - k;
+                for (int p = P - k; p < end; ++p) {
+                    for (int i = 0; i < d; ++i)
+                        ASSERT_EQ(H2[k][size_t(p) * d + i], H1[k][size_t(p) * d + i]) << "h, stage " << k << " pos " << p;
+                    for (int v = 0; v < V; ++v)
+                        ASSERT_EQ(L2[k][size_t(p) * V + v], L1[k][size_t(p) * V + v]) << "logits, stage " << k << " pos " << p;
+                }
+                // draft head: the last row of each chunk equals the full head's logits of those ids (same kernel)
+                for (int p = P - k; p < end; ++p) {
+                    const bool last = (p - (P - k)) % chunk == chunk - 1 || p == end - 1;
+                    if (!last) continue;
+                    for (size_t i = 0; i < dv.size(); ++i)
+                        ASSERT_EQ(DL2[k][size_t(p) * dv.size() + i], L1[k][size_t(p) * V + dv[i]])
+                            << "draft head, stage " << k << " pos " << p;
+                }
+                const kv_cache& a = got->cache(k);
+                const kv_cache& b = ref->cache(k);
+                ASSERT_EQ(a.n, b.n);
+                for (size_t l = 0; l < a.layers.size(); ++l) {
+                    for (size_t i = 0; i < size_t(a.n) * c.kv_lora_rank; ++i) ASSERT_EQ(a.layers[l].ckv[i], b.layers[l].ckv[i]);
+                    for (size_t i = 0; i < size_t(a.n) * c.qk_rope_head_dim; ++i) ASSERT_EQ(a.layers[l].kpe[i], b.layers[l].kpe[i]);
+                }
+            }
+            delete got;
+        }
+    }
+    delete ref;
+    omp_set_num_threads(saved);
+}
+
+TEST(KvCache, RowsBitwiseIndependentOfBatchAndThreads) {
+    check_rows_independent(small_config(2, true, true, true, 40), 6, 2);
+    check_rows_independent(small_config(1, false, false, false, 40), 7, 3);
 }
 
 TEST(KvCache, ContractViolationsThrow) {
@@ -147,6 +237,12 @@ TEST(KvCache, ContractViolationsThrow) {
     EXPECT_THROW(cm.eval(2, 0, 1, tok.data(), h.data(), h.data(), lg.data()), mtp::error);  // no such stage
     tok[0] = 40;
     EXPECT_THROW(cm.eval(0, 0, 1, tok.data(), nullptr, h.data(), lg.data()), mtp::error);   // token out of range
+    tok[0] = 1;
+    EXPECT_THROW(cm.eval(0, 0, 1, tok.data(), nullptr, h.data(), lg.data(), 0, true), mtp::error);  // no draft vocab
+    EXPECT_THROW(cm.set_draft_vocab({3, 2}), mtp::error);                                    // not ascending
+    EXPECT_THROW(cm.set_draft_vocab({1, 40}), mtp::error);                                   // out of range
+    cm.set_draft_vocab({2, 5});
+    EXPECT_EQ(cm.draft_vocab(), (std::vector<int>{2, 5}));
 }
 
 } // namespace

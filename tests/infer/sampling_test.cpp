@@ -2,7 +2,7 @@
 // the next tokens drawn with MTP speculation follow the exact target distribution (computed by enumeration over a
 // small vocabulary), by a chi-square test at significance 0.001; deliberately broken acceptance rules (accept
 // every draft; on rejection resample from p instead of the residual; adaptive drafting judged against the
-// unrestricted q) fail the same test.
+// unrestricted q; drafts from a restricted draft vocabulary judged against the full-vocabulary q) fail the same test.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -83,6 +83,68 @@ TEST(Sampler, ProcessingSteps) {
     EXPECT_EQ(rp.argmax(lg.data(), 5, hist.data(), 3), 0);
     sp.repeat_last_n = 1;                                           // only the last token (3) counts
     EXPECT_EQ(sampler(sp).argmax(lg.data(), 5, hist.data(), 3), 4);
+}
+
+// Restricted vocabulary (ids): the distribution over the ids is the full processing with every other token at
+// -inf, renormalised; the penalty maps history tokens through ids; argmax/draw return positions.
+TEST(Sampler, RestrictedVocabulary) {
+    const std::vector<float> full = {2.0f, 1.0f, 0.5f, -1.0f, 3.0f, 0.25f, 1.5f};
+    const std::vector<int> ids = {0, 2, 3, 6};
+    std::vector<float> sub;
+    for (int i : ids) sub.push_back(full[i]);
+    const std::vector<int> hist = {6, 4, 6, 2};
+    for (int variant = 0; variant < 4; ++variant) {
+        sampler_params sp;
+        sp.temperature = 0.7f;
+        if (variant == 1) sp.top_k = 2;
+        if (variant == 2) { sp.top_p = 0.8f; sp.repeat_penalty = 1.5f; }
+        if (variant == 3) { sp.min_p = 0.2f; sp.repeat_penalty = 0.7f; }
+        sampler s(sp);
+        std::vector<float> masked(full.size(), -INFINITY);
+        for (int i : ids) masked[i] = full[i];
+        std::vector<double> want, got;
+        s.dist(masked.data(), int(masked.size()), hist.data(), int(hist.size()), want);
+        s.dist(sub.data(), int(sub.size()), hist.data(), int(hist.size()), got, ids.data());
+        ASSERT_EQ(got.size(), ids.size());
+        double tot = 0;
+        for (size_t i = 0; i < ids.size(); ++i) {
+            EXPECT_NEAR(got[i], want[ids[i]], 1e-12) << "variant " << variant << " id " << ids[i];
+            tot += got[i];
+        }
+        EXPECT_NEAR(tot, 1.0, 1e-12);
+        const int am = s.argmax(sub.data(), int(sub.size()), hist.data(), int(hist.size()), ids.data());
+        EXPECT_EQ(ids[am], s.argmax(masked.data(), int(masked.size()), hist.data(), int(hist.size())));
+        const double p1 = s.prob_t1(sub.data(), int(sub.size()), hist.data(), int(hist.size()), am, ids.data());
+        EXPECT_NEAR(p1, s.prob_t1(masked.data(), int(masked.size()), hist.data(), int(hist.size()), ids[am]), 1e-12);
+    }
+    // With the penalty, token 6 (seen) drops below token 2 in the restricted set: argmax position 1 (id 2).
+    sampler_params sp;
+    sp.repeat_penalty = 4.0f;
+    const std::vector<int> h6 = {6};
+    EXPECT_EQ(sampler(sp).argmax(sub.data(), int(sub.size()), h6.data(), 1, ids.data()), 0);
+    const std::vector<float> sub2 = {0.1f, 0.5f, -1.0f, 1.5f};
+    EXPECT_EQ(sampler(sp).argmax(sub2.data(), 4, h6.data(), 1, ids.data()), 1);
+}
+
+TEST(Sampler, LargeVocabularyPaths) {
+    // The vectorised exp / argmax paths (long rows, lengths not a multiple of the vector width) against std::exp.
+    rng r(3);
+    for (int V : {17, 1000, 8001}) {
+        std::vector<float> lg(V);
+        for (auto& v : lg) v = float(3.0 * r.normal());
+        lg[V / 3] = 30.0f;
+        lg[V / 2] = 30.0f;                                           // tie: the lower id wins
+        sampler_params sp;
+        sp.temperature = 0.9f;
+        sampler s(sp);
+        std::vector<double> p;
+        s.dist(lg.data(), V, nullptr, 0, p);
+        const double T = double(0.9f);
+        double z = 0;
+        for (float v : lg) z += std::exp((double(v) - 30.0) / T);
+        for (int i = 0; i < V; ++i) ASSERT_NEAR(p[i], std::exp((double(lg[i]) - 30.0) / T) / z, 1e-13) << i;
+        EXPECT_EQ(s.argmax(lg.data(), V, nullptr, 0), V / 3);
+    }
 }
 
 TEST(Sampler, SeededAndChecked) {
@@ -285,15 +347,29 @@ TEST(SpecSampling, KeepsTheTargetDistribution) {
     broken2.test_broken_rule = 2;
     spec_params broken3 = d3reuse;
     broken3.test_broken_rule = 2;
+    // FR-Spec draft vocabulary: drafts only from 4 of the 8 tokens; q restricted and renormalised.
+    spec_params dv2 = d2;
+    dv2.draft_vocab = {0, 2, 3, 6};
+    spec_params dv3 = d3reuse;
+    dv3.draft_vocab = {1, 2, 4, 5, 7};
+    spec_params dv3a = dv3;
+    dv3a.p_min = 0.3f;
+    spec_params broken5 = dv2;                                       // q of the full head instead of the restricted one
+    broken5.test_broken_rule = 4;
+    spec_params broken6 = dv3;
+    broken6.test_broken_rule = 4;
     const std::vector<model_case> cases = {
         {small_config(2, false, true, false, 8), 31, a,
          {{"D=2 plain sampling", plain}, {"D=2 speculative", d2}, {"D=2 broken rule (accept all)", broken},
-          {"D=2 broken rule (resample from p)", broken2}}},
+          {"D=2 broken rule (resample from p)", broken2}, {"D=2 draft vocab 4 of 8", dv2},
+          {"D=2 draft vocab broken rule (full-vocab q)", broken5}}},
         {small_config(1, true, false, true, 8), 32, b,
          {{"D=1 reuse x3 speculative", d3reuse}, {"D=1 reuse x3 adaptive p-min 0.3", adaptive},
           {"D=1 reuse x3 broken rule (accept all)", broken1},
           {"D=1 reuse x3 broken rule (resample from p)", broken3},
-          {"D=1 adaptive broken rule (unrestricted q)", broken4}}},
+          {"D=1 adaptive broken rule (unrestricted q)", broken4}, {"D=1 reuse x3 draft vocab 5 of 8", dv3},
+          {"D=1 reuse x3 draft vocab, adaptive p-min 0.3", dv3a},
+          {"D=1 reuse x3 draft vocab broken rule (full-vocab q)", broken6}}},
     };
     for (const auto& mc : cases) {
         const model_files m = random_model(mc.cfg, mc.seed);

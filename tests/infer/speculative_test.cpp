@@ -75,22 +75,35 @@ struct coverage {
     int64_t compared = 0, total = 0, near_ties = 0, drafts = 0, draft_tokens = 0, accepted = 0, deep = 0;
 };
 
-std::vector<spec_params> draft_settings(int D) {
+// A restricted draft vocabulary for tests: the even ids and id 1 (about half the vocabulary).
+std::vector<int> half_vocab(int V) {
+    std::vector<int> ids;
+    for (int i = 0; i < V; ++i)
+        if (i % 2 == 0 || i == 1) ids.push_back(i);
+    return ids;
+}
+
+std::vector<spec_params> draft_settings(int D, int V) {
     std::vector<spec_params> v;
     for (int n = 1; n <= D; ++n) { spec_params p; p.n_draft = n; v.push_back(p); }
     for (int n = D + 1; n <= D + 2; ++n) { spec_params p; p.n_draft = n; p.reuse = true; v.push_back(p); }
     { spec_params p; p.p_min = 0.3f; v.push_back(p); }                           // adaptive, up to D
     { spec_params p; p.n_draft = D + 2; p.reuse = true; p.p_min = 0.2f; v.push_back(p); }
     { spec_params p; p.n_batch = 3; v.push_back(p); }                            // small chunks for prefill/catch-up
+    { spec_params p; p.draft_vocab = half_vocab(V); v.push_back(p); }            // FR-Spec draft vocabulary
+    { spec_params p; p.n_draft = D + 2; p.reuse = true; p.draft_vocab = half_vocab(V); v.push_back(p); }
+    { spec_params p; p.p_min = 0.3f; p.draft_vocab = {1}; v.push_back(p); }     // one-token draft vocabulary
     return v;
 }
 
 std::string describe(const spec_params& p) {
     return "draft " + std::to_string(p.n_draft) + (p.reuse ? " reuse" : "") + " p_min " + std::to_string(p.p_min) +
-           " batch " + std::to_string(p.n_batch);
+           " batch " + std::to_string(p.n_batch) + " draft vocab " + std::to_string(p.draft_vocab.size());
 }
 
-// Greedy identity over prompts and draft settings; with penalty, the reference is the plain cached run.
+// Greedy identity over prompts and draft settings: the speculative output is token for token the plain cached
+// output (exactly: decode rows are bitwise independent of how many are verified together), and both agree with
+// the cache-free reference up to near ties (without penalty).
 void check_greedy_identity(const model_files& m, const std::vector<std::vector<int>>& prompts, int n_new,
                            float penalty, coverage& cov) {
     const int D = m.config.n_mtp();
@@ -113,13 +126,14 @@ void check_greedy_identity(const model_files& m, const std::vector<std::vector<i
         }
         const std::vector<bool> dec = decisive_steps(m, s0, prompt, ref);
         compare_greedy(plain, ref, dec, "plain cached vs reference");
-        for (const spec_params& p : draft_settings(D)) {
+        for (const spec_params& p : draft_settings(D, m.config.vocab_size)) {
             SCOPED_TRACE(describe(p));
             sampler s(sp);
             gen_stats st;
             const std::vector<int> out = generate(cm, s, p, prompt, n_new, -1, {}, &st);
             ASSERT_EQ(int(out.size()), n_new);
-            const int k = compare_greedy(out, ref, dec, "speculative vs plain greedy");
+            EXPECT_EQ(out, plain) << "speculative greedy output differs from plain greedy output";
+            const int k = compare_greedy(out, ref, dec, "speculative vs reference");
             cov.total += n_new;
             cov.compared += k;
             cov.near_ties += k < n_new;
@@ -271,8 +285,10 @@ struct cache_checker {
 };
 
 // The greedy drafts of a round are the argmax chain of the full forward's MTP heads at the frontier: d_{n+k} =
-// argmax P^k_{n-1} over t_0..t_n, d_{n+1}, .., d_{n+k-1} (depths past D, from reuse, have no full-forward twin).
-void check_draft_chain(const model_files& m, const std::vector<int>& committed, int n, const std::vector<int>& drafts) {
+// argmax P^k_{n-1} over t_0..t_n, d_{n+1}, .., d_{n+k-1} (depths past D, from reuse, have no full-forward twin);
+// with a draft vocabulary, the argmax over its tokens.
+void check_draft_chain(const model_files& m, const std::vector<int>& committed, int n, const std::vector<int>& drafts,
+                       const std::vector<int>& dv) {
     const model_config& c = m.config;
     const int V = c.vocab_size, D = c.n_mtp(), d = c.hidden_size;
     const int md = std::min<int>(int(drafts.size()), D);
@@ -284,10 +300,13 @@ void check_draft_chain(const model_files& m, const std::vector<int>& committed, 
     model_forward(c, m.layout, m.weights.data(), st, seq.data(), int(seq.size()), 0.0f, a);
     for (int k = 1; k <= md; ++k) {
         const float* row = st.mtp[k - 1].logits + size_t(n - 1) * V;
-        int b1 = 0;
-        for (int v = 1; v < V; ++v) if (row[v] > row[b1]) b1 = v;
+        std::vector<int> cand = dv;
+        if (cand.empty())
+            for (int v = 0; v < V; ++v) cand.push_back(v);
+        int b1 = cand[0];
+        for (int v : cand) if (row[v] > row[b1]) b1 = v;
         float second = -1e30f;
-        for (int v = 0; v < V; ++v) if (v != b1) second = std::max(second, row[v]);
+        for (int v : cand) if (v != b1) second = std::max(second, row[v]);
         const int T = int(seq.size());
         if (row[b1] - second <= 2 * logit_tolerance(m, k, T, st.mtp[k - 1].h + size_t(n - 1) * d)) return;
         ASSERT_EQ(drafts[k - 1], b1) << "draft at depth " << k << " of the round at n = " << n;
@@ -314,7 +333,7 @@ void check_caches_after_rounds(const model_files& m, float temp, const spec_para
         const int n_before = int(g.tokens().size()) - 1, remaining = n_new - int(out.size());
         ASSERT_GT(g.step(n_new - int(out.size()), out), 0);
         ++rounds;
-        if (temp == 0.0f) check_draft_chain(m, g.tokens(), n_before, g.last_drafts());
+        if (temp == 0.0f) check_draft_chain(m, g.tokens(), n_before, g.last_drafts(), p.draft_vocab);
         if (rounds % 7 != 0 && int(out.size()) < n_new) continue;       // check every 7th round and at the end
         const std::vector<int>& t = g.tokens();
         const int n = int(t.size()) - 1;
@@ -364,6 +383,12 @@ TEST(SpecCaches, MatchFreshPrefillAfterManyRounds) {
         spec_params q;
         q.n_batch = 2;
         check_caches_after_rounds(m1, temp, q, 5, 50);
+        spec_params dv;
+        dv.draft_vocab = half_vocab(m3.config.vocab_size);
+        check_caches_after_rounds(m3, temp, dv, 6, 70);
+        dv.n_draft = 5;
+        dv.reuse = true;
+        check_caches_after_rounds(m3, temp, dv, 7, 70);
     }
 }
 
