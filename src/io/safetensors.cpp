@@ -34,22 +34,7 @@ constexpr uint64_t max_index_bytes = 100ull * 1000 * 1000;
 constexpr int max_json_depth = 16;
 constexpr int64_t fp8_block = 128;
 
-// Quotes a (possibly hostile) string for a one-line message: control bytes escaped, long text cut.
-std::string show(const std::string& s) {
-    std::string out = "'";
-    size_t n = 0;
-    for (unsigned char c : s) {
-        if (++n > 160) { out += "..."; break; }
-        if (c < 0x20 || c == 0x7F) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\x%02X", c);
-            out += buf;
-        } else {
-            out += char(c);
-        }
-    }
-    return out + "'";
-}
+std::string show(const std::string& s) { return quoted(s, 160); }
 
 // Replaces line breaks and other control bytes so a foreign message stays on one line.
 std::string one_line(std::string s) {

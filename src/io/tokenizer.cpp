@@ -18,22 +18,7 @@ namespace {
 
 using json = nlohmann::json;
 
-// Quotes a (possibly hostile) token for a one-line message.
-std::string show(const std::string& s) {
-    std::string out = "'";
-    size_t n = 0;
-    for (unsigned char c : s) {
-        if (++n > 80) { out += "..."; break; }
-        if (c < 0x20 || c == 0x7F) {
-            char buf[8];
-            std::snprintf(buf, sizeof buf, "\\x%02X", c);
-            out += buf;
-        } else {
-            out += char(c);
-        }
-    }
-    return out + "'";
-}
+std::string show(const std::string& s) { return quoted(s, 80); }
 
 // Byte-level token text -> bytes; a token with a character outside the byte alphabet decodes to its own
 // UTF-8 (as HF's ByteLevel decoder does).
