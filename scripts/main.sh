@@ -17,11 +17,13 @@ rm -rf "$run/train"                 # a fresh run each time (the trainer refuses
 ./build/mtp train --config configs/train_default.json
 echo "== model saved in $run/train/model (config.json, model.safetensors, tokenizer.json); loss plot $run/train/loss.png"
 model="$run/train/model"
+echo "== draft vocabulary for MTP drafts (FR-Spec style): the 1024 most frequent training tokens"
+./build/mtp draft-vocab --data "$run/data" --out "$model/draft_vocab.json" --n 1024
 for prompt in "The jury said" "In the morning, she"; do
   echo "== generate (greedy), plain: \"$prompt\""
   ./build/mtp generate --model "$model" --prompt "$prompt" -n 48 --spec none -t 1
-  echo "== generate (greedy), MTP speculative decoding, 2 drafts: \"$prompt\""
-  ./build/mtp generate --model "$model" --prompt "$prompt" -n 48 --spec mtp --draft 2 -t 1
+  echo "== generate (greedy), MTP speculative decoding, 1 draft: \"$prompt\""
+  ./build/mtp generate --model "$model" --prompt "$prompt" -n 48 --spec mtp --draft 1 -t 1
 done
 echo "== bench: plain vs speculative generation on held-out prompts (greedy and temperature 0.8)"
-./build/mtp bench --model "$model" --prompt-shard "$run/data/val_000.bin" -p 64 -n 64 -r 3 -t 1
+./build/mtp bench --model "$model" --prompt-shard "$run/data/val_000.bin" -p 64 -n 64 -r 3 -t 1 --draft-vocab 0 1024

@@ -129,7 +129,7 @@ void add_generate_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("generate", "Generate text with KV caches and MTP speculative decoding");
     struct opts {
         std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out, dv_from;
-        int n = 128, draft = 0, batch = 256, threads = 0, draft_vocab = 0;
+        int n = 128, draft = 0, batch = 256, threads = 0, draft_vocab = -1;
         float p_min = 0;
         bool reuse = false, ignore_eos = false;
         sampling_flags sf;
@@ -149,22 +149,23 @@ void add_generate_cmd(CLI::App& app) {
     auto* dr = cmd->add_option("--draft", o->draft, "draft tokens per round (default: D; D+1 with --draft-reuse)");
     cmd->add_option("--draft-p-min", o->p_min, "adaptive drafting: stop at a draft token with probability below P");
     cmd->add_flag("--draft-reuse", o->reuse, "continue drafting past D by reusing the last MTP module");
-    cmd->add_option("--draft-vocab", o->draft_vocab,
-                    "drafts consider only the N most frequent tokens (FR-Spec; 0: the full vocabulary)");
+    auto* dvo = cmd->add_option("--draft-vocab", o->draft_vocab,
+                                "drafts consider only the N most frequent tokens (FR-Spec; 0: the full vocabulary; "
+                                "default: every token of MODEL/draft_vocab.json when present, else 0)");
     cmd->add_option("--draft-vocab-from", o->dv_from,
                     "token shard to count frequencies in (default: MODEL/draft_vocab.json from mtp draft-vocab)");
     cmd->add_option("--batch", o->batch, "prompt tokens per forward");
     cmd->add_flag("--ignore-eos", o->ignore_eos, "do not stop at eos_token_id");
     cmd->add_option("--tokens-out", o->tokens_out, "write the generated token ids (comma-separated) to FILE");
-    cmd->callback([o, p1, p2, p3, dr] {
+    cmd->callback([o, p1, p2, p3, dr, dvo] {
         if (p1->count() + p2->count() + p3->count() == 0)
             fail("generate", "give a prompt with --prompt, --prompt-file or --prompt-tokens");
         if (o->n < 0) fail("-n", "must be >= 0");
         if (!o->spec.empty() && o->spec != "mtp" && o->spec != "none")
             fail("--spec", "expected mtp or none, got '" + o->spec + "'");
         if (dr->count() && o->draft < 1) fail("--draft", "must be >= 1");
-        if (o->draft_vocab < 0) fail("--draft-vocab", "must be >= 0");
-        if (!o->dv_from.empty() && o->draft_vocab == 0) fail("--draft-vocab-from", "needs --draft-vocab N");
+        if (dvo->count() && o->draft_vocab < 0) fail("--draft-vocab", "must be >= 0");
+        if (!o->dv_from.empty() && o->draft_vocab <= 0) fail("--draft-vocab-from", "needs --draft-vocab N");
         set_threads(o->threads);
         sampler_params_check(o->sf.s);
         model_files m = model_load_dir(o->model);
@@ -194,7 +195,13 @@ void add_generate_cmd(CLI::App& app) {
         sp.n_batch = o->batch;
         if (o->spec == "mtp" && c.n_mtp() == 0)
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
-        if (o->draft_vocab > 0) {
+        if (o->draft_vocab < 0) {                 // default: MODEL/draft_vocab.json when present
+            const fs::path f = fs::path(o->model) / "draft_vocab.json";
+            if (sp.enabled && c.n_mtp() > 0 && fs::exists(f)) {
+                const std::vector<int> rank = rank_from_json(f.string(), c.vocab_size, "--draft-vocab");
+                sp.draft_vocab = draft_vocab_from_rank(rank, int(rank.size()));
+            }
+        } else if (o->draft_vocab > 0) {
             if (o->draft_vocab > c.vocab_size)
                 fail("--draft-vocab", std::to_string(o->draft_vocab) + " exceeds vocab_size " +
                                           std::to_string(c.vocab_size));
@@ -227,8 +234,10 @@ void add_generate_cmd(CLI::App& app) {
             std::ofstream f(o->tokens_out, std::ios::binary);
             if (!f || !(f << s2 << "\n")) fail("--tokens-out", "cannot write " + o->tokens_out);
         }
-        std::fprintf(stderr, "%s%s\n", st.summary().c_str(),
-                     sp.enabled && c.n_mtp() > 0 ? "" : " | speculation off");
+        std::string tail = sp.enabled && c.n_mtp() > 0 ? "" : " | speculation off";
+        if (sp.enabled && c.n_mtp() > 0 && !sp.draft_vocab.empty())
+            tail += " | draft vocab " + std::to_string(sp.draft_vocab.size());
+        std::fprintf(stderr, "%s%s\n", st.summary().c_str(), tail.c_str());
     });
 }
 
@@ -258,7 +267,8 @@ void add_bench_cmd(CLI::App& app) {
     cmd->add_option("--temp", o->temps, "temperatures (default: 0 and 0.8)")->expected(1, -1);
     cmd->add_option("--draft-p-min", o->p_min, "also measure adaptive drafting with this p-min");
     cmd->add_option("--draft-vocab", o->draft_vocabs,
-                    "draft vocabulary sizes to measure (0: full vocabulary; N: the N most frequent tokens)")
+                    "draft vocabulary sizes to measure (0: full vocabulary; N: the N most frequent tokens; default: 0, "
+                    "and every token of MODEL/draft_vocab.json when present)")
         ->expected(1, -1);
     cmd->add_option("--draft-vocab-from", o->dv_from,
                     "token shard to count frequencies in (default: MODEL/draft_vocab.json)");
@@ -309,6 +319,10 @@ void add_bench_cmd(CLI::App& app) {
                                               " ranked tokens available");
         } else if (!o->dv_from.empty()) {
             fail("--draft-vocab-from", "needs --draft-vocab N...");
+        } else if (fs::exists(fs::path(o->model) / "draft_vocab.json")) {   // default: full and the file's vocabulary
+            bp.vocab_rank = rank_from_json((fs::path(o->model) / "draft_vocab.json").string(), c.vocab_size,
+                                           "--draft-vocab");
+            bp.draft_vocabs = {0, int(bp.vocab_rank.size())};
         }
         if (!o->cost_rows.empty()) bp.cost_rows = o->cost_rows;
         if (o->no_costs) bp.cost_rows.clear();

@@ -1,10 +1,17 @@
-// Packed multi-row GEMV kernels (see gemv.h): weight packing, AVX2/FMA register-blocked tiles, OpenMP over tiles.
+// Packed multi-row GEMV kernels (see gemv.h): weight packing, AVX2/FMA register-blocked tiles, helper threads.
 #include "core/gemv.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <thread>
+#include <vector>
 
 #include <omp.h>
 
@@ -135,6 +142,94 @@ tile_fn pick(int rb, int pb) {
 }
 #endif
 
+// ---------------------------------------------------------------------------------------------------------------
+// Helper threads for the large GEMVs. Not an OpenMP team: the calling thread claims tasks from an atomic counter
+// together with the helpers and only waits for tasks a helper has actually started, so a helper that the OS has
+// descheduled (a machine shared with other jobs) costs nothing instead of stalling a fork/join barrier for a time
+// slice. Helpers spin briefly after each job (decode issues GEMVs microseconds apart), then sleep.
+class helper_pool {
+public:
+    static helper_pool& get() {
+        static helper_pool* p = new helper_pool();                 // never destroyed: helpers are detached
+        return *p;
+    }
+
+    // fn(ctx, task) for task in [0, n) on the calling thread and up to `helpers` helper threads.
+    void run(int n, int helpers, void (*fn)(void*, int), void* ctx) {
+        std::lock_guard<std::mutex> one(run_mu_);                   // one job at a time
+        while (int(threads_.size()) < helpers) {
+            const int id = int(threads_.size());
+            threads_.emplace_back([this, id] { work(id); });
+            threads_.back().detach();
+        }
+        const uint64_t gen = (state_.load() >> 32) + 1;
+        n_.store(n);
+        fn_.store(fn);
+        ctx_.store(ctx);
+        done_.store(0);
+        want_.store(helpers);
+        state_.store(gen << 32);                                      // publish: task 0 of job `gen`
+        if (sleeping_.load() > 0) {
+            { std::lock_guard<std::mutex> lk(mu_); }
+            cv_.notify_all();
+        }
+        claim(gen);
+        while (done_.load() < n) cpu_relax();
+        state_.store((gen << 32) | closed);                           // no stale claim can succeed any more
+    }
+
+private:
+    static constexpr uint64_t closed = 0xffffffffu;
+
+    static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+
+    // Claims and runs tasks of job `gen` until none is left.
+    void claim(uint64_t gen) {
+        for (;;) {
+            uint64_t s = state_.load();
+            if ((s >> 32) != gen) return;
+            const uint64_t idx = s & closed;
+            if (idx >= uint64_t(n_.load())) return;
+            if (!state_.compare_exchange_weak(s, s + 1)) continue;
+            // A successful claim means job `gen` is still open, so fn_/ctx_ are its own.
+            fn_.load()(ctx_.load(), int(idx));
+            done_.fetch_add(1);
+        }
+    }
+
+    void work(int id) {
+        uint64_t seen = state_.load() >> 32;
+        for (;;) {
+            // Wait for a new job: spin ~200 µs, then sleep.
+            const auto t0 = std::chrono::steady_clock::now();
+            int spins = 0;
+            while ((state_.load() >> 32) == seen) {
+                cpu_relax();
+                if (++spins % 256 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(200)) {
+                    std::unique_lock<std::mutex> lk(mu_);
+                    sleeping_.fetch_add(1);
+                    cv_.wait(lk, [&] { return (state_.load() >> 32) != seen; });
+                    sleeping_.fetch_sub(1);
+                }
+            }
+            seen = state_.load() >> 32;
+            if (id < want_.load()) claim(seen);
+        }
+    }
+
+    std::mutex run_mu_, mu_;
+    std::condition_variable cv_;
+    std::vector<std::thread> threads_;
+    std::atomic<uint64_t> state_{closed};                             // job generation << 32 | next task
+    std::atomic<int> n_{0}, done_{0}, want_{0}, sleeping_{0};
+    std::atomic<void (*)(void*, int)> fn_{nullptr};
+    std::atomic<void*> ctx_{nullptr};
+};
+
 } // namespace
 
 void pack_weight(packed_weight& p, const float* w, int out, int in) {
@@ -201,21 +296,35 @@ void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
         else blocks[nb++] = left;
     }
     const int n_tiles = (panels + PB - 1) / PB;
-    const bool par = size_t(out) * in >= (size_t(1) << 18) && n_tiles >= 4 && omp_get_max_threads() > 1 &&
-                     !omp_in_parallel();
-#pragma omp parallel for schedule(static) if (par)
-    for (int tI = 0; tI < n_tiles; ++tI) {
-        const int q0 = tI * PB, pb = q0 + PB <= panels ? PB : panels - q0;
-        const int o0 = q0 * lanes, valid = out - o0;
-        const float* wt = W + size_t(q0) * pstride;
-        const float* next = T >= prefetch_min_rows && tI + 1 < n_tiles ? wt + size_t(PB) * pstride : nullptr;
-        int t = 0;
-        for (int b = 0; b < nb; ++b) {
-            pick(blocks[b], pb)(y + size_t(t) * ldy, ldy, x + size_t(t) * ldx, ldx, wt, in, pstride, istride, o0, valid,
-                                b == 0 ? next : nullptr);
-            t += blocks[b];
+    // Tiles [t0, t1): prefetching the next tile only inside the range (another thread may take the one after).
+    auto tiles = [&](int t0, int t1) {
+        for (int tI = t0; tI < t1; ++tI) {
+            const int q0 = tI * PB, pb = q0 + PB <= panels ? PB : panels - q0;
+            const int o0 = q0 * lanes, valid = out - o0;
+            const float* wt = W + size_t(q0) * pstride;
+            const float* next = T >= prefetch_min_rows && tI + 1 < t1 ? wt + size_t(PB) * pstride : nullptr;
+            int t = 0;
+            for (int b = 0; b < nb; ++b) {
+                pick(blocks[b], pb)(y + size_t(t) * ldy, ldy, x + size_t(t) * ldx, ldx, wt, in, pstride, istride, o0,
+                                    valid, b == 0 ? next : nullptr);
+                t += blocks[b];
+            }
         }
+    };
+    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (threads <= 1 || size_t(out) * in * size_t(T) < (size_t(1) << 17) || n_tiles < 8) {
+        tiles(0, n_tiles);
+        return;
     }
+    struct job {
+        decltype(tiles)* f;
+        int chunk, n_tiles;
+    } jb{&tiles, std::max(1, n_tiles / (6 * threads)), n_tiles};
+    const int n_tasks = (n_tiles + jb.chunk - 1) / jb.chunk;
+    helper_pool::get().run(n_tasks, threads - 1, [](void* c, int task) {
+        const job& j = *static_cast<const job*>(c);
+        (*j.f)(task * j.chunk, std::min(j.n_tiles, (task + 1) * j.chunk));
+    }, &jb);
 #else
     // Portable path: the same fma chains.
     for (int t = 0; t < T; ++t)

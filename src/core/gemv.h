@@ -36,8 +36,10 @@ void pack_weight_transposed(packed_weight& p, const float* m, int rows, int cols
 // Several matrices with the same `in` stacked along out into one packed weight (fused projections).
 void pack_weight_stacked(packed_weight& p, const std::vector<const float*>& ws, const std::vector<int>& outs, int in);
 
-// y[t * ldy + o] = Σ_i x[t * ldx + i] * W[o, i] for t < T, o < p.out (y rows need not be contiguous). Runs OpenMP
-// over output tiles when the weight is large enough (>= 2^18 elements) and more than one thread is available.
+// y[t * ldy + o] = Σ_i x[t * ldx + i] * W[o, i] for t < T, o < p.out (y rows need not be contiguous). With
+// omp_get_max_threads() > 1 and enough work (out * in * T >= 2^17), chunks of output tiles are shared with
+// omp_get_max_threads() - 1 helper threads by work stealing (not an OpenMP team: a descheduled helper does not stall
+// the caller); each output is still computed by one thread with the same chain, so results do not change.
 void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const packed_weight& p);
 
 // The same kernel on any panel-of-8 layout: W[o, i] = w[(o / 8) * pstride + i * istride + o % 8] (the packed layout is

@@ -113,7 +113,7 @@ void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, c
 namespace {
 
 #ifdef MTP_DECODE_AVX2
-// exp of 8 floats: Cody-Waite range reduction and a degree-6 polynomial (about 1 ulp); x < -87.3 gives 0.
+// exp of 8 floats: Cody-Waite range reduction and a degree-6 polynomial (a few ulp); x < -87.3 gives 0.
 inline __m256 exp8(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.3f);
     const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);

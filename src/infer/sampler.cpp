@@ -153,17 +153,23 @@ double sampler::prob_t1(const float* logits, int n, const int* hist, int n_hist,
 void sampler::dist(const float* logits, int V, const int* hist, int n_hist, std::vector<double>& probs,
                    const int* ids) const {
     const float* pen = effective(logits, V, hist, n_hist, ids);
-    probs.assign(V, 0.0);
     const int best = argmax_first(pen, V);
     if (greedy()) {
+        probs.assign(V, 0.0);
         probs[best] = 1.0;
         return;
     }
+    probs.resize(V);
     // softmax at temperature T over all tokens
     const double inv_t = 1.0 / p_.temperature, mx = pen[best];
     double sum = exp_terms(probs.data(), pen, V, mx, inv_t);
-    for (int i = 0; i < V; ++i) probs[i] /= sum;
     const bool use_k = p_.top_k > 0 && p_.top_k < V, use_p = p_.top_p < 1.0f;
+    if (!use_k && !use_p && p_.min_p <= 0.0f) {                         // nothing removed: one normalisation
+        const double inv = 1.0 / sum;
+        for (int i = 0; i < V; ++i) probs[i] *= inv;
+        return;
+    }
+    for (int i = 0; i < V; ++i) probs[i] /= sum;
     if (use_k || use_p) {
         // tokens by probability, descending (ties: lower id first), far enough to cover top-k / top-p
         order_.resize(V);
@@ -194,16 +200,35 @@ void sampler::dist(const float* logits, int V, const int* hist, int n_hist, std:
 }
 
 int sampler::draw(const std::vector<double>& probs) {
-    double sum = 0;
-    int last = -1;
-    for (size_t i = 0; i < probs.size(); ++i)
-        if (probs[i] > 0) { sum += probs[i]; last = int(i); }
+    // Inverse CDF in blocks of 32: block masses first (vectorisable), then the entries of the block u falls in.
+    constexpr int B = 32;
+    const int n = int(probs.size());
+    const double* p = probs.data();
+    int last = n - 1;
+    while (last >= 0 && !(p[last] > 0)) --last;
     if (last < 0) fail("sampler", "empty distribution");
+    const int nb = (last + B) / B;
+    blk_.resize(nb);
+    double sum = 0;
+    for (int b = 0; b < nb; ++b) {
+        const int i0 = b * B, i1 = std::min(last + 1, i0 + B);
+        double m = 0;
+        for (int i = i0; i < i1; ++i) m += p[i] > 0 ? p[i] : 0.0;
+        blk_[b] = m;
+        sum += m;
+    }
     double u = rng_.uniform() * sum;
-    for (int i = 0; i <= last; ++i) {
-        if (probs[i] <= 0) continue;
-        if (u < probs[i]) return i;
-        u -= probs[i];
+    for (int b = 0; b < nb; ++b) {
+        if (u >= blk_[b] && b + 1 < nb) {
+            u -= blk_[b];
+            continue;
+        }
+        const int i0 = b * B, i1 = std::min(last + 1, i0 + B);
+        for (int i = i0; i < i1; ++i) {
+            if (!(p[i] > 0)) continue;
+            if (u < p[i]) return i;
+            u -= p[i];
+        }
     }
     return last;
 }

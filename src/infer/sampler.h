@@ -63,7 +63,7 @@ private:
     mutable std::vector<float> pen_;
     mutable std::vector<int> order_;
     mutable std::vector<double> tmp_t1_;
-    std::vector<double> tmp_;
+    std::vector<double> tmp_, blk_;
 };
 
 } // namespace mtp

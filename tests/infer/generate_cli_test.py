@@ -143,6 +143,10 @@ for extra in (["--draft-vocab", "20"], ["--draft-vocab", "40", "--draft", "4", "
               ["--draft-vocab", "7", "--draft-vocab-from", shard], ["--draft-vocab", "1", "--draft-p-min", "0.1"]):
     rc, so, se, ids = gen(model, extra, "dv")
     check("draft vocab: speculative greedy == plain " + " ".join(extra), rc == 0 and ids == plain, se)
+rc, so, se, ids = gen(model, [], "dvdefault")
+check("MODEL/draft_vocab.json used by default", rc == 0 and ids == plain and "draft vocab 40" in se, se)
+rc, so, se, ids = gen(model, ["--draft-vocab", "0"], "dvoff")
+check("--draft-vocab 0 turns it off", rc == 0 and ids == plain and "draft vocab" not in se, se)
 a = gen(model, ["--temp", "0.8", "--seed", "4", "--draft-vocab", "30"], "dvs1")
 b = gen(model, ["--temp", "0.8", "--seed", "4", "--draft-vocab", "30"], "dvs2")
 check("draft vocab sampling reproducible", a[0] == 0 and a[3] == b[3], a[2])

@@ -147,6 +147,37 @@ TEST(Sampler, LargeVocabularyPaths) {
     }
 }
 
+double gamma_q(double a, double x);
+
+// draw() over a long distribution (several blocks, zeros, unnormalised): frequencies match by chi-square, zero-mass
+// entries are never drawn.
+TEST(Sampler, DrawLongDistribution) {
+    const int V = 203;
+    std::vector<double> p(V);
+    rng r(5);
+    double tot = 0;
+    for (int i = 0; i < V; ++i) tot += p[i] = (i % 7 == 3 || i == V - 1) ? 0.0 : 0.2 + r.uniform();
+    sampler_params sp;
+    sp.temperature = 1.0f;
+    sp.seed = 9;
+    sampler s(sp);
+    const int N = 200000;
+    std::vector<int64_t> cnt(V, 0);
+    for (int k = 0; k < N; ++k) cnt[s.draw(p)]++;
+    double chi2 = 0;
+    int bins = 0;
+    for (int i = 0; i < V; ++i) {
+        if (p[i] == 0) {
+            EXPECT_EQ(cnt[i], 0) << i;
+            continue;
+        }
+        const double e = N * p[i] / tot;
+        chi2 += (cnt[i] - e) * (cnt[i] - e) / e;
+        ++bins;
+    }
+    EXPECT_GT(gamma_q((bins - 1) / 2.0, chi2 / 2.0), 1e-3) << "chi2 " << chi2 << " over " << bins << " bins";
+}
+
 TEST(Sampler, SeededAndChecked) {
     const std::vector<float> lg = {0.1f, 0.2f, 0.3f, 0.4f};
     sampler_params sp;
