@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Speculative decoding on a TRAINED model: trains a small MoE with D=2 on the Brown corpus for a couple of
 # minutes (tokenizer, shards, `mtp train`), then runs the greedy-identity test on it and checks that the MTP
-# drafts are actually accepted (a trained drafter, unlike a random one, predicts the main model).
+# drafts are actually accepted (a trained drafter, unlike a random one, predicts the main model), and that
+# the trained model's GGUF export reads back with identical logits.
 # usage: trained_model_test.sh MTP_BINARY MTP_TESTS_BINARY WORK_DIR
 set -euo pipefail
 mtp="$1"; tests="$2"; work="$3"
@@ -22,10 +23,16 @@ out=$("$mtp" generate --model "$work/run/model" --prompt "The jury said" -n 64 -
 echo "$out" | tail -n 3
 rate=$(echo "$out" | grep -oE "acceptance [0-9.]+" | head -1 | grep -oE "[0-9.]+$" || true)
 echo "depth-1 acceptance: ${rate:-none}"
-/usr/bin/python3 - "$rate" <<'PY'
+# The trained model exported to GGUF (f32) reads back with identical logits.
+"$mtp" convert --model "$work/run/model" --to gguf --out "$work/model.gguf" --type f32 2>/dev/null >/dev/null
+"$mtp" logits --model "$work/run/model" --tokens 5,17,3,99,42,7,1000,2 --out "$work/logits_st.safetensors"
+"$mtp" logits --model "$work/model.gguf" --tokens 5,17,3,99,42,7,1000,2 --out "$work/logits_gguf.safetensors"
+same=0; cmp -s "$work/logits_st.safetensors" "$work/logits_gguf.safetensors" && same=1
+echo "gguf logits identical: $same"
+/usr/bin/python3 - "$rate" "$same" <<'PY'
 import sys
-r = sys.argv[1]
-ok = r != "" and float(r) > 0.2
-print("1 passed, 0 failed" if ok else "0 passed, 1 failed")
-sys.exit(0 if ok else 1)
+r, same = sys.argv[1], sys.argv[2] == "1"
+ok = [r != "" and float(r) > 0.2, same]
+print(f"{sum(ok)} passed, {len(ok) - sum(ok)} failed")
+sys.exit(0 if all(ok) else 1)
 PY
