@@ -130,6 +130,7 @@ void add_generate_cmd(CLI::App& app) {
     struct opts {
         std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out, dv_from;
         int n = 128, draft = 0, batch = 256, threads = 0, draft_vocab = -1;
+        std::string weights;
         float p_min = 0;
         bool reuse = false, ignore_eos = false;
         sampling_flags sf;
@@ -146,6 +147,7 @@ void add_generate_cmd(CLI::App& app) {
     o->sf.add(cmd);
     cmd->add_option("--spec", o->spec, "speculative decoding: mtp or none (default: mtp when the model has MTP modules)");
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads (0: OMP_NUM_THREADS / all cores)");
+    cmd->add_option("--weights", o->weights, "weight type decoding reads: f32, bf16 or q8_0 (default: as the file stores them)");
     auto* dr = cmd->add_option("--draft", o->draft, "draft tokens per round (default: D; D+1 with --draft-reuse)");
     cmd->add_option("--draft-p-min", o->p_min, "adaptive drafting: stop at a draft token with probability below P");
     cmd->add_flag("--draft-reuse", o->reuse, "continue drafting past D by reusing the last MTP module");
@@ -213,7 +215,7 @@ void add_generate_cmd(CLI::App& app) {
         }
         spec_params_check(sp, c.n_mtp());
 
-        cpu_model cm(m);
+        cpu_model cm(m, 0, weights_type_for(o->weights, m));
         sampler s(o->sf.s);
         std::vector<int> out;
         gen_stats st;
@@ -246,6 +248,7 @@ void add_bench_cmd(CLI::App& app) {
     struct opts {
         std::string model, tok, prompt_file, prompt_shard, dv_from;
         int p = 128, n = 128, r = 3, batch = 256, threads = 0;
+        std::vector<std::string> weights;
         std::vector<float> temps;
         std::vector<int> draft_vocabs, cost_rows;
         bool no_costs = false;
@@ -278,6 +281,10 @@ void add_bench_cmd(CLI::App& app) {
     cmd->add_option("--batch", o->batch, "prompt tokens per forward");
     cmd->add_option("--seed", o->seed, "sampling / random prompt seed");
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads (0: OMP_NUM_THREADS / all cores)");
+    cmd->add_option("--weights", o->weights,
+                    "weight types: f32, bf16, q8_0 (default: as the file stores them); several: plain decoding is "
+                    "compared across them first, then the speculative bench runs at the first")
+        ->expected(1, -1);
     cmd->add_flag("--json", o->json, "print JSON instead of the table");
     cmd->callback([o] {
         if (o->p < 1) fail("-p", "must be >= 1");
@@ -360,16 +367,37 @@ void add_bench_cmd(CLI::App& app) {
                 bp.prompts.push_back(pr);
             }
         }
-        cpu_model cm(m);
+        std::vector<wtype> types;
+        for (const auto& w : o->weights) types.push_back(weights_type_for(w, m));
+        if (types.empty()) types.push_back(weights_type_for("", m));
+        const wtype wt = types[0];
+        if (types.size() > 1 && !o->json) {
+            std::vector<std::unique_ptr<cpu_model>> owned;
+            std::vector<infer_model*> ms;
+            std::vector<std::string> names;
+            std::vector<double> mb;
+            for (wtype t : types) {
+                owned.push_back(std::make_unique<cpu_model>(m, 0, t));
+                ms.push_back(owned.back().get());
+                names.push_back(wtype_name(t));
+                mb.push_back(owned.back()->trunk_bytes() / 1e6);
+            }
+            std::fprintf(stderr, "bench: plain decoding at %zu weight types\r", types.size());
+            const auto wr = bench_weight_types(ms, names, mb, bp);
+            std::printf("Plain greedy decoding (tg%d) at each weight type, interleaved per repetition; %s:\n\n%s\n",
+                        o->n, isa_report().c_str(), bench_weights_table(wr).c_str());
+        }
+        cpu_model cm(m, 0, wt);
         auto res = bench_run(cm, bp, [](const std::string& s) { std::fprintf(stderr, "bench: %-40s\r", s.c_str()); });
         std::fprintf(stderr, "\n");
         if (o->json) {
             std::printf("%s\n", bench_json(res).c_str());
         } else {
             std::printf("model %s: %d layers + %d MTP modules, d %d, vocab %d; prompts: %s; -p %d -n %d -r %d, "
-                        "%d threads\n\n",
+                        "%d threads\nweights %s: %.1f MB decoded per plain step (packed, all stages %.1f MB); %s\n\n",
                         o->model.c_str(), c.num_hidden_layers, c.n_mtp(), c.hidden_size, c.vocab_size, source.c_str(),
-                        o->p, o->n, o->r, omp_get_max_threads());
+                        o->p, o->n, o->r, omp_get_max_threads(), wtype_name(wt), cm.trunk_bytes() / 1e6,
+                        cm.packed_bytes() / 1e6, isa_report().c_str());
             std::printf("%s\n", bench_table(res.rows).c_str());
             std::printf("Where the decode time goes, per generated token (all repetitions):\n\n%s",
                         bench_breakdown(res.rows).c_str());

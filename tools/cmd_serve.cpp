@@ -16,6 +16,7 @@ void add_serve(CLI::App& app) {
     cmd->add_option("--spec", o->spec, "speculative decoding: mtp or none (default: mtp when the model has MTP modules)");
     cmd->add_option("--draft", o->n_draft, "draft tokens per round (default: D)");
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads of the generation worker (0: OMP_NUM_THREADS / all)");
+    cmd->add_option("--weights", o->weights, "weight type decoding reads: f32, bf16 or q8_0 (default: as the file stores them)");
     cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body accepted (default 1048576; larger: 413)");
     cmd->callback([o] { serve::serve_run(*o); });
 }

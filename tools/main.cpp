@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
     mtp::cli::add_grad(app);
     mtp::cli::add_train(app);
     mtp::cli::add_data(app);
+    mtp::cli::add_distill(app);
     mtp::cli::add_tokenizer(app);
     mtp::cli::add_generate(app);
     mtp::cli::add_convert(app);

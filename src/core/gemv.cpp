@@ -1,4 +1,5 @@
-// Packed multi-row GEMV kernels (see gemv.h): weight packing, AVX2/FMA register-blocked tiles, helper threads.
+// Packed multi-row GEMV (see gemv.h): weight packing per type and lane width, the activation quantisation of q8_0,
+// helper threads, and the dispatch to the tiles of the chosen ISA (gemv_avx2.cpp, gemv_avx512.cpp).
 #include "core/gemv.h"
 
 #include <algorithm>
@@ -15,132 +16,94 @@
 
 #include <omp.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define MTP_GEMV_AVX2 1
-#endif
+#include "core/dtype.h"
+#include "core/error.h"
+#include "core/gemv_impl.h"
+#include "core/quant.h"
 
 namespace mtp {
 
-void packed_weight::free_deleter::operator()(float* p) const { std::free(p); }
+void packed_weight::free_deleter::operator()(void* p) const { std::free(p); }
+
+const char* wtype_name(wtype t) {
+    switch (t) {
+        case wtype::f32: return "f32";
+        case wtype::bf16: return "bf16";
+        case wtype::q8_0: return "q8_0";
+    }
+    return "?";
+}
+
+bool wtype_from_name(const std::string& s, wtype& out) {
+    if (s == "f32") out = wtype::f32;
+    else if (s == "bf16") out = wtype::bf16;
+    else if (s == "q8_0") out = wtype::q8_0;
+    else return false;
+    return true;
+}
+
+double wtype_bytes_per_weight(wtype t) {
+    return t == wtype::f32 ? 4.0 : t == wtype::bf16 ? 2.0 : 34.0 / 32.0;
+}
 
 namespace {
 
-constexpr int lanes = 8;
+int lanes_of(isa k) { return k == isa::avx2 ? 8 : 16; }
 
-// Tiles of >= 2 rows prefetch the next tile (they have load-port slack; 1-row tiles are load-bound and the hardware
-// prefetcher serves their 8 streams about as well).
-constexpr int prefetch_min_rows = 2;
-
-void alloc_packed(packed_weight& p, int out, int in) {
+void alloc_packed(packed_weight& p, int out, int in, wtype t, isa k) {
+    if (!isa_supported(k)) fail("gemv", std::string("kernels ") + isa_name(k) + " are not supported by this CPU");
+    p.type = t;
+    p.kernel = k;
     p.out = out;
     p.in = in;
-    p.panels = (out + lanes - 1) / lanes;
-    size_t bytes = size_t(p.panels) * in * lanes * sizeof(float);
+    p.lanes = lanes_of(k);
+    p.panels = (out + p.lanes - 1) / p.lanes;
+    p.blocks = (in + q8_block - 1) / q8_block;
+    switch (t) {
+        case wtype::f32: p.panel_bytes = size_t(in) * p.lanes * sizeof(float); break;
+        case wtype::bf16: p.panel_bytes = size_t(in) * p.lanes * sizeof(uint16_t); break;
+        case wtype::q8_0: p.panel_bytes = size_t(p.blocks) * 34 * p.lanes; break;
+    }
+    size_t bytes = p.bytes();
     bytes = (bytes + 63) / 64 * 64;
     if (bytes == 0) bytes = 64;
     void* mem = std::aligned_alloc(64, bytes);
     if (!mem) throw std::bad_alloc();
-    p.data.reset(static_cast<float*>(mem));
+    p.data.reset(static_cast<unsigned char*>(mem));
     std::memset(mem, 0, bytes);
 }
 
-// row(o) gives the o-th output's weights (length in).
+// row(o) gives the o-th output's fp32 weights (length in).
 template <class Row>
-void pack_with(packed_weight& p, int out, int in, Row row) {
-    alloc_packed(p, out, in);
+void pack_with(packed_weight& p, int out, int in, wtype t, isa k, Row row) {
+    alloc_packed(p, out, in, t, k);
+    const int L = p.lanes;
+    unsigned char* base = p.data.get();
+    std::vector<float> padded(size_t(p.blocks) * q8_block, 0.0f);
+    std::vector<uint8_t> blocks(size_t(p.blocks) * 34);
     for (int o = 0; o < out; ++o) {
         const float* r = row(o);
-        float* dst = p.data.get() + size_t(o / lanes) * in * lanes + (o % lanes);
-        for (int i = 0; i < in; ++i) dst[size_t(i) * lanes] = r[i];
-    }
-}
-
-#ifdef MTP_GEMV_AVX2
-// RB rows x PB panels. x rows at x + r*ldx, panel q at w + q*in*8, outputs [o0, o0 + 8*PB) of which `valid` exist.
-template <int RB, int PB>
-void tile(float* y, size_t ldy, const float* x, size_t ldx, const float* w, int in, size_t pstride, size_t istride,
-          int o0, int valid, const float* next) {
-    // The accumulators are written out once after the loop (through `res`), so the compiler keeps them in registers
-    // for the whole loop (with the stores inside the loop nest it spilled them on every iteration). Live registers:
-    // RB*PB accumulators plus either RB broadcasts or PB weight vectors, whichever is fewer (<= 16 ymm).
-    __m256 acc[RB][PB];
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 8
-        for (int q = 0; q < PB; ++q) acc[r][q] = _mm256_setzero_ps();
-    for (int i = 0; i < in; ++i) {
-        // Software prefetch of the next tile into L2, in step with this one (one line per panel every two i when
-        // istride = 8), so that its weights stream in from L3 / DRAM while this tile computes.
-        if (next && (i & 1) == 0)
-#pragma GCC unroll 8
-            for (int q = 0; q < PB; ++q) _mm_prefetch(reinterpret_cast<const char*>(next + q * pstride + size_t(i) * istride), _MM_HINT_T1);
-        if constexpr (RB <= PB) {
-            __m256 xb[RB];
-#pragma GCC unroll 8
-            for (int r = 0; r < RB; ++r) xb[r] = _mm256_broadcast_ss(x + size_t(r) * ldx + i);
-#pragma GCC unroll 8
-            for (int q = 0; q < PB; ++q) {
-                const __m256 wv = _mm256_loadu_ps(w + q * pstride + size_t(i) * istride);
-#pragma GCC unroll 8
-                for (int r = 0; r < RB; ++r) acc[r][q] = _mm256_fmadd_ps(wv, xb[r], acc[r][q]);
-            }
+        unsigned char* panel = base + size_t(o / L) * p.panel_bytes;
+        const int lane = o % L;
+        if (t == wtype::f32) {
+            float* dst = reinterpret_cast<float*>(panel) + lane;
+            for (int i = 0; i < in; ++i) dst[size_t(i) * L] = r[i];
+        } else if (t == wtype::bf16) {
+            uint16_t* dst = reinterpret_cast<uint16_t*>(panel) + lane;
+            for (int i = 0; i < in; ++i) dst[size_t(i) * L] = f32_to_bf16(r[i]);
         } else {
-            __m256 wv[PB];
-#pragma GCC unroll 8
-            for (int q = 0; q < PB; ++q) wv[q] = _mm256_loadu_ps(w + q * pstride + size_t(i) * istride);
-#pragma GCC unroll 8
-            for (int r = 0; r < RB; ++r) {
-                const __m256 xb = _mm256_broadcast_ss(x + size_t(r) * ldx + i);
-#pragma GCC unroll 8
-                for (int q = 0; q < PB; ++q) acc[r][q] = _mm256_fmadd_ps(wv[q], xb, acc[r][q]);
+            std::copy(r, r + in, padded.begin());
+            q8_0_quantize_row(padded.data(), int64_t(padded.size()), blocks.data());
+            for (int b = 0; b < p.blocks; ++b) {
+                const uint8_t* src = blocks.data() + size_t(b) * 34;
+                unsigned char* blk = panel + size_t(b) * 34 * L;
+                std::memcpy(blk + 2 * lane, src, 2);                                  // fp16 scale
+                for (int i = 0; i < q8_block; ++i)                                    // group i/4, lane, byte i%4
+                    blk[2 * L + (i / 4) * 4 * L + lane * 4 + (i % 4)] = src[2 + i];
             }
         }
     }
-    alignas(32) float res[RB][PB][lanes];
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 8
-        for (int q = 0; q < PB; ++q) _mm256_store_ps(res[r][q], acc[r][q]);
-    for (int r = 0; r < RB; ++r) {
-        float* yr = y + size_t(r) * ldy + o0;
-        for (int q = 0; q < PB; ++q) {
-            const int n = valid - q * lanes;
-            if (n >= lanes) std::memcpy(yr + q * lanes, res[r][q], sizeof(float) * lanes);
-            else if (n > 0) std::memcpy(yr + q * lanes, res[r][q], sizeof(float) * size_t(n));
-        }
-    }
 }
-
-using tile_fn = void (*)(float*, size_t, const float*, size_t, const float*, int, size_t, size_t, int, int,
-                         const float*);
-
-// Tile for rb rows x pb panels (pb <= the widest tile used with rb rows).
-tile_fn pick(int rb, int pb) {
-    switch (rb) {
-        case 1:
-            switch (pb) {
-                case 1: return tile<1, 1>; case 2: return tile<1, 2>; case 3: return tile<1, 3>;
-                case 4: return tile<1, 4>; case 5: return tile<1, 5>; case 6: return tile<1, 6>;
-                case 7: return tile<1, 7>; default: return tile<1, 8>;
-            }
-        case 2:
-            switch (pb) {
-                case 1: return tile<2, 1>; case 2: return tile<2, 2>; case 3: return tile<2, 3>;
-                case 4: return tile<2, 4>; case 5: return tile<2, 5>; default: return tile<2, 6>;
-            }
-        case 3:
-            switch (pb) {
-                case 1: return tile<3, 1>; case 2: return tile<3, 2>; case 3: return tile<3, 3>;
-                default: return tile<3, 4>;
-            }
-        default:
-            switch (pb) {
-                case 1: return tile<4, 1>; case 2: return tile<4, 2>; default: return tile<4, 3>;
-            }
-    }
-}
-#endif
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helper threads for the large GEMVs. Not an OpenMP team: the calling thread claims tasks from an atomic counter
@@ -232,30 +195,53 @@ private:
 
 } // namespace
 
-void pack_weight(packed_weight& p, const float* w, int out, int in) {
-    pack_with(p, out, in, [&](int o) { return w + size_t(o) * in; });
+void pack_weight(packed_weight& p, const float* w, int out, int in, wtype t, isa k) {
+    pack_with(p, out, in, t, k, [&](int o) { return w + size_t(o) * in; });
 }
 
-void pack_weight_rows(packed_weight& p, const float* w, const int* rows, int n, int in) {
-    pack_with(p, n, in, [&](int o) { return w + size_t(rows[o]) * in; });
+void pack_weight_rows(packed_weight& p, const float* w, const int* rows, int n, int in, wtype t, isa k) {
+    pack_with(p, n, in, t, k, [&](int o) { return w + size_t(rows[o]) * in; });
 }
 
-void pack_weight_transposed(packed_weight& p, const float* m, int rows, int cols) {
-    alloc_packed(p, cols, rows);
-    for (int o = 0; o < cols; ++o) {
-        float* dst = p.data.get() + size_t(o / lanes) * rows * lanes + (o % lanes);
-        for (int i = 0; i < rows; ++i) dst[size_t(i) * lanes] = m[size_t(i) * cols + o];
-    }
+void pack_weight_transposed(packed_weight& p, const float* m, int rows, int cols, wtype t, isa k) {
+    std::vector<float> col(rows);
+    pack_with(p, cols, rows, t, k, [&](int o) {
+        for (int i = 0; i < rows; ++i) col[i] = m[size_t(i) * cols + o];
+        return col.data();
+    });
 }
 
-void pack_weight_stacked(packed_weight& p, const std::vector<const float*>& ws, const std::vector<int>& outs, int in) {
+void pack_weight_stacked(packed_weight& p, const std::vector<const float*>& ws, const std::vector<int>& outs, int in,
+                         wtype t, isa k) {
     int total = 0;
     for (int o : outs) total += o;
-    pack_with(p, total, in, [&](int o) {
-        size_t k = 0;
-        while (o >= outs[k]) o -= outs[k++];
-        return ws[k] + size_t(o) * in;
+    pack_with(p, total, in, t, k, [&](int o) {
+        size_t j = 0;
+        while (o >= outs[j]) o -= outs[j++];
+        return ws[j] + size_t(o) * in;
     });
+}
+
+std::vector<float> unpack_weight(const packed_weight& p) {
+    std::vector<float> w(size_t(p.out) * p.in);
+    const int L = p.lanes;
+    for (int o = 0; o < p.out; ++o) {
+        const unsigned char* panel = p.data.get() + size_t(o / L) * p.panel_bytes;
+        const int lane = o % L;
+        for (int i = 0; i < p.in; ++i) {
+            float v;
+            if (p.type == wtype::f32) v = reinterpret_cast<const float*>(panel)[size_t(i) * L + lane];
+            else if (p.type == wtype::bf16) v = bf16_to_f32(reinterpret_cast<const uint16_t*>(panel)[size_t(i) * L + lane]);
+            else {
+                const unsigned char* blk = panel + size_t(i / q8_block) * 34 * L;
+                const int j = i % q8_block;
+                const float d = f16_to_f32(uint16_t(blk[2 * lane] | (uint16_t(blk[2 * lane + 1]) << 8)));
+                v = d * float(int8_t(blk[2 * L + (j / 4) * 4 * L + lane * 4 + (j % 4)]));
+            }
+            w[size_t(o) * p.in + i] = v;
+        }
+    }
+    return w;
 }
 
 void gemv_reference(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out, int in) {
@@ -267,74 +253,144 @@ void gemv_reference(float* y, size_t ldy, const float* x, size_t ldx, int T, con
         }
 }
 
+void gemv_reference_typed(wtype t, float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out,
+                          int in) {
+    if (t == wtype::f32) return gemv_reference(y, ldy, x, ldx, T, w, out, in);
+    if (t == wtype::bf16) {
+        std::vector<float> wr(size_t(out) * in);
+        for (size_t i = 0; i < wr.size(); ++i) wr[i] = bf16_to_f32(f32_to_bf16(w[i]));
+        return gemv_reference(y, ldy, x, ldx, T, wr.data(), out, in);
+    }
+    // q8_0: the block chain over the row's GGUF-layout blocks.
+    const int nb = (in + q8_block - 1) / q8_block;
+    std::vector<float> padded(size_t(nb) * q8_block);
+    std::vector<uint8_t> wq(size_t(out) * nb * 34);
+    for (int o = 0; o < out; ++o) {
+        std::fill(padded.begin(), padded.end(), 0.0f);
+        std::copy(w + size_t(o) * in, w + size_t(o + 1) * in, padded.begin());
+        q8_0_quantize_row(padded.data(), int64_t(padded.size()), wq.data() + size_t(o) * nb * 34);
+    }
+    std::vector<int8_t> xq(size_t(nb) * q8_block);
+    std::vector<float> xd(nb);
+    for (int tt = 0; tt < T; ++tt) {
+        q8_act_quantize(x + size_t(tt) * ldx, in, xq.data(), xd.data());
+        for (int o = 0; o < out; ++o) {
+            float acc = 0.0f;
+            for (int b = 0; b < nb; ++b) {
+                const uint8_t* blk = wq.data() + (size_t(o) * nb + b) * 34;
+                const float dw = f16_to_f32(uint16_t(blk[0] | (uint16_t(blk[1]) << 8)));
+                int32_t isum = 0;
+                for (int i = 0; i < q8_block; ++i) isum += int32_t(int8_t(blk[2 + i])) * xq[size_t(b) * q8_block + i];
+                acc = std::fma(float(isum), dw * xd[b], acc);
+            }
+            y[size_t(tt) * ldy + o] = acc;
+        }
+    }
+}
+
+namespace {
+
+gemv_detail::plan plan_for(isa k, const gemv_detail::args& a) {
+    switch (k) {
+        case isa::avx2: return gemv_detail::plan_avx2(a);
+        case isa::avx2x2: return gemv_detail::plan_avx2x2(a);
+        case isa::avx512:
+#ifdef MTP_HAVE_AVX512_KERNELS
+            return gemv_detail::plan_avx512(a);
+#else
+            break;
+#endif
+    }
+    fail("gemv", std::string("no kernels for ") + isa_name(k));
+}
+
+// Runs a prepared call: tiles on the calling thread, or shared with helper threads when the call is large.
+void run_args(const gemv_detail::args& a, isa k) {
+    const gemv_detail::plan pl = plan_for(k, a);
+    const int panels = (a.out + a.lanes - 1) / a.lanes;
+    const int n_tiles = (panels + pl.pb - 1) / pl.pb;
+    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (threads <= 1 || size_t(a.out) * a.in * size_t(a.T) < (size_t(1) << 17) || n_tiles < 8) {
+        pl.run(a, 0, n_tiles);
+        return;
+    }
+    struct job {
+        const gemv_detail::args* a;
+        void (*run)(const gemv_detail::args&, int, int);
+        int chunk, n_tiles;
+    } jb{&a, pl.run, std::max(1, n_tiles / (6 * threads)), n_tiles};
+    const int n_tasks = (n_tiles + jb.chunk - 1) / jb.chunk;
+    helper_pool::get().run(n_tasks, threads - 1, [](void* c, int task) {
+        const job& j = *static_cast<const job*>(c);
+        j.run(*j.a, task * j.chunk, std::min(j.n_tiles, (task + 1) * j.chunk));
+    }, &jb);
+}
+
+constexpr int max_rows_per_call = 128;     // more rows are done in chunks (the kernels are for few rows)
+
+} // namespace
+
 void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const packed_weight& p) {
-    gemv_panels(y, ldy, x, ldx, T, p.data.get(), p.out, p.in, size_t(p.in) * lanes, lanes);
+    if (T <= 0 || p.out <= 0) return;
+    if (T > max_rows_per_call) {
+        for (int t0 = 0; t0 < T; t0 += max_rows_per_call)
+            gemv_packed(y + size_t(t0) * ldy, ldy, x + size_t(t0) * ldx, ldx, std::min(max_rows_per_call, T - t0), p);
+        return;
+    }
+    gemv_detail::args a{};
+    a.y = y;
+    a.ldy = ldy;
+    a.x = x;
+    a.ldx = ldx;
+    a.T = T;
+    a.type = p.type;
+    a.w = p.data.get();
+    a.out = p.out;
+    a.in = p.in;
+    a.lanes = p.lanes;
+    a.blocks = p.blocks;
+    if (p.type == wtype::q8_0) {
+        // Per-thread scratch: the rows' codes and scales (the same function as the reference quantises with).
+        thread_local std::vector<int8_t> xq;
+        thread_local std::vector<float> xd;
+        xq.resize(size_t(T) * p.blocks * q8_block);
+        xd.resize(size_t(T) * p.blocks);
+        for (int t = 0; t < T; ++t)
+            q8_act_quantize(x + size_t(t) * ldx, p.in, xq.data() + size_t(t) * p.blocks * q8_block,
+                            xd.data() + size_t(t) * p.blocks);
+        a.xq = xq.data();
+        a.xd = xd.data();
+        a.pstride = p.panel_bytes;
+    } else {
+        a.pstride = size_t(p.in) * p.lanes;
+        a.istride = size_t(p.lanes);
+    }
+    run_args(a, p.kernel);
 }
 
 void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* W, int out, int in,
                  size_t pstride, size_t istride) {
     if (T <= 0 || out <= 0) return;
-    const int panels = (out + lanes - 1) / lanes;
-#ifdef MTP_GEMV_AVX2
-    // Tile shapes (rows x panels of 8 outputs), 8-12 accumulators each: T = 1: 1 x 8; 2: 2 x 6; 3: 3 x 4;
-    // 4: 4 x 3; more rows: blocks of 3 (and 2) rows x 4 panels, never a lone row (a 1 x 4 tile has too few
-    // independent FMA chains to hide the latency).
-    if (T > 128) {                                  // many rows: chunks of 128 (the kernel is for few rows)
-        for (int t0 = 0; t0 < T; t0 += 128)
-            gemv_panels(y + size_t(t0) * ldy, ldy, x + size_t(t0) * ldx, ldx, T - t0 < 128 ? T - t0 : 128, W, out, in,
-                        pstride, istride);
+    if (T > max_rows_per_call) {
+        for (int t0 = 0; t0 < T; t0 += max_rows_per_call)
+            gemv_panels(y + size_t(t0) * ldy, ldy, x + size_t(t0) * ldx, ldx, std::min(max_rows_per_call, T - t0), W,
+                        out, in, pstride, istride);
         return;
     }
-    const int PB = T == 1 ? 8 : T == 2 ? 6 : T == 4 ? 3 : 4;
-    int blocks[64], nb = 0;
-    if (T <= 4) {
-        blocks[nb++] = T;
-    } else {
-        int left = T;
-        while (left > 4) { blocks[nb++] = 3; left -= 3; }
-        if (left == 4) { blocks[nb++] = 2; blocks[nb++] = 2; }
-        else blocks[nb++] = left;
-    }
-    const int n_tiles = (panels + PB - 1) / PB;
-    // Tiles [t0, t1): prefetching the next tile only inside the range (another thread may take the one after).
-    auto tiles = [&](int t0, int t1) {
-        for (int tI = t0; tI < t1; ++tI) {
-            const int q0 = tI * PB, pb = q0 + PB <= panels ? PB : panels - q0;
-            const int o0 = q0 * lanes, valid = out - o0;
-            const float* wt = W + size_t(q0) * pstride;
-            const float* next = T >= prefetch_min_rows && tI + 1 < t1 ? wt + size_t(PB) * pstride : nullptr;
-            int t = 0;
-            for (int b = 0; b < nb; ++b) {
-                pick(blocks[b], pb)(y + size_t(t) * ldy, ldy, x + size_t(t) * ldx, ldx, wt, in, pstride, istride, o0,
-                                    valid, b == 0 ? next : nullptr);
-                t += blocks[b];
-            }
-        }
-    };
-    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (threads <= 1 || size_t(out) * in * size_t(T) < (size_t(1) << 17) || n_tiles < 8) {
-        tiles(0, n_tiles);
-        return;
-    }
-    struct job {
-        decltype(tiles)* f;
-        int chunk, n_tiles;
-    } jb{&tiles, std::max(1, n_tiles / (6 * threads)), n_tiles};
-    const int n_tasks = (n_tiles + jb.chunk - 1) / jb.chunk;
-    helper_pool::get().run(n_tasks, threads - 1, [](void* c, int task) {
-        const job& j = *static_cast<const job*>(c);
-        (*j.f)(task * j.chunk, std::min(j.n_tiles, (task + 1) * j.chunk));
-    }, &jb);
-#else
-    // Portable path: the same fma chains.
-    for (int t = 0; t < T; ++t)
-        for (int o = 0; o < out; ++o) {
-            const float* wc = W + size_t(o / lanes) * pstride + (o % lanes);
-            float acc = 0.0f;
-            for (int i = 0; i < in; ++i) acc = std::fma(wc[size_t(i) * istride], x[size_t(t) * ldx + i], acc);
-            y[size_t(t) * ldy + o] = acc;
-        }
-#endif
+    gemv_detail::args a{};
+    a.y = y;
+    a.ldy = ldy;
+    a.x = x;
+    a.ldx = ldx;
+    a.T = T;
+    a.type = wtype::f32;
+    a.w = W;
+    a.out = out;
+    a.in = in;
+    a.lanes = 8;
+    a.pstride = pstride;
+    a.istride = istride;
+    run_args(a, isa::avx2);
 }
 
 } // namespace mtp

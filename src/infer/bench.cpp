@@ -263,6 +263,44 @@ std::string temp_label(const bench_row& r) {
 
 } // namespace
 
+std::vector<weights_row> bench_weight_types(const std::vector<infer_model*>& models,
+                                            const std::vector<std::string>& names, const std::vector<double>& mb,
+                                            const bench_params& p) {
+    std::vector<weights_row> rows(models.size());
+    spec_params plain;
+    plain.enabled = false;
+    plain.n_batch = p.n_batch;
+    for (size_t i = 0; i < models.size(); ++i) {
+        rows[i].name = names[i];
+        rows[i].mb_per_step = mb[i];
+        sampler s(sampler_params{});
+        generate(*models[i], s, plain, p.prompts[0], std::min(p.n_gen, 16));     // warm-up
+    }
+    for (int r = 0; r < p.reps; ++r) {
+        const std::vector<int>& prompt = p.prompts[size_t(r) % p.prompts.size()];
+        for (size_t i = 0; i < models.size(); ++i) {
+            sampler s(sampler_params{});
+            gen_stats st;
+            generate(*models[i], s, plain, prompt, p.n_gen, -1, {}, &st);
+            rows[i].tps.push_back(st.gen_tps());
+            rows[i].ratio.push_back(rows[0].tps.back() > 0 ? st.gen_tps() / rows[0].tps.back() : 0);
+        }
+    }
+    return rows;
+}
+
+std::string bench_weights_table(const std::vector<weights_row>& rows) {
+    std::string out = "| weights | MB per step | tg t/s | vs " + (rows.empty() ? std::string() : rows[0].name) + " |\n";
+    out += "|---|---:|---:|---:|\n";
+    char b[256];
+    for (const auto& r : rows) {
+        std::snprintf(b, sizeof b, "| %s | %.1f | %.1f ± %.1f | %.2f× ± %.2f |\n", r.name.c_str(), r.mb_per_step,
+                      mean_of(r.tps), stddev_of(r.tps), mean_of(r.ratio), stddev_of(r.ratio));
+        out += b;
+    }
+    return out;
+}
+
 std::string bench_table(const std::vector<bench_row>& rows) {
     std::string s = "| test | temp | draft | draft vocab | t/s | speed-up vs tg | mean acc. len | acceptance per draft "
                     "position (- none reached) |\n"

@@ -67,6 +67,19 @@ std::string bench_breakdown(const std::vector<bench_row>& rows);  // markdown: w
 std::string bench_cost_table(const bench_result& r);              // markdown: forward cost vs rows
 std::string bench_json(const bench_result& r);
 
+// Plain greedy decoding of the same model served at several weight types (one infer_model each), measured
+// interleaved: repetition r runs prompt r on every model back to back, so the ratios compare like with like.
+struct weights_row {
+    std::string name;                        // e.g. "q8_0"
+    double mb_per_step = 0;                  // weight bytes one plain step reads (MB)
+    std::vector<double> tps;                 // tg tokens/s per repetition
+    std::vector<double> ratio;               // tps / the first model's tps in the same repetition
+};
+std::vector<weights_row> bench_weight_types(const std::vector<infer_model*>& models,
+                                            const std::vector<std::string>& names, const std::vector<double>& mb,
+                                            const bench_params& p);
+std::string bench_weights_table(const std::vector<weights_row>& rows);
+
 double mean_of(const std::vector<double>& v);
 double stddev_of(const std::vector<double>& v);             // sample standard deviation (0 for < 2 values)
 

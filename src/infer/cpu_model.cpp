@@ -9,7 +9,14 @@
 
 namespace mtp {
 
-cpu_model::cpu_model(const model_files& m, int n_ctx)
+wtype weights_type_for(const std::string& flag, const model_files& m) {
+    if (flag.empty()) return m.storage == "bf16" ? wtype::bf16 : m.storage == "q8_0" ? wtype::q8_0 : wtype::f32;
+    wtype t;
+    if (!wtype_from_name(flag, t)) fail("--weights", "expected f32, bf16 or q8_0, got " + quoted(flag));
+    return t;
+}
+
+cpu_model::cpu_model(const model_files& m, int n_ctx, wtype type)
     : c_(m.config), L_(m.layout), W_(m.weights.data()),
       n_ctx_(n_ctx > 0 && n_ctx < m.config.max_position_embeddings ? n_ctx : m.config.max_position_embeddings) {
     freqs_ = rope_frequencies(c_);
@@ -17,7 +24,7 @@ cpu_model::cpu_model(const model_files& m, int n_ctx)
     caches_[0].init(c_.num_hidden_layers);
     for (int k = 1; k <= c_.n_mtp(); ++k) caches_[k].init(1);
     scratch_.resize(1 + c_.n_mtp());
-    decode_weights_build(dw_, c_, L_, W_);
+    decode_weights_build(dw_, c_, L_, W_, type);
 }
 
 void cpu_model::set_draft_vocab(const std::vector<int>& ids) {

@@ -1,6 +1,7 @@
 // infer_model on this engine's CPU kernels: the trunk and every MTP module with its own latent KV cache
 // (absorbed MLA, src/infer/decode.h), weights from a loaded model directory.
 #pragma once
+#include <string>
 #include <vector>
 
 #include "core/arena.h"
@@ -12,8 +13,9 @@ namespace mtp {
 
 class cpu_model final : public infer_model {
 public:
-    // `m` must outlive this object. n_ctx <= 0: max_position_embeddings.
-    explicit cpu_model(const model_files& m, int n_ctx = 0);
+    // `m` must outlive this object. n_ctx <= 0: max_position_embeddings. `type`: the weight type decoding reads
+    // (every packed matrix; embeddings, norms and routers stay f32).
+    explicit cpu_model(const model_files& m, int n_ctx = 0, wtype type = wtype::f32);
 
     int n_vocab() const override { return c_.vocab_size; }
     int n_embd() const override { return c_.hidden_size; }
@@ -30,7 +32,9 @@ public:
     const kv_cache& cache(int stage) const { return caches_.at(stage); }
     size_t cache_bytes() const;
     size_t packed_bytes() const { return dw_.bytes(); }   // decode-time packed weight copies
+    size_t trunk_bytes() const { return dw_.main_bytes(); }  // of which one plain step reads
     const model_config& config() const { return c_; }
+    wtype weights_type() const { return dw_.type; }
 
 private:
     const model_config& c_;
@@ -46,5 +50,9 @@ private:
     int n_rope_ = 0;
     arena a_;
 };
+
+// The value of a `--weights` flag: f32 | bf16 | q8_0, or "" for what the model file stores (bf16 -> bf16,
+// GGUF q8_0 -> q8_0, anything else -> f32). Throws mtp::error naming --weights for another value.
+wtype weights_type_for(const std::string& flag, const model_files& m);
 
 } // namespace mtp

@@ -38,38 +38,38 @@ size_t layer_bytes(const decode_layer_weights& l) {
     return b;
 }
 
-void build_ffn(decode_ffn& f, const swiglu_offsets& s, const float* W, int d) {
+void build_ffn(decode_ffn& f, const swiglu_offsets& s, const float* W, int d, wtype t) {
     f.inner = s.inner;
     if (s.inner <= 0) return;
-    pack_weight_stacked(f.gate_up, {W + s.gate, W + s.up}, {s.inner, s.inner}, d);
-    pack_weight(f.down, W + s.down, d, s.inner);
+    pack_weight_stacked(f.gate_up, {W + s.gate, W + s.up}, {s.inner, s.inner}, d, t);
+    pack_weight(f.down, W + s.down, d, s.inner, t);
 }
 
-void build_layer(decode_layer_weights& lw, const model_config& c, const layer_offsets& l, const float* W) {
+void build_layer(decode_layer_weights& lw, const model_config& c, const layer_offsets& l, const float* W, wtype t) {
     const int d = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim, dv = c.v_head_dim;
     const int kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim, dq = nope + c.qk_rope_head_dim, dkv = nope + dv;
     if (c.q_lora_rank > 0) {
-        pack_weight_stacked(lw.in_proj, {W + l.q_a, W + l.kv_a}, {c.q_lora_rank, kvl + rope}, d);
-        pack_weight(lw.q_b, W + l.q_b, H * dq, c.q_lora_rank);
+        pack_weight_stacked(lw.in_proj, {W + l.q_a, W + l.kv_a}, {c.q_lora_rank, kvl + rope}, d, t);
+        pack_weight(lw.q_b, W + l.q_b, H * dq, c.q_lora_rank, t);
     } else {
-        pack_weight_stacked(lw.in_proj, {W + l.q_proj, W + l.kv_a}, {H * dq, kvl + rope}, d);
+        pack_weight_stacked(lw.in_proj, {W + l.q_proj, W + l.kv_a}, {H * dq, kvl + rope}, d, t);
     }
     lw.uk.resize(H);
     lw.uv.resize(H);
     for (int h = 0; h < H; ++h) {
         const float* wuk = W + l.kv_b + size_t(h) * dkv * kvl;           // [nope, kvl]
-        pack_weight_transposed(lw.uk[h], wuk, nope, kvl);
-        pack_weight(lw.uv[h], wuk + size_t(nope) * kvl, dv, kvl);        // [dv, kvl]
+        pack_weight_transposed(lw.uk[h], wuk, nope, kvl, t);
+        pack_weight(lw.uv[h], wuk + size_t(nope) * kvl, dv, kvl, t);       // [dv, kvl]
     }
-    pack_weight(lw.o_proj, W + l.o_proj, d, H * dv);
+    pack_weight(lw.o_proj, W + l.o_proj, d, H * dv, t);
     lw.moe = l.moe;
     if (l.moe) {
-        pack_weight(lw.router, W + l.router, c.n_routed_experts, d);
+        pack_weight(lw.router, W + l.router, c.n_routed_experts, d);   // f32 at every type
         lw.experts.resize(l.experts.size());
-        for (size_t e = 0; e < l.experts.size(); ++e) build_ffn(lw.experts[e], l.experts[e], W, d);
-        build_ffn(lw.shared, l.shared, W, d);
+        for (size_t e = 0; e < l.experts.size(); ++e) build_ffn(lw.experts[e], l.experts[e], W, d, t);
+        build_ffn(lw.shared, l.shared, W, d, t);
     } else {
-        build_ffn(lw.mlp, l.mlp, W, d);
+        build_ffn(lw.mlp, l.mlp, W, d, t);
     }
 }
 
@@ -83,18 +83,26 @@ size_t decode_weights::bytes() const {
     return b;
 }
 
-void decode_weights_build(decode_weights& dw, const model_config& c, const model_layout& L, const float* W) {
+size_t decode_weights::main_bytes() const {
+    size_t b = lm_head.bytes();
+    for (const auto& l : layers) b += layer_bytes(l);
+    return b;
+}
+
+void decode_weights_build(decode_weights& dw, const model_config& c, const model_layout& L, const float* W,
+                          wtype t) {
     const int d = c.hidden_size;
+    dw.type = t;
     dw.layers.resize(c.num_hidden_layers);
-    for (int i = 0; i < c.num_hidden_layers; ++i) build_layer(dw.layers[i], c, L.layers[i], W);
+    for (int i = 0; i < c.num_hidden_layers; ++i) build_layer(dw.layers[i], c, L.layers[i], W, t);
     const int D = c.n_mtp();
     dw.mtp.resize(D);
     dw.eh_proj.resize(D);
     for (int k = 0; k < D; ++k) {
-        build_layer(dw.mtp[k], c, L.mtp[k], W);
-        pack_weight(dw.eh_proj[k], W + L.mtp[k].eh_proj, d, 2 * d);
+        build_layer(dw.mtp[k], c, L.mtp[k], W, t);
+        pack_weight(dw.eh_proj[k], W + L.mtp[k].eh_proj, d, 2 * d, t);
     }
-    pack_weight(dw.lm_head, W + L.lm_head, c.vocab_size, d);
+    pack_weight(dw.lm_head, W + L.lm_head, c.vocab_size, d, t);
 }
 
 void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, const model_layout& L, const float* W,
@@ -104,7 +112,7 @@ void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, c
         dw.draft_head = packed_weight{};
         return;
     }
-    pack_weight_rows(dw.draft_head, W + L.lm_head, ids.data(), int(ids.size()), c.hidden_size);
+    pack_weight_rows(dw.draft_head, W + L.lm_head, ids.data(), int(ids.size()), c.hidden_size, dw.type);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -371,7 +379,7 @@ void decode_layer(const model_config& c, const layer_offsets& l, const decode_la
     const int d = c.hidden_size;
     const size_t n = size_t(T) * d;
     const float eps = float(c.rms_norm_eps);
-    const bool packed = T <= decode_rows_max;
+    const bool packed = T <= decode_rows_max || lw.in_proj.type != wtype::f32;
     auto mk = a.mark();
     float* xn = a.alloc(n);
     float* rstd = a.alloc(T);
@@ -447,7 +455,7 @@ void decode_mtp(const model_config& c, const model_layout& L, const float* W, co
     rmsnorm_forward(tmp, rstd, hprev, W + l.hnorm, m, d, eps);
     for (int t = 0; t < m; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
     float* y = e;                                                        // reuse: [m, d]
-    if (m <= decode_rows_max) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
+    if (m <= decode_rows_max || dw.type != wtype::f32) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
     else linear_forward(y, cat, W + l.eh_proj, m, 2 * d, d);
     decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, a);
     rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, m, d, eps);

@@ -10,7 +10,8 @@
 //    order. A row's hidden state, cache entries and logits are therefore bitwise the same whether it is computed
 //    alone or together with other rows (tested), so speculative greedy decoding reproduces plain greedy decoding
 //    exactly, and does so for any thread count.
-//  - m > decode_rows_max (long prompt chunks): the BLAS kernels of the training forward (GEMMs win there).
+//  - m > decode_rows_max (long prompt chunks) at f32: the BLAS kernels of the training forward (GEMMs win there).
+//    With bf16 / q8_0 weights every pass uses the packed kernels, so the prompt sees the same served model.
 #pragma once
 #include <vector>
 
@@ -76,6 +77,7 @@ struct decode_layer_weights {
     decode_ffn shared;                           // inner 0: none
 };
 struct decode_weights {
+    wtype type = wtype::f32;                     // every packed matrix but the routers (kept f32, as GGUF does)
     std::vector<decode_layer_weights> layers;    // trunk
     std::vector<decode_layer_weights> mtp;       // the decoder layer of each MTP module
     std::vector<packed_weight> eh_proj;          // [D]
@@ -83,9 +85,11 @@ struct decode_weights {
     packed_weight draft_head;                    // lm_head rows of the draft vocabulary (FR-Spec); empty: none
     std::vector<int> draft_ids;                  // its token ids, ascending
     size_t bytes() const;
+    size_t main_bytes() const;                   // what one main-model step reads: trunk layers + lm_head
 };
 
-void decode_weights_build(decode_weights& dw, const model_config& c, const model_layout& L, const float* W);
+void decode_weights_build(decode_weights& dw, const model_config& c, const model_layout& L, const float* W,
+                          wtype type = wtype::f32);
 // Restricts the draft head to `ids` (ascending, distinct, < vocab); empty removes it.
 void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, const model_layout& L, const float* W,
                                     const std::vector<int>& ids);

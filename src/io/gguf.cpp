@@ -64,33 +64,6 @@ int64_t gguf_tensor::n_elements() const {
     return n;
 }
 
-void q8_0_quantize_row(const float* x, int64_t n, uint8_t* out) {
-    for (int64_t b = 0; b < n / 32; ++b) {
-        const float* xb = x + b * 32;
-        float amax = 0.0f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-        const float d = amax / 127.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        uint8_t* ob = out + b * 34;
-        uint16_t h = f32_to_f16(d);
-        ob[0] = uint8_t(h & 0xff);
-        ob[1] = uint8_t(h >> 8);
-        for (int i = 0; i < 32; ++i) {
-            float v = std::round(xb[i] * id);
-            v = std::clamp(v, -127.0f, 127.0f);
-            ob[2 + i] = uint8_t(int8_t(v));
-        }
-    }
-}
-
-void q8_0_dequantize_row(const uint8_t* in, int64_t n, float* y) {
-    for (int64_t b = 0; b < n / 32; ++b) {
-        const uint8_t* ib = in + b * 34;
-        const float d = f16_to_f32(uint16_t(ib[0] | (uint16_t(ib[1]) << 8)));
-        for (int i = 0; i < 32; ++i) y[b * 32 + i] = d * float(int8_t(ib[2 + i]));
-    }
-}
-
 // ---------------------------------------------------------------- reader
 
 namespace {

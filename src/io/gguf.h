@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "core/quant.h"      // the Q8_0 block codec (q8_0_quantize_row / q8_0_dequantize_row)
+
 namespace mtp {
 
 enum class gguf_vtype : uint32_t {
@@ -99,8 +101,5 @@ private:
     void key(const std::string& k, gguf_vtype t);
 };
 
-// Q8_0 block codec (exposed for tests): 32 floats <-> fp16 scale + 32 int8.
-void q8_0_quantize_row(const float* x, int64_t n, uint8_t* out);
-void q8_0_dequantize_row(const uint8_t* in, int64_t n, float* y);
 
 } // namespace mtp

@@ -369,6 +369,8 @@ model_files model_load_gguf(const std::string& path) {
     }
     for (const auto& t : g.tensors)
         if (!used.count(t.name)) fail(path, "tensor '" + t.name + "': unexpected (not part of this model config)");
+    if (const gguf_tensor* out = g.tensor("output.weight"))
+        m.storage = out->type == ggml_type::q8_0 ? "q8_0" : out->type == ggml_type::f16 ? "f16" : "f32";
     return m;
 }
 

@@ -122,8 +122,16 @@ static std::string shape_str(const std::vector<int64_t>& s) {
     return r + "]";
 }
 
-void weights_load(const model_layout& L, const std::string& path, std::vector<float>& w) {
+void weights_load(const model_layout& L, const std::string& path, std::vector<float>& w, std::string* storage) {
     checkpoint ck = checkpoint_open(path);
+    if (storage && ck.has("lm_head.weight")) {
+        switch (ck.info("lm_head.weight").type) {
+            case dtype::f32: *storage = "f32"; break;
+            case dtype::f16: *storage = "f16"; break;
+            case dtype::bf16: *storage = "bf16"; break;
+            case dtype::f8_e4m3: *storage = "f8"; break;
+        }
+    }
     w.assign(L.n_floats, 0.0f);
     std::map<std::string, bool> used;
     std::vector<float> buf;
@@ -168,7 +176,7 @@ model_files model_load_dir(const std::string& dir) {
     model_files m;
     m.config = config_load((fs::path(dir) / "config.json").string());
     m.layout = layout_build(m.config);
-    weights_load(m.layout, dir, m.weights);
+    weights_load(m.layout, dir, m.weights, &m.storage);
     return m;
 }
 

@@ -54,7 +54,8 @@ void weights_init(const model_config& c, const model_layout& L, std::vector<floa
 // Loads weights from a checkpoint dir/file (sharded, F32/F16/BF16/FP8). Every tensor must be present with
 // its exact shape; the MTP layers' embed_tokens/shared_head.head copies are optional and ignored; any other
 // unknown tensor is an error.
-void weights_load(const model_layout& L, const std::string& path, std::vector<float>& w);
+// storage (optional): how the file stores the model's matrices (lm_head.weight's dtype: "f32", "f16", "bf16", "f8").
+void weights_load(const model_layout& L, const std::string& path, std::vector<float>& w, std::string* storage = nullptr);
 
 // Writes DIR/model.safetensors (atomic), with the MTP embed_tokens/shared_head.head copies for other engines.
 void weights_save(const model_config& c, const model_layout& L, const std::vector<float>& w, const std::string& file,
@@ -65,6 +66,7 @@ struct model_files {
     model_config config;
     model_layout layout;
     std::vector<float> weights;
+    std::string storage = "f32";   // how the file stored the matrices: f32 | f16 | bf16 | f8 | q8_0 (GGUF)
 };
 model_files model_load_dir(const std::string& dir);
 void model_save_dir(const model_files& m, const std::string& dir, const std::string& dtype_name = "F32");

@@ -60,8 +60,9 @@ struct job {
 // The model and the single generation worker.
 class engine {
 public:
-    engine(model_files m, tokenizer t, spec_params sp, int threads, metrics& met)
-        : m_(std::move(m)), tok_(std::move(t)), sp_(sp), threads_(threads), met_(met), cm_(m_) {
+    engine(model_files m, tokenizer t, spec_params sp, int threads, metrics& met, const std::string& weights)
+        : m_(std::move(m)), tok_(std::move(t)), sp_(sp), threads_(threads), met_(met),
+          cm_(m_, 0, weights_type_for(weights, m_)) {
         th_ = std::thread([this] { loop(); });
     }
     ~engine() {
@@ -369,6 +370,8 @@ void serve_run(const serve_options& o) {
     if (o.n_draft < 0) fail("--draft", "must be >= 1");
     if (o.threads < 0) fail("--threads", "must be >= 0");
     if (o.max_body_bytes < 1) fail("--max-body-bytes", "must be >= 1");
+    if (wtype wt; !o.weights.empty() && !wtype_from_name(o.weights, wt))
+        fail("--weights", "expected f32, bf16 or q8_0, got " + quoted(o.weights));
     namespace fs = std::filesystem;
     if (!fs::is_directory(o.model_dir)) fail(o.model_dir, "no such model directory");
     const std::string tok_path =
@@ -493,7 +496,7 @@ void serve_run(const serve_options& o) {
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
         spec_params_check(sp, m.config.n_mtp());
         const int D = m.config.n_mtp();
-        S.eng = std::make_unique<engine>(std::move(m), std::move(t), sp, o.threads, S.met);
+        S.eng = std::make_unique<engine>(std::move(m), std::move(t), sp, o.threads, S.met, o.weights);
         S.ready = true;
         std::fprintf(stderr, "serve: model %s loaded (%d MTP modules, speculation %s); ready\n", S.model_name.c_str(), D,
                      sp.enabled ? "on" : "off");

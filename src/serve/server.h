@@ -17,6 +17,7 @@ struct serve_options {
     int n_draft = 0;                     // 0: the generator's default (D)
     int threads = 0;                     // OpenMP threads of the worker (0: OMP_NUM_THREADS / all cores)
     size_t max_body_bytes = 1 << 20;     // larger bodies -> 413
+    std::string weights;                 // f32 | bf16 | q8_0 | "" (as the file stores them)
 };
 
 // Checks the options (mtp::error naming the flag), binds the listener (it answers /health with 503 "loading"

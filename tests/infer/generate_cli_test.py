@@ -160,6 +160,19 @@ except Exception:
 check("bench draft vocab rows", rc == 0 and sorted({r["draft_vocab"] for r in rows if r["draft"] > 0}) == [0, 16] and
       costs.get("draft_vocab") == 16 and costs["rows"][0]["module_draft_head_us"] > 0, so[:400] + se)
 
+# --- weight types through the CLI: speculative greedy == plain greedy of the same served type; the bench compares
+# the types side by side and names the kernels it runs
+for wt in ("bf16", "q8_0"):
+    rc1, so1, se1, ids1 = gen(model, ["--weights", wt, "--spec", "none"], "w_plain_" + wt)
+    rc2, so2, se2, ids2 = gen(model, ["--weights", wt, "--spec", "mtp"], "w_spec_" + wt)
+    check(f"--weights {wt}: speculative greedy == plain greedy", rc1 == 0 and rc2 == 0 and ids1 == ids2 and
+          len(ids1) > 0, se1 + se2)
+rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "2", "--temp", "0", "--no-costs",
+                  "--weights", "f32", "bf16", "q8_0"])
+check("bench --weights f32 bf16 q8_0: one row each, ratios against f32, kernels named",
+      rc == 0 and all(f"| {w} |" in so for w in ("f32", "bf16", "q8_0")) and "kernels avx" in so and
+      "weights f32:" in so, so[:1500] + se)
+
 # --- bad input
 def bad(name, args, expect, codes=(1,)):
     rc, so, se = run(args)
@@ -223,6 +236,9 @@ bad("draft-vocab --n negative", ["draft-vocab", "--data", data, "--out", os.path
 bad("draft-vocab --out unwritable", ["draft-vocab", "--data", data, "--out", os.path.join(work, "no", "dir", "x.json")],
     "--out")
 bad("bench --draft-vocab negative", ["bench", "--model", model, "--draft-vocab", "-3"], "--draft-vocab")
+bad("--weights unknown", G + P + ["--weights", "q4_0"], "--weights")
+bad("serve --weights unknown", ["serve", "--model", model, "--port", "0", "--weights", "fp8"], "--weights")
+bad("bench --weights unknown", ["bench", "--model", model, "-p", "8", "-n", "8", "--weights", "f32", "int4"], "--weights")
 bad("bench --cost-rows 0", ["bench", "--model", model, "--cost-rows", "0"], "--cost-rows")
 
 print(f"{passed} passed, {failed} failed")

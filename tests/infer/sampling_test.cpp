@@ -239,24 +239,34 @@ using seq_t = std::vector<int>;
 
 // Exact distribution of the next L tokens under the sampler's processing (history = prompt + prefix), by
 // enumeration with full forwards.
+// With a narrowed weight type the target is the model served at that type: its logits come from a cpu_model of that
+// type over the whole context (plain decoding's next-token distribution; rows do not depend on how they are batched).
 void enumerate(const model_files& m, const sampler& s, const seq_t& prompt, int L, seq_t& prefix, double prob,
-               std::map<seq_t, double>& out) {
+               std::map<seq_t, double>& out, wtype type = wtype::f32) {
     if (int(prefix.size()) == L) {
         out[prefix] += prob;
         return;
     }
     seq_t ctx = prompt;
     ctx.insert(ctx.end(), prefix.begin(), prefix.end());
-    arena a;
-    model_state st;
-    model_forward(m.config, m.layout, m.weights.data(), st, ctx.data(), int(ctx.size()), 0.0f, a, nullptr, 0);
-    const int V = m.config.vocab_size;
+    const int V = m.config.vocab_size, n = int(ctx.size());
+    std::vector<float> logits(size_t(n) * V);
+    if (type == wtype::f32) {
+        arena a;
+        model_state st;
+        model_forward(m.config, m.layout, m.weights.data(), st, ctx.data(), n, 0.0f, a, nullptr, 0);
+        std::copy(st.logits, st.logits + size_t(n) * V, logits.begin());
+    } else {
+        cpu_model cm(m, 0, type);
+        std::vector<float> h(size_t(n) * m.config.hidden_size);
+        cm.eval(0, 0, n, ctx.data(), nullptr, h.data(), logits.data());
+    }
     std::vector<double> p;
-    s.dist(st.logits + size_t(ctx.size() - 1) * V, V, ctx.data(), int(ctx.size()), p);
+    s.dist(logits.data() + size_t(n - 1) * V, V, ctx.data(), n, p);
     for (int v = 0; v < V; ++v)
         if (p[v] > 0) {
             prefix.push_back(v);
-            enumerate(m, s, prompt, L, prefix, prob * p[v], out);
+            enumerate(m, s, prompt, L, prefix, prob * p[v], out, type);
             prefix.pop_back();
         }
 }
@@ -300,8 +310,8 @@ chi2_result chi_square(const std::map<seq_t, double>& exact, const std::map<seq_
 
 // N draws of the next L tokens after `prompt` (one sampler, fixed seed, carried across draws).
 std::map<seq_t, int64_t> draw(const model_files& m, const sampler_params& sp, const spec_params& p, const seq_t& prompt,
-                              int L, int64_t N, gen_stats& tot) {
-    cpu_model cm(m);
+                              int L, int64_t N, gen_stats& tot, wtype type = wtype::f32) {
+    cpu_model cm(m, 0, type);
     sampler s(sp);
     std::map<seq_t, int64_t> seen;
     for (int64_t i = 0; i < N; ++i) {
@@ -319,12 +329,13 @@ struct case_spec {
     sampler_params sp;
     spec_params p;
     bool expect_pass;
+    wtype type = wtype::f32;
 };
 
 void run_case(const case_spec& c, const std::map<seq_t, double>& exact, const model_files& m, const seq_t& prompt,
               int L, int64_t N) {
     gen_stats tot;
-    const auto seen = draw(m, c.sp, c.p, prompt, L, N, tot);
+    const auto seen = draw(m, c.sp, c.p, prompt, L, N, tot, c.type);
     const chi2_result r = chi_square(exact, seen, N);
     std::printf("    %-44s chi2 %9.1f df %3d p %.3g | drafts %lld, accepted %lld of %lld\n", c.name, r.stat, r.df,
                 r.p_value, (long long)tot.n_drafts, (long long)tot.n_accepted, (long long)tot.n_draft_tokens);
@@ -349,6 +360,7 @@ TEST(SpecSampling, KeepsTheTargetDistribution) {
         uint64_t seed;
         sampler_params sp;
         std::vector<std::pair<const char*, spec_params>> runs;
+        wtype type = wtype::f32;
     };
     sampler_params a;                                                // temperature 0.8, top-p 0.9
     a.temperature = 0.8f;
@@ -401,18 +413,26 @@ TEST(SpecSampling, KeepsTheTargetDistribution) {
           {"D=1 adaptive broken rule (unrestricted q)", broken4}, {"D=1 reuse x3 draft vocab 5 of 8", dv3},
           {"D=1 reuse x3 draft vocab, adaptive p-min 0.3", dv3a},
           {"D=1 reuse x3 draft vocab broken rule (full-vocab q)", broken6}}},
+        // The same rule on the model served at q8_0 (and bf16): the target is that model's distribution.
+        {small_config(2, true, true, false, 8), 33, a,
+         {{"q8_0 D=2 speculative", d2}, {"q8_0 D=2 draft vocab 4 of 8", dv2},
+          {"q8_0 D=2 broken rule (resample from p)", broken2}}, wtype::q8_0},
+        {small_config(1, false, true, true, 8), 34, b,
+         {{"bf16 D=1 reuse x3 adaptive p-min 0.3", adaptive}, {"bf16 D=1 reuse x3 broken rule (accept all)", broken1}},
+         wtype::bf16},
     };
     for (const auto& mc : cases) {
         const model_files m = random_model(mc.cfg, mc.seed);
         std::map<seq_t, double> exact;
         seq_t prefix;
-        enumerate(m, sampler(mc.sp), prompt, L, prefix, 1.0, exact);
+        enumerate(m, sampler(mc.sp), prompt, L, prefix, 1.0, exact, mc.type);
         double total = 0;
         for (const auto& [s, p] : exact) total += p;
         ASSERT_NEAR(total, 1.0, 1e-9);
-        std::printf("    model D=%d: %zu sequences of %d tokens in the exact support\n", m.config.n_mtp(), exact.size(), L);
+        std::printf("    model D=%d at %s: %zu sequences of %d tokens in the exact support\n", m.config.n_mtp(),
+                    wtype_name(mc.type), exact.size(), L);
         for (const auto& [name, p] : mc.runs)
-            run_case({name, mc.cfg, mc.seed, mc.sp, p, p.test_broken_rule == 0}, exact, m, prompt, L, N);
+            run_case({name, mc.cfg, mc.seed, mc.sp, p, p.test_broken_rule == 0, mc.type}, exact, m, prompt, L, N);
     }
 }
 

@@ -3,6 +3,7 @@
 // equal what a fresh prefill of the committed tokens builds.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -242,6 +243,82 @@ TEST(SpecGreedy, ContextEndAndStopToken) {
     EXPECT_THROW(generator(cm, s3, bad), mtp::error);
     EXPECT_THROW(generate(cm, s3, none, {}, 4), mtp::error);      // empty prompt
     EXPECT_THROW(generate(cm, s3, none, std::vector<int>(25, 1), 4), mtp::error);   // longer than the context
+}
+
+// Weight types: with bf16 or q8_0 decode weights (every packed matrix narrowed), speculative greedy output equals the
+// plain greedy output of the same served model, for every draft setting and for a prompt longer than decode_rows_max
+// (whose prefill then also runs on the packed kernels). The narrowed model is really narrowed: its weights take
+// about half (bf16) or a quarter (q8_0, plus scales and padding to blocks of 32) of the f32 bytes, and its logits
+// differ from f32 by the relative error the type implies (not 0, and below 2^-6 of the logit scale for bf16, 2^-3
+// for q8_0 whose activations are quantised as well).
+TEST(SpecGreedy, EveryWeightTypeMatchesPlainOfTheSameType) {
+    single_thread_scope one_thread;
+    for (wtype t : {wtype::bf16, wtype::q8_0}) {
+        for (bool moe : {true, false}) {
+            SCOPED_TRACE(std::string(wtype_name(t)) + (moe ? " MoE" : " dense"));
+            const model_files m = random_model(small_config(3, moe, true, true), 21 + moe);
+            cpu_model cm(m, 0, t), c32(m);
+            ASSERT_EQ(cm.weights_type(), t);
+            EXPECT_LT(double(cm.packed_bytes()), c32.packed_bytes() * (t == wtype::bf16 ? 0.55 : 0.7));
+            {
+                std::vector<int> pr = {3, 1, 4, 1, 5, 9, 2, 6};
+                const int V = m.config.vocab_size, d = m.config.hidden_size, n = int(pr.size());
+                std::vector<float> h(size_t(n) * d), l8(size_t(n) * V), l32(size_t(n) * V);
+                cm.eval(0, 0, n, pr.data(), nullptr, h.data(), l8.data());
+                c32.eval(0, 0, n, pr.data(), nullptr, h.data(), l32.data());
+                double num = 0, den = 0;
+                for (size_t i = 0; i < l8.size(); ++i) {
+                    num += (l8[i] - l32[i]) * double(l8[i] - l32[i]);
+                    den += double(l32[i]) * l32[i];
+                }
+                const double rel = std::sqrt(num / den);
+                EXPECT_GT(rel, 0.0);
+                EXPECT_LT(rel, t == wtype::bf16 ? 0x1p-6 : 0x1p-3);
+            }
+            coverage cov;
+            std::vector<std::vector<int>> prompts = random_prompts(40, 9);
+            prompts.resize(5);
+            prompts.push_back(std::vector<int>(100));
+            rng r(77);
+            for (int& x : prompts.back()) x = int(r.below(40));
+            for (const auto& prompt : prompts) {
+                cpu_model model(m, 0, t);
+                spec_params none;
+                none.enabled = false;
+                sampler s0(sampler_params{});
+                const std::vector<int> plain = generate(model, s0, none, prompt, 40);
+                for (const spec_params& p : draft_settings(3, 40)) {
+                    SCOPED_TRACE(describe(p) + ", prompt of " + std::to_string(prompt.size()));
+                    sampler s(sampler_params{});
+                    gen_stats st;
+                    EXPECT_EQ(generate(model, s, p, prompt, 40, -1, {}, &st), plain);
+                    cov.draft_tokens += st.n_draft_tokens;
+                    cov.accepted += st.n_accepted;
+                }
+            }
+            EXPECT_GT(cov.accepted, 0);
+            EXPECT_LT(cov.accepted, cov.draft_tokens);
+        }
+    }
+}
+
+TEST(SpecGreedy, WeightsFlag) {
+    model_files m;
+    EXPECT_EQ(weights_type_for("", m), wtype::f32);
+    m.storage = "bf16";
+    EXPECT_EQ(weights_type_for("", m), wtype::bf16);
+    m.storage = "q8_0";
+    EXPECT_EQ(weights_type_for("", m), wtype::q8_0);
+    EXPECT_EQ(weights_type_for("f32", m), wtype::f32);
+    m.storage = "f16";
+    EXPECT_EQ(weights_type_for("", m), wtype::f32);
+    EXPECT_EQ(weights_type_for("q8_0", m), wtype::q8_0);
+    try {
+        weights_type_for("q4_0", m);
+        ADD_FAILURE() << "q4_0 accepted";
+    } catch (const mtp::error& e) {
+        EXPECT_EQ(std::string(e.what()), "--weights: expected f32, bf16 or q8_0, got 'q4_0'");
+    }
 }
 
 TEST(SpecGreedy, TrainedModelFromEnv) {

@@ -2,9 +2,10 @@
 """`mtp train` end to end on a small synthetic dataset (shards written here in the documented format):
 exact resume, auxiliary-loss-free balancing, the bias untouched by the optimizer, bad input.
 usage: train_test.py MTP_BINARY WORK_DIR"""
-import json, os, random, shutil, struct, subprocess, sys
+import json, os, shutil, subprocess, sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reference"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st  # noqa: E402  (numpy safetensors reader of the reference tests)
 
 mtp, work = sys.argv[1], sys.argv[2]
@@ -19,25 +20,10 @@ def check(name, ok, detail=""):
     if ok: passed += 1
     else: failed += 1
 
-def write_shard(path, ids, vocab):
-    with open(path, "wb") as f:
-        f.write(b"MTPTOKS\0" + struct.pack("<IIQII", 1, 2, len(ids), vocab, 0))
-        f.write(struct.pack(f"<{len(ids)}H", *ids))
+from markov_data import write_shard, make_dataset as _make_dataset  # noqa: E402
 
-def make_dataset(d, n_train=20000, n_val=3000, seed=0):
-    """A random first-order Markov source (each token has 2 likely successors): learnable in a few steps."""
-    os.makedirs(d, exist_ok=True)
-    rnd = random.Random(seed)
-    succ = {a: [rnd.randrange(2, V) for _ in range(2)] for a in range(V)}
-    def gen(n):
-        out = [2]
-        while len(out) < n:
-            out.append(rnd.choice(succ[out[-1]]) if rnd.random() < 0.9 else rnd.randrange(2, V))
-        return out
-    write_shard(os.path.join(d, "train_000.bin"), gen(n_train), V)
-    write_shard(os.path.join(d, "val_000.bin"), gen(n_val), V)
-    json.dump({"format": "mtp.cpp token shards v1", "tokenizer": "", "vocab_size": V, "eos_id": 1,
-               "train": ["train_000.bin"], "val": ["val_000.bin"]}, open(os.path.join(d, "meta.json"), "w"))
+def make_dataset(d, **kw):
+    _make_dataset(d, V, **kw)
 
 MODEL = {"vocab_size": V, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
          "intermediate_size": 48, "moe_intermediate_size": 16, "n_routed_experts": 8, "n_shared_experts": 1,

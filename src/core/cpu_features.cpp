@@ -1,0 +1,115 @@
+// CPUID-based feature detection and the process-wide choice of decode kernels.
+#include "core/cpu_features.h"
+
+#include <cpuid.h>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+
+#include "core/error.h"
+
+namespace mtp {
+
+namespace {
+
+uint64_t xgetbv0() {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (uint64_t(hi) << 32) | lo;
+}
+
+cpu_features detect() {
+    cpu_features f;
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
+    const bool osxsave = c & (1u << 27);
+    f.fma = c & (1u << 12);
+    f.f16c = c & (1u << 29);
+    const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    const bool ymm_os = (xcr0 & 0x6) == 0x6, zmm_os = (xcr0 & 0xe6) == 0xe6;
+    if (__get_cpuid_max(0, nullptr) < 7) return f;
+    __cpuid_count(7, 0, a, b, c, d);
+    f.avx2 = ymm_os && (b & (1u << 5));
+    f.fma = f.fma && ymm_os;
+    f.f16c = f.f16c && ymm_os;
+    f.avx512f = zmm_os && (b & (1u << 16));
+    f.avx512bw = f.avx512f && (b & (1u << 30));
+    f.avx512vl = f.avx512f && (b & (1u << 31));
+    f.avx512vnni = f.avx512f && (c & (1u << 11));
+    __cpuid_count(7, 1, a, b, c, d);
+    f.avx512bf16 = f.avx512f && (a & (1u << 5));
+    f.avx_vnni = ymm_os && (a & (1u << 4));
+    return f;
+}
+
+isa choose() {
+    const char* env = std::getenv("MTP_ISA");
+    if (env && *env) {
+        const std::string v = env;
+        isa want;
+        if (v == "avx2") want = isa::avx2;
+        else if (v == "avx512") want = isa::avx512;
+        else fail("MTP_ISA", "expected avx2 or avx512, got " + quoted(v));
+        if (!isa_supported(want)) fail("MTP_ISA", v + " is not supported by this CPU");
+        return want;
+    }
+    return isa_supported(isa::avx512) ? isa::avx512 : isa::avx2;
+}
+
+} // namespace
+
+const cpu_features& cpu_detect() {
+    static const cpu_features f = detect();
+    return f;
+}
+
+const char* isa_name(isa i) {
+    switch (i) {
+        case isa::avx2: return "avx2";
+        case isa::avx2x2: return "avx2x2";
+        case isa::avx512: return "avx512";
+    }
+    return "?";
+}
+
+bool isa_supported(isa i) {
+    const cpu_features& f = cpu_detect();
+    const bool base = f.avx2 && f.fma && f.f16c;
+    switch (i) {
+        case isa::avx2:
+        case isa::avx2x2: return base;
+        case isa::avx512:
+#ifdef MTP_HAVE_AVX512_KERNELS
+            return base && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+#else
+            return false;
+#endif
+    }
+    return false;
+}
+
+isa isa_active() {
+    static const isa chosen = choose();
+    return chosen;
+}
+
+std::string isa_report() {
+    const cpu_features& f = cpu_detect();
+    std::string s = std::string("kernels ") + isa_name(isa_active()) + " | cpu:";
+    auto add = [&](bool on, const char* name) { if (on) s += std::string(" ") + name; };
+    add(f.avx2, "avx2");
+    add(f.fma, "fma");
+    add(f.f16c, "f16c");
+    add(f.avx512f, "avx512f");
+    add(f.avx512bw, "avx512bw");
+    add(f.avx512vl, "avx512vl");
+    add(f.avx512vnni, "avx512vnni");
+    add(f.avx512bf16, "avx512bf16");
+    add(f.avx_vnni, "avxvnni");
+#ifndef MTP_HAVE_AVX512_KERNELS
+    s += " | built without AVX-512 kernels";
+#endif
+    return s;
+}
+
+} // namespace mtp

@@ -1,0 +1,28 @@
+// What this CPU can run (CPUID + XGETBV, read once) and which decode-kernel ISA the process uses: the widest one
+// available, or the one named by the MTP_ISA environment variable (which may only narrow it).
+#pragma once
+#include <string>
+
+namespace mtp {
+
+struct cpu_features {
+    bool avx2 = false, fma = false, f16c = false;               // the baseline this build is compiled for
+    bool avx512f = false, avx512bw = false, avx512vl = false;   // with the OS saving zmm state
+    bool avx512vnni = false, avx512bf16 = false, avx_vnni = false;
+};
+const cpu_features& cpu_detect();
+
+// Kernel families of the packed GEMV (src/core/gemv.h). avx2x2 is the 16-lane layout computed with pairs of AVX2
+// registers: it runs everywhere and lets the tests exercise the 16-lane packing and tiles of the AVX-512 kernels on a
+// CPU without AVX-512 (only the instruction wrappers differ).
+enum class isa { avx2, avx2x2, avx512 };
+
+const char* isa_name(isa i);
+bool isa_supported(isa i);                 // on this CPU
+// The kernels the process uses, chosen at the first call: avx512 when the CPU has AVX-512 F/BW/VL + VNNI, else avx2;
+// MTP_ISA=avx2|avx512 overrides (an unsupported or unknown value is an error naming MTP_ISA).
+isa isa_active();
+// One line for `mtp bench`: the chosen kernels and the CPU's relevant features.
+std::string isa_report();
+
+} // namespace mtp

@@ -1,0 +1,259 @@
+// The packed-GEMV tiles as templates over a vector-traits type V (lane width V::L and the handful of intrinsics the
+// tiles use), included by one file per ISA (gemv_avx2.cpp, gemv_avx512.cpp) that is compiled with that ISA's flags.
+// Everything here has internal linkage, so no code built for a wider ISA can be picked by the linker for another.
+// Internal to src/core: use core/gemv.h.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "core/gemv.h"
+
+namespace mtp::gemv_detail {
+
+// One call's operands, as the driver in gemv.cpp prepares them.
+struct args {
+    float* y;
+    size_t ldy;
+    const float* x;            // f32 / bf16: rows of x
+    size_t ldx;
+    const int8_t* xq;          // q8_0: quantised rows [T][blocks * 32] and their scales [T][blocks]
+    const float* xd;
+    int blocks;
+    int T;
+    wtype type;
+    const void* w;             // panel data
+    int out, in, lanes;
+    size_t pstride, istride;   // f32 / bf16: elements between panels / inputs; q8_0: pstride = bytes per panel
+};
+
+// How a call is split: output tiles of `pb` panels; run(a, t0, t1) computes tiles [t0, t1) for all rows.
+struct plan {
+    int pb;
+    void (*run)(const args&, int, int);
+};
+
+plan plan_avx2(const args& a);     // 8 lanes
+plan plan_avx2x2(const args& a);   // 16 lanes on pairs of AVX2 registers
+plan plan_avx512(const args& a);   // 16 lanes (defined only when built with the AVX-512 kernels)
+
+} // namespace mtp::gemv_detail
+
+#ifdef MTP_GEMV_IMPL_TEMPLATES
+namespace mtp::gemv_detail {
+namespace {
+
+template <class V>
+struct impl {
+    static constexpr int L = V::L;
+    using vf = typename V::vf;
+    using vi = typename V::vi;
+    using fp_fn = void (*)(float*, size_t, const float*, size_t, const void*, int, size_t, size_t, int, int,
+                           const void*);
+    using q8_fn = void (*)(float*, size_t, const int8_t*, const float*, int, const unsigned char*, size_t, int, int,
+                           const unsigned char*);
+
+    template <int RB, int PB>
+    static inline void store_tile(float* y, size_t ldy, vf (&acc)[RB][PB], int o0, int valid) {
+        alignas(64) float res[RB][PB][L];
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+            for (int q = 0; q < PB; ++q) V::store(res[r][q], acc[r][q]);
+        for (int r = 0; r < RB; ++r) {
+            float* yr = y + size_t(r) * ldy + o0;
+            for (int q = 0; q < PB; ++q) {
+                const int n = valid - q * L;
+                if (n >= L) std::memcpy(yr + q * L, res[r][q], sizeof(float) * L);
+                else if (n > 0) std::memcpy(yr + q * L, res[r][q], sizeof(float) * size_t(n));
+            }
+        }
+    }
+
+    template <class WT>
+    static inline vf loadw(const WT* p) {
+        if constexpr (std::is_same_v<WT, float>) return V::load(p);
+        else return V::load_bf16(p);
+    }
+
+    // f32 / bf16: RB rows x PB panels. x rows at x + r*ldx, panel q at w + q*pstride, input i at + i*istride.
+    // The accumulators are written out once after the loop, so the compiler keeps them in registers.
+    template <int RB, int PB, class WT>
+    static void tile_fp(float* y, size_t ldy, const float* x, size_t ldx, const void* wv, int in, size_t pstride,
+                        size_t istride, int o0, int valid, const void* nextv) {
+        const WT* w = static_cast<const WT*>(wv);
+        const WT* next = static_cast<const WT*>(nextv);
+        // Prefetch the next tile one cache line per panel per line of input steps.
+        const size_t step_bytes = istride * sizeof(WT);
+        const int pf_mask = step_bytes >= 64 ? 0 : int(64 / step_bytes) - 1;   // step_bytes is a power of two
+        vf acc[RB][PB];
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+            for (int q = 0; q < PB; ++q) acc[r][q] = V::zero();
+        for (int i = 0; i < in; ++i) {
+            if (next && (i & pf_mask) == 0)
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q) V::prefetch(next + q * pstride + size_t(i) * istride);
+            if constexpr (RB <= PB) {
+                vf xb[RB];
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; ++r) xb[r] = V::bcast(x + size_t(r) * ldx + i);
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q) {
+                    const vf wq = loadw(w + q * pstride + size_t(i) * istride);
+#pragma GCC unroll 8
+                    for (int r = 0; r < RB; ++r) acc[r][q] = V::fma(wq, xb[r], acc[r][q]);
+                }
+            } else {
+                vf wq[PB];
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q) wq[q] = loadw(w + q * pstride + size_t(i) * istride);
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; ++r) {
+                    const vf xb = V::bcast(x + size_t(r) * ldx + i);
+#pragma GCC unroll 8
+                    for (int q = 0; q < PB; ++q) acc[r][q] = V::fma(wq[q], xb, acc[r][q]);
+                }
+            }
+        }
+        store_tile<RB, PB>(y, ldy, acc, o0, valid);
+    }
+
+    // q8_0: RB rows x PB panels. Row r's codes at xq + r*blocks*32, scales at xd + r*blocks; panel q at w + q*pbytes,
+    // block b of a panel at + b*34L: L fp16 scales, then 8 groups of [L outputs][4 inputs] int8.
+    template <int RB, int PB>
+    static void tile_q8(float* y, size_t ldy, const int8_t* xq, const float* xd, int blocks, const unsigned char* w,
+                        size_t pbytes, int o0, int valid, const unsigned char* next) {
+        constexpr size_t blk = size_t(34) * L;
+        vf acc[RB][PB];
+#pragma GCC unroll 8
+        for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+            for (int q = 0; q < PB; ++q) acc[r][q] = V::zero();
+        for (int b = 0; b < blocks; ++b) {
+            const unsigned char* wb = w + size_t(b) * blk;
+            if (next)
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q)
+                    for (size_t off = 0; off < blk; off += 64) V::prefetch(next + q * pbytes + size_t(b) * blk + off);
+            vi ia[RB][PB];
+#pragma GCC unroll 8
+            for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q) ia[r][q] = V::izero();
+#pragma GCC unroll 8
+            for (int g = 0; g < 8; ++g) {
+                vi xb[RB];
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; ++r) xb[r] = V::bcast4(xq + (size_t(r) * blocks + b) * 32 + g * 4);
+#pragma GCC unroll 8
+                for (int q = 0; q < PB; ++q) {
+                    const vi wq = V::iload(wb + q * pbytes + 2 * L + g * 4 * L);
+#pragma GCC unroll 8
+                    for (int r = 0; r < RB; ++r) ia[r][q] = V::dot4(ia[r][q], wq, xb[r]);
+                }
+            }
+#pragma GCC unroll 8
+            for (int q = 0; q < PB; ++q) {
+                const vf dw = V::load_f16(wb + q * pbytes);
+#pragma GCC unroll 8
+                for (int r = 0; r < RB; ++r) {
+                    const vf s = V::mul(dw, V::bcast(xd + size_t(r) * blocks + b));
+                    acc[r][q] = V::fma(V::cvt(ia[r][q]), s, acc[r][q]);
+                }
+            }
+        }
+        store_tile<RB, PB>(y, ldy, acc, o0, valid);
+    }
+
+    template <class WT, int RB, int... P>
+    static fp_fn pick_fp_n(int pb, std::integer_sequence<int, P...>) {
+        static constexpr fp_fn fns[] = {&tile_fp<RB, P + 1, WT>...};
+        return fns[pb - 1];
+    }
+    template <int RB, int... P>
+    static q8_fn pick_q8_n(int pb, std::integer_sequence<int, P...>) {
+        static constexpr q8_fn fns[] = {&tile_q8<RB, P + 1>...};
+        return fns[pb - 1];
+    }
+
+    // Tile shapes, 8-12 accumulators each. f32 / bf16: T = 1: 1 x 8; 2: 2 x 6; 3: 3 x 4; 4: 4 x 3; more rows: blocks
+    // of 3 (and 2) rows x 4 panels, never a lone row (too few independent FMA chains). q8_0 (an int32 and an fp32
+    // accumulator each): 1 x 4, 2 x 2, 3 x 2, more rows: blocks of 3 (and 2) x 2.
+    template <class WT>
+    static fp_fn pick_fp(int rb, int pb) {
+        switch (rb) {
+            case 1: return pick_fp_n<WT, 1>(pb, std::make_integer_sequence<int, 8>{});
+            case 2: return pick_fp_n<WT, 2>(pb, std::make_integer_sequence<int, 6>{});
+            case 3: return pick_fp_n<WT, 3>(pb, std::make_integer_sequence<int, 4>{});
+            default: return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, 3>{});
+        }
+    }
+    static q8_fn pick_q8(int rb, int pb) {
+        switch (rb) {
+            case 1: return pick_q8_n<1>(pb, std::make_integer_sequence<int, 4>{});
+            case 2: return pick_q8_n<2>(pb, std::make_integer_sequence<int, 2>{});
+            default: return pick_q8_n<3>(pb, std::make_integer_sequence<int, 2>{});
+        }
+    }
+    static int pb_for(wtype t, int T) {
+        if (t == wtype::q8_0) return T == 1 ? 4 : 2;
+        return T == 1 ? 8 : T == 2 ? 6 : T == 4 ? 3 : 4;
+    }
+    // Row blocks: T rows as one block when the shape allows it, else 3s with a tail of 2 (or 2 + 2).
+    static int row_blocks(wtype t, int T, int* blocks) {
+        const int single = t == wtype::q8_0 ? 3 : 4;
+        int nb = 0;
+        if (T <= single) {
+            blocks[nb++] = T;
+            return nb;
+        }
+        int left = T;
+        while (left > 4) { blocks[nb++] = 3; left -= 3; }
+        if (left == 4) { blocks[nb++] = 2; blocks[nb++] = 2; }
+        else blocks[nb++] = left;
+        return nb;
+    }
+
+    static void run(const args& a, int t0, int t1) {
+        const int PB = pb_for(a.type, a.T);
+        const int panels = (a.out + L - 1) / L;
+        int blocks[64];
+        const int nb = row_blocks(a.type, a.T, blocks);
+        for (int tI = t0; tI < t1; ++tI) {
+            const int q0 = tI * PB, pb = q0 + PB <= panels ? PB : panels - q0;
+            const int o0 = q0 * L, valid = a.out - o0;
+            const bool pf = a.T >= 2 && tI + 1 < t1;
+            int t = 0;
+            if (a.type == wtype::q8_0) {
+                const unsigned char* wt = static_cast<const unsigned char*>(a.w) + size_t(q0) * a.pstride;
+                const unsigned char* next = pf ? wt + size_t(PB) * a.pstride : nullptr;
+                for (int b = 0; b < nb; ++b) {
+                    pick_q8(blocks[b], pb)(a.y + size_t(t) * a.ldy, a.ldy, a.xq + size_t(t) * a.blocks * 32,
+                                           a.xd + size_t(t) * a.blocks, a.blocks, wt, a.pstride, o0, valid,
+                                           b == 0 ? next : nullptr);
+                    t += blocks[b];
+                }
+            } else {
+                const size_t esz = a.type == wtype::f32 ? sizeof(float) : sizeof(uint16_t);
+                const unsigned char* wt = static_cast<const unsigned char*>(a.w) + size_t(q0) * a.pstride * esz;
+                const unsigned char* next = pf ? wt + size_t(PB) * a.pstride * esz : nullptr;
+                for (int b = 0; b < nb; ++b) {
+                    const fp_fn f = a.type == wtype::f32 ? pick_fp<float>(blocks[b], pb) : pick_fp<uint16_t>(blocks[b], pb);
+                    f(a.y + size_t(t) * a.ldy, a.ldy, a.x + size_t(t) * a.ldx, a.ldx, wt, a.in, a.pstride, a.istride,
+                      o0, valid, b == 0 ? next : nullptr);
+                    t += blocks[b];
+                }
+            }
+        }
+    }
+
+    static plan make(const args& a) { return plan{pb_for(a.type, a.T), &run}; }
+};
+
+} // namespace
+} // namespace mtp::gemv_detail
+#endif

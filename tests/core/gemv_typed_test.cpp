@@ -1,0 +1,194 @@
+// Packed GEMV at every weight type (f32, bf16, q8_0) and kernel family (avx2; avx2x2, the 16-lane layout on AVX2;
+// avx512 where the CPU has it): bitwise equal to the scalar definition (gemv_reference_typed) for every row count 1-13,
+// odd shapes (partial panels, inputs not a multiple of 32), strided rows and 1 or 2 threads; a row alone equals the
+// same row in a batch; packing round trips (bf16 rounding, Q8_0 codes); the activation quantiser's definition; the
+// Q8_0 error stays within its bound; the process picks the widest supported ISA.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <vector>
+
+#include <omp.h>
+
+#include "core/cpu_features.h"
+#include "core/dtype.h"
+#include "core/gemv.h"
+#include "core/quant.h"
+#include "core/rng.h"
+
+namespace {
+
+using namespace mtp;
+
+std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
+    rng r(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = scale * float(r.normal());
+    return v;
+}
+
+std::vector<isa> kernels_here() {
+    std::vector<isa> k = {isa::avx2, isa::avx2x2};
+    if (isa_supported(isa::avx512)) k.push_back(isa::avx512);
+    return k;
+}
+
+void check(wtype t, isa k, int out, int in, int T_max, int threads) {
+    SCOPED_TRACE(std::string(wtype_name(t)) + " " + isa_name(k) + " out " + std::to_string(out) + " in " +
+                 std::to_string(in) + " threads " + std::to_string(threads));
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    const auto w = randn(size_t(out) * in, 1 + out + in);
+    const size_t ldx = size_t(in) + 3, ldy = size_t(out) + 5;       // strided rows
+    auto x = randn(size_t(T_max) * ldx, 7 + in);
+    if (T_max > 2) for (int i = 0; i < in; ++i) x[2 * ldx + i] = 0.0f;   // an all-zero row (q8_0: scale 0)
+    packed_weight p;
+    pack_weight(p, w.data(), out, in, t, k);
+    ASSERT_EQ(p.lanes, k == isa::avx2 ? 8 : 16);
+    ASSERT_EQ(p.panels, (out + p.lanes - 1) / p.lanes);
+    std::vector<float> ref(size_t(T_max) * ldy, -1.0f), got(size_t(T_max) * ldy), one(ldy);
+    gemv_reference_typed(t, ref.data(), ldy, x.data(), ldx, T_max, w.data(), out, in);
+    for (int T = 1; T <= T_max; ++T) {
+        std::fill(got.begin(), got.end(), 1234.5f);
+        gemv_packed(got.data(), ldy, x.data(), ldx, T, p);
+        for (int r = 0; r < T; ++r)
+            for (int o = 0; o < out; ++o)
+                ASSERT_EQ(got[size_t(r) * ldy + o], ref[size_t(r) * ldy + o]) << "T " << T << " row " << r << " out " << o;
+        for (int o = out; o < int(ldy); ++o) ASSERT_EQ(got[o], 1234.5f) << "wrote past the outputs";
+        if (T < T_max) ASSERT_EQ(got[size_t(T) * ldy], 1234.5f) << "wrote past the rows";
+    }
+    for (int r = 0; r < T_max; ++r) {                                 // a row alone == the row in any batch
+        gemv_packed(one.data(), ldy, x.data() + size_t(r) * ldx, ldx, 1, p);
+        for (int o = 0; o < out; ++o) ASSERT_EQ(one[o], ref[size_t(r) * ldy + o]);
+    }
+    omp_set_num_threads(saved);
+}
+
+TEST(GemvTyped, EveryTypeAndKernelMatchesItsScalarDefinition) {
+    for (wtype t : {wtype::f32, wtype::bf16, wtype::q8_0})
+        for (isa k : kernels_here()) {
+            check(t, k, 1, 1, 13, 1);
+            check(t, k, 7, 5, 13, 1);            // one partial panel, a partial q8_0 block
+            check(t, k, 17, 33, 13, 1);          // 16 + 1 outputs, 32 + 1 inputs
+            check(t, k, 77, 67, 13, 1);          // several tiles, partial last tile and panel
+            check(t, k, 200, 192, 13, 1);
+            check(t, k, 1000, 64, 5, 1);
+        }
+}
+
+TEST(GemvTyped, ThreadedEqualsSingleThreaded) {
+    for (wtype t : {wtype::f32, wtype::bf16, wtype::q8_0})
+        for (isa k : kernels_here()) check(t, k, 3001, 96, 9, 2);   // above the helper-thread threshold
+}
+
+TEST(GemvTyped, PackingRoundTrips) {
+    const int out = 37, in = 70;
+    const auto w = randn(size_t(out) * in, 5);
+    for (isa k : kernels_here()) {
+        packed_weight p;
+        pack_weight(p, w.data(), out, in, wtype::f32, k);
+        EXPECT_EQ(unpack_weight(p), w);
+        pack_weight(p, w.data(), out, in, wtype::bf16, k);
+        const auto b = unpack_weight(p);
+        for (size_t i = 0; i < w.size(); ++i) ASSERT_EQ(b[i], bf16_to_f32(f32_to_bf16(w[i])));
+        pack_weight(p, w.data(), out, in, wtype::q8_0, k);
+        const auto q = unpack_weight(p);
+        std::vector<float> pad(96), dq(96);
+        std::vector<uint8_t> blk(3 * 34);
+        for (int o = 0; o < out; ++o) {                  // the codes are ggml's Q8_0 of the zero-padded row
+            std::fill(pad.begin(), pad.end(), 0.0f);
+            std::copy(w.begin() + size_t(o) * in, w.begin() + size_t(o + 1) * in, pad.begin());
+            q8_0_quantize_row(pad.data(), 96, blk.data());
+            q8_0_dequantize_row(blk.data(), 96, dq.data());
+            for (int i = 0; i < in; ++i) ASSERT_EQ(q[size_t(o) * in + i], dq[i]) << "out " << o << " in " << i;
+        }
+    }
+}
+
+TEST(GemvTyped, Q8FromAQ8FileKeepsItsCodes) {
+    // A GGUF Q8_0 tensor is loaded as its dequantised fp32 values d·q; packing those as q8_0 again must reproduce the
+    // file's codes and scales exactly (d·127 and d·q are exact in fp32, so amax / 127 gives d back), i.e. no second
+    // rounding: the packed weight dequantises to exactly the values the file holds.
+    const int out = 29, in = 96;
+    const auto w = randn(size_t(out) * in, 31, 0.05f);
+    std::vector<uint8_t> file(size_t(out) * (in / 32) * 34);
+    std::vector<float> deq(size_t(out) * in);
+    for (int o = 0; o < out; ++o) {
+        q8_0_quantize_row(w.data() + size_t(o) * in, in, file.data() + size_t(o) * (in / 32) * 34);
+        q8_0_dequantize_row(file.data() + size_t(o) * (in / 32) * 34, in, deq.data() + size_t(o) * in);
+    }
+    for (isa k : kernels_here()) {
+        packed_weight p;
+        pack_weight(p, deq.data(), out, in, wtype::q8_0, k);
+        EXPECT_EQ(unpack_weight(p), deq) << isa_name(k);
+    }
+}
+
+TEST(GemvTyped, ActivationQuantiserDefinition) {
+    auto x = randn(70, 9, 3.0f);
+    x[5] = 0.0f;
+    std::vector<int8_t> q(96);
+    std::vector<float> d(3);
+    q8_act_quantize(x.data(), 70, q.data(), d.data());
+    for (int b = 0; b < 3; ++b) {
+        float amax = 0;
+        for (int i = b * 32; i < std::min(70, b * 32 + 32); ++i) amax = std::max(amax, std::fabs(x[i]));
+        ASSERT_EQ(d[b], amax / 127.0f);
+        for (int i = b * 32; i < b * 32 + 32; ++i) {
+            if (i >= 70) { ASSERT_EQ(q[i], 0); continue; }
+            // round to nearest: |x - d q| <= d / 2 (+ rounding of the product), and the largest value maps to ±127
+            ASSERT_LE(std::fabs(x[i] - d[b] * q[i]), 0.5f * d[b] * (1 + 1e-6f));
+            if (std::fabs(x[i]) == amax) ASSERT_EQ(std::abs(int(q[i])), 127);
+        }
+    }
+    std::vector<float> z(40, 0.0f);
+    q8_act_quantize(z.data(), 40, q.data(), d.data());
+    EXPECT_EQ(d[0], 0.0f);
+    EXPECT_EQ(q[0], 0);
+    z[3] = NAN;                                          // never undefined behaviour: NaN codes are 0
+    q8_act_quantize(z.data(), 40, q.data(), d.data());
+    EXPECT_EQ(q[3], 0);
+}
+
+TEST(GemvTyped, QuantisedResultsStayCloseToF32) {
+    // bf16: relative weight error <= 2^-9, so |y - y32| <= 2^-9 Σ|w x| (+ fp32 chain rounding).
+    // q8_0: per block |w - ŵ| <= d_w/2 and |x - x̂| <= d_x/2, so |y - y32| <= Σ_blocks (d_w/2 Σ|x| + d_x/2 Σ|ŵ|).
+    const int out = 64, in = 256;
+    const auto w = randn(size_t(out) * in, 21), x = randn(in, 22);
+    std::vector<float> y32(out), yb(out), yq(out);
+    gemv_reference_typed(wtype::f32, y32.data(), out, x.data(), in, 1, w.data(), out, in);
+    gemv_reference_typed(wtype::bf16, yb.data(), out, x.data(), in, 1, w.data(), out, in);
+    gemv_reference_typed(wtype::q8_0, yq.data(), out, x.data(), in, 1, w.data(), out, in);
+    for (int o = 0; o < out; ++o) {
+        double sabs = 0, bound_q = 0;
+        for (int b = 0; b < in / 32; ++b) {
+            double wmax = 0, xmax = 0, sx = 0, sw = 0;
+            for (int i = b * 32; i < b * 32 + 32; ++i) {
+                wmax = std::max(wmax, double(std::fabs(w[size_t(o) * in + i])));
+                xmax = std::max(xmax, double(std::fabs(x[i])));
+                sx += std::fabs(x[i]);
+                sw += std::fabs(w[size_t(o) * in + i]) * (1 + 1.0 / 254);
+            }
+            bound_q += wmax / 254 * 1.001 * sx + xmax / 254 * sw;
+        }
+        for (int i = 0; i < in; ++i) sabs += std::fabs(double(w[size_t(o) * in + i]) * x[i]);
+        EXPECT_LE(std::fabs(yb[o] - y32[o]), 0x1p-9 * sabs + 2.0 * in * 0x1p-24 * sabs) << o;
+        EXPECT_LE(std::fabs(yq[o] - y32[o]), bound_q + 2.0 * in * 0x1p-24 * sabs) << o;
+        EXPECT_NE(yq[o], y32[o]);                        // it is really quantised
+    }
+}
+
+TEST(GemvTyped, PicksTheWidestSupportedIsa) {
+    if (std::getenv("MTP_ISA")) GTEST_SKIP() << "MTP_ISA set";
+    EXPECT_EQ(isa_active(), isa_supported(isa::avx512) ? isa::avx512 : isa::avx2) << isa_report();
+    const cpu_features& f = cpu_detect();
+#ifdef MTP_HAVE_AVX512_KERNELS
+    EXPECT_EQ(isa_supported(isa::avx512), f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni);
+#else
+    EXPECT_FALSE(isa_supported(isa::avx512));
+#endif
+    EXPECT_TRUE(f.avx2 && f.fma && f.f16c);              // the build's baseline
+}
+
+} // namespace
