@@ -63,8 +63,9 @@ for name, cfg in LADDER:
                 p *= acc[i] if i < len(acc) else acc[-1]
                 expect += p
             spd[n] = expect / (rel[n + 1] + n * dr)
+        ex = {k: costs[k].get("experts_read", -1) for k in ROWS}
         results.append({"model": name, "config": cfg, "type": t, "tg": tg, "rel": rel, "draft_rel": dr,
-                        "speedup": spd, "main_us": one})
+                        "speedup": spd, "main_us": one, "experts": ex})
 
 json.dump(results, open(os.path.join(a.out, "regime.json"), "w"), indent=1)
 bpw = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32}
@@ -74,6 +75,13 @@ for r in results:
     lines.append(f"| {r['model']} | {r['type']} | {r['tg']:.1f} | {r['main_us']:.0f} | " +
                  " | ".join(f"{r['rel'][k]:.2f}" for k in (2, 3, 4, 6, 8)) +
                  f" | {r['draft_rel']:.3f} | " + " / ".join(f"{r['speedup'][n]:.2f}×" for n in (1, 2, 3)) + " |")
+moe = [r for r in results if r["experts"][1] > 0 and r["type"] == "f32"]
+if moe:
+    lines += ["", "Routed experts a verify pass reads (all MoE layers), against one row:", "",
+              "| model | " + " | ".join(f"{k} rows" for k in ROWS) + " |", "|---|" + "---:|" * len(ROWS)]
+    for r in moe:
+        lines.append(f"| {r['model']} | " + " | ".join(f"{r['experts'][k]} ({r['experts'][k] / r['experts'][1]:.2f}×)"
+                                                     for k in ROWS) + " |")
 table = "\n".join(lines)
 open(os.path.join(a.out, "regime.md"), "w").write(
     f"Forward cost of k rows relative to 1 row (a verify pass of k-1 drafts), {a.threads} threads; projected speed-up "

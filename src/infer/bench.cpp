@@ -88,6 +88,7 @@ void measure_costs(infer_model& m, const bench_params& p, const std::vector<int>
             m.eval(0, P, R, toks.data(), nullptr, hb.data(), lg.data(), 0);
             m.truncate(0, P);
         });
+        c.experts = m.experts_read(0);
         c.trunk = time_it([&] {
             m.eval(0, P, R, toks.data(), nullptr, hb.data(), nullptr);
             m.truncate(0, P);
@@ -355,16 +356,21 @@ std::string bench_cost_table(const bench_result& r) {
     char b[512];
     std::snprintf(b, sizeof b,
                   "| rows | main fwd + full head | (× 1 row) | trunk only | MTP module, no head | (× 1 row) | module + "
-                  "full head (last row) | module + draft head %d (last row) |\n"
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+                  "full head (last row) | module + draft head %d (last row) | routed experts read (× 1 row) |\n"
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
                   r.cost_draft_vocab);
     std::string s = b;
     const cost_row& one = r.costs.front();
     for (const auto& c : r.costs) {
         std::string dv = c.module_draft > 0 ? (std::snprintf(b, sizeof b, "%.1f", c.module_draft), b) : "-";
-        std::snprintf(b, sizeof b, "| %d | %.1f | %.2f | %.1f | %.1f | %.2f | %.1f | %s |\n", c.rows, c.main_full,
+        std::string ex = "-";
+        if (c.experts > 0 && one.experts > 0) {
+            std::snprintf(b, sizeof b, "%lld (%.2f)", c.experts, double(c.experts) / double(one.experts));
+            ex = b;
+        }
+        std::snprintf(b, sizeof b, "| %d | %.1f | %.2f | %.1f | %.1f | %.2f | %.1f | %s | %s |\n", c.rows, c.main_full,
                       one.main_full > 0 ? c.main_full / one.main_full : 0, c.trunk, c.module,
-                      one.module > 0 ? c.module / one.module : 0, c.module_full, dv.c_str());
+                      one.module > 0 ? c.module / one.module : 0, c.module_full, dv.c_str(), ex.c_str());
         s += b;
     }
     return s;
@@ -417,7 +423,8 @@ std::string bench_json(const bench_result& res) {
                          {"trunk_us", c.trunk},
                          {"module_us", c.module},
                          {"module_full_head_us", c.module_full},
-                         {"module_draft_head_us", c.module_draft}});
+                         {"module_draft_head_us", c.module_draft},
+                         {"experts_read", c.experts}});
     nlohmann::json out{{"rows", a},
                        {"forward_costs", {{"context", res.cost_context}, {"draft_vocab", res.cost_draft_vocab},
                                           {"rows", costs}}}};

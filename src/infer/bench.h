@@ -46,6 +46,7 @@ struct cost_row {
     double module = 0;                       // MTP module 1, no head (refill rows)
     double module_full = 0;                  // module 1 + full head on the last row (a full-vocabulary draft)
     double module_draft = 0;                 // module 1 + draft-vocabulary head on the last row (0: no draft vocab)
+    long long experts = -1;                  // distinct routed experts the trunk pass read (-1: not reported)
 };
 
 struct bench_result {

@@ -27,6 +27,7 @@ public:
               int logits_from = 0, bool draft_vocab = false) override;
     void set_draft_vocab(const std::vector<int>& ids) override;
     const std::vector<int>& draft_vocab() const override { return dw_.draft_ids; }
+    long long experts_read(int stage) const override { return scratch_.at(stage).experts; }
 
     // For tests and memory reports.
     const kv_cache& cache(int stage) const { return caches_.at(stage); }

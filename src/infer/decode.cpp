@@ -321,8 +321,9 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
 }
 
 // DeepSeekMoE for T rows (spec §4): router and routing per row, experts over the rows routed to them.
-void moe_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
-                float* y, const float* x, int T, arena& a) {
+// Returns how many distinct routed experts the T rows used (the expert weights this pass reads).
+int moe_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
+               float* y, const float* x, int T, arena& a) {
     const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
     auto mk = a.mark();
     float* sc = a.alloc(size_t(T) * E);
@@ -361,21 +362,24 @@ void moe_packed(const model_config& c, const layer_offsets& l, const decode_laye
     float* xe = a.alloc(size_t(T) * K * d);
     float* ye = a.alloc(size_t(T) * K * d);
     for (int r = 0; r < T * K; ++r) std::memcpy(xe + size_t(r) * d, x + size_t(rows[r]) * d, sizeof(float) * d);
+    int used = 0;
     for (int e = 0; e < E; ++e) {
         const int ne = cnt[e + 1] - cnt[e];
         if (ne > 0) ffn_packed(lw.experts[e], ye + size_t(cnt[e]) * d, xe + size_t(cnt[e]) * d, ne, d, a);
+        used += ne > 0;
     }
     if (lw.shared.inner > 0) ffn_packed(lw.shared, y, x, T, d, a);
     else std::memset(y, 0, sizeof(float) * size_t(T) * d);
     for (int t = 0; t < T; ++t)                                          // y += Σ_k w_k y_k, fixed k order
         for (int k = 0; k < K; ++k) axpy_fixed(y + size_t(t) * d, w[t * K + k], ye + size_t(where[t * K + k]) * d, d);
     a.rewind(mk);
+    return used;
 }
 
 // x[T,d] += MLA(norm(x)); x += FFN(norm(x)): packed rows, or the BLAS kernels for long chunks.
 void decode_layer(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
                   mla_latent_cache& lc, latent_panels& lp, moe_cache& moe, swiglu_cache& mlp, float* x, int T,
-                  const float* cos, const float* sin, arena& a) {
+                  const float* cos, const float* sin, int64_t& experts, arena& a) {
     const int d = c.hidden_size;
     const size_t n = size_t(T) * d;
     const float eps = float(c.rms_norm_eps);
@@ -395,7 +399,7 @@ void decode_layer(const model_config& c, const layer_offsets& l, const decode_la
     add_inplace(x, tmp, n);
     rmsnorm_forward(xn, rstd, x, W + l.post_norm, T, d, eps);
     if (packed) {
-        if (l.moe) moe_packed(c, l, lw, W, tmp, xn, T, a);
+        if (l.moe) experts += moe_packed(c, l, lw, W, tmp, xn, T, a);
         else ffn_packed(lw.mlp, tmp, xn, T, d, a);
     } else {
         if (l.moe) moe_forward(c, l, W, moe, tmp, xn, T, 0.0f, a);
@@ -427,8 +431,10 @@ void decode_trunk(const model_config& c, const model_layout& L, const float* W, 
     auto mk = a.mark();
     float* x = a.alloc(size_t(m) * d);
     for (int t = 0; t < m; ++t) std::memcpy(x + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
+    s.experts = 0;
     for (int i = 0; i < c.num_hidden_layers; ++i)
-        decode_layer(c, L.layers[i], dw.layers[i], W, kv.layers[i], kv.panels[i], s.moe[i], s.mlp[i], x, m, cos, sin, a);
+        decode_layer(c, L.layers[i], dw.layers[i], W, kv.layers[i], kv.panels[i], s.moe[i], s.mlp[i], x, m, cos, sin,
+                     s.experts, a);
     float* rstd = a.alloc(m);
     rmsnorm_forward(h, rstd, x, W + L.final_norm, m, d, float(c.rms_norm_eps));
     head(dw, h, d, m, logits, logits_from, head_k);
@@ -457,7 +463,8 @@ void decode_mtp(const model_config& c, const model_layout& L, const float* W, co
     float* y = e;                                                        // reuse: [m, d]
     if (m <= decode_rows_max || dw.type != wtype::f32) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
     else linear_forward(y, cat, W + l.eh_proj, m, 2 * d, d);
-    decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, a);
+    s.experts = 0;
+    decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, s.experts, a);
     rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, m, d, eps);
     head(dw, h, d, m, logits, logits_from, head_k);
     kv.n += m;

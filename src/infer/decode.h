@@ -13,6 +13,7 @@
 //  - m > decode_rows_max (long prompt chunks) at f32: the BLAS kernels of the training forward (GEMMs win there).
 //    With bf16 / q8_0 weights every pass uses the packed kernels, so the prompt sees the same served model.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "core/arena.h"
@@ -55,6 +56,7 @@ struct kv_cache {
 struct decode_scratch {
     std::vector<moe_cache> moe;
     std::vector<swiglu_cache> mlp;
+    int64_t experts = 0;                         // distinct routed experts the last packed pass read (all layers)
 };
 
 // Decode-time copies of the weights in the packed layout (built once per model; ~the size of the weights the

@@ -29,6 +29,10 @@ struct infer_model {
     virtual void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
                       int logits_from = 0, bool draft_vocab = false) = 0;
 
+    // Distinct routed experts the last eval of `stage` read, summed over its MoE layers (-1: not reported; 0 for
+    // a dense model). A verify pass over m rows of an MoE model reads more expert weights than one row.
+    virtual long long experts_read(int stage) const { return -1; }
+
     // FR-Spec draft vocabulary: token ids (ascending, distinct, < n_vocab) the draft head scores; empty: none.
     virtual void set_draft_vocab(const std::vector<int>& ids) = 0;
     virtual const std::vector<int>& draft_vocab() const = 0;

@@ -213,7 +213,8 @@ std::vector<std::string> gguf_export(const model_files& m, const std::string& ou
     g.add_u32(a + "attention.head_count_kv", 1);
     g.add_f32(a + "rope.freq_base", float(c.rope_theta));
     g.add_f32(a + "attention.layer_norm_rms_epsilon", float(c.rms_norm_eps));
-    g.add_u32(a + "expert_used_count", uint32_t(c.num_experts_per_tok));
+    // A dense model has no experts to use (llama.cpp asserts expert_used_count <= expert_count).
+    g.add_u32(a + "expert_used_count", uint32_t(c.n_routed_experts > 0 ? c.num_experts_per_tok : 0));
     g.add_u32(a + "leading_dense_block_count",
               uint32_t(c.n_routed_experts > 0 ? std::min(c.first_k_dense_replace, c.n_layers_total()) : c.n_layers_total()));
     g.add_u32(a + "vocab_size", uint32_t(c.vocab_size));
@@ -229,8 +230,8 @@ std::vector<std::string> gguf_export(const model_files& m, const std::string& ou
     g.add_f32(a + "expert_weights_scale", float(c.routed_scaling_factor));
     g.add_bool(a + "expert_weights_norm", c.norm_topk_prob);
     g.add_u32(a + "expert_gating_func", c.scoring_sigmoid ? 2 : 1);
-    g.add_u32(a + "expert_group_count", uint32_t(c.n_group));
-    g.add_u32(a + "expert_group_used_count", uint32_t(c.topk_group));
+    g.add_u32(a + "expert_group_count", uint32_t(c.n_routed_experts > 0 ? c.n_group : 0));   // dense: no groups
+    g.add_u32(a + "expert_group_used_count", uint32_t(c.n_routed_experts > 0 ? c.topk_group : 0));
     g.add_u32(a + "rope.dimension_count", uint32_t(c.qk_rope_head_dim));
     if (c.rope_scaling.yarn) {
         g.add_string(a + "rope.scaling.type", "yarn");
@@ -309,7 +310,7 @@ model_files model_load_gguf(const std::string& path) {
     c.rope_theta = round7(g.get_float(a + "rope.freq_base", 10000.0));
     c.rms_norm_eps = round7(g.get_float(a + "attention.layer_norm_rms_epsilon"));
     c.n_routed_experts = uo("expert_count", 0);
-    c.num_experts_per_tok = uo("expert_used_count", 0);
+    c.num_experts_per_tok = c.n_routed_experts > 0 ? uo("expert_used_count", 0) : 1;   // 1: the config default
     c.first_k_dense_replace = c.n_routed_experts > 0 ? std::min(uo("leading_dense_block_count", 0), blocks) : 0;
     c.moe_layer_freq = 1;
     c.q_lora_rank = uo("attention.q_lora_rank", 0);
