@@ -97,7 +97,7 @@ with open(dat, "w") as f:
             f.write(f"{r['main_us'] / 1000:.3f} {r['rel'][3]:.4f} {r['speedup'][2]:.4f}\n")
         f.write("\n\n")
 png = os.path.join(a.out, "regime.png")
-gp = f"""set terminal pngcairo size 1100,450 font ',10'
+gp = f"""set terminal pngcairo size 1100,450 font ',10' noenhanced
 set output '{png}'
 set multiplot layout 1,2
 set logscale x
@@ -105,9 +105,9 @@ set xlabel 'plain decode step (ms, log scale): bigger model / wider weights to t
 set ylabel 'verify 3 rows / 1 row'
 set grid
 set key top left
-plot for [i=0:2] '{dat}' index i using 1:2 with linespoints title word('{' '.join(TYPES)}', i+1)
+plot for [i=0:2] '{dat}' index i using 1:2 with points pointsize 1.5 title word('{' '.join(TYPES)}', i+1)
 set ylabel 'projected speed-up, 2 drafts'
-plot for [i=0:2] '{dat}' index i using 1:3 with linespoints title word('{' '.join(TYPES)}', i+1), 1 with lines dt 2 title 'break-even'
+plot for [i=0:2] '{dat}' index i using 1:3 with points pointsize 1.5 title word('{' '.join(TYPES)}', i+1), 1 with lines dt 2 title 'break-even'
 unset multiplot
 """
 p = subprocess.run(["gnuplot"], input=gp, capture_output=True, text=True)
