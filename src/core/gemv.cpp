@@ -304,8 +304,9 @@ gemv_detail::plan plan_for(isa k, const gemv_detail::args& a) {
     fail("gemv", std::string("no kernels for ") + isa_name(k));
 }
 
-// Runs a prepared call: tiles on the calling thread, or shared with helper threads when the call is large.
-void run_args(const gemv_detail::args& a, isa k) {
+// Runs a prepared call of at most max_rows_per_call rows: tiles on the calling thread, or shared with helper
+// threads when the call is large.
+void run_rows(const gemv_detail::args& a, isa k) {
     const gemv_detail::plan pl = plan_for(k, a);
     const int panels = (a.out + a.lanes - 1) / a.lanes;
     const int n_tiles = (panels + pl.pb - 1) / pl.pb;
@@ -328,15 +329,22 @@ void run_args(const gemv_detail::args& a, isa k) {
 
 constexpr int max_rows_per_call = 128;     // more rows are done in chunks (the kernels are for few rows)
 
+void run_args(const gemv_detail::args& a, isa k) {
+    for (int t0 = 0; t0 < a.T; t0 += max_rows_per_call) {
+        gemv_detail::args c = a;
+        c.T = std::min(max_rows_per_call, a.T - t0);
+        c.y += size_t(t0) * a.ldy;
+        if (a.x) c.x += size_t(t0) * a.ldx;
+        if (a.xq) c.xq += size_t(t0) * a.blocks * q8_block;
+        if (a.xd) c.xd += size_t(t0) * a.blocks;
+        run_rows(c, k);
+    }
+}
+
 } // namespace
 
 void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const packed_weight& p) {
     if (T <= 0 || p.out <= 0) return;
-    if (T > max_rows_per_call) {
-        for (int t0 = 0; t0 < T; t0 += max_rows_per_call)
-            gemv_packed(y + size_t(t0) * ldy, ldy, x + size_t(t0) * ldx, ldx, std::min(max_rows_per_call, T - t0), p);
-        return;
-    }
     gemv_detail::args a{};
     a.y = y;
     a.ldy = ldy;
@@ -371,12 +379,6 @@ void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
 void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* W, int out, int in,
                  size_t pstride, size_t istride) {
     if (T <= 0 || out <= 0) return;
-    if (T > max_rows_per_call) {
-        for (int t0 = 0; t0 < T; t0 += max_rows_per_call)
-            gemv_panels(y + size_t(t0) * ldy, ldy, x + size_t(t0) * ldx, ldx, std::min(max_rows_per_call, T - t0), W,
-                        out, in, pstride, istride);
-        return;
-    }
     gemv_detail::args a{};
     a.y = y;
     a.ldy = ldy;

@@ -56,7 +56,7 @@ double kl_rows(float* z, const float* teacher, int rows, int V, float scale, boo
 }
 
 // Forward of one window; then per depth the KL against the main logits (and its backward into G when training).
-// kl/agree/ce accumulate per depth sums and rows.
+// kl/agree/rows accumulate per depth sums; ce (the modules' corpus cross-entropy) only when evaluating.
 void window_pass(const model_files& m, model_state& s, const int* tokens, int T, bool train, float weight, float* G,
                  arena& a, std::vector<double>& kl, std::vector<double>& agree, std::vector<double>& ce,
                  std::vector<double>& rows) {
@@ -67,7 +67,7 @@ void window_pass(const model_files& m, model_state& s, const int* tokens, int T,
     a.reset();
     model_forward(c, L, W, s, tokens, T, 0.0f, a);
     std::vector<int> tgt;
-    for (int k = 1; k <= D; ++k) {                       // corpus CE first: the KL pass overwrites the logits
+    for (int k = 1; k <= D && !train; ++k) {             // evaluation: corpus CE first (the KL pass overwrites logits)
         const mtp_cache& mk = s.mtp[k - 1];
         if (mk.T <= 1) continue;
         tgt.resize(mk.T);
