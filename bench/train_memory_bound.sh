@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Trains the memory-bound benchmark model (bench/configs/model_dense_30m.json: dense, d 384, 12 layers, D = 2 MTP
-# modules, 29.5M decode parameters = 118 MB at f32) on the Brown corpus, self-distils its MTP modules, and benches
-# plain vs speculative decoding on held-out prompts. Not part of CI: about 2 hours on 2 cores.
+# Trains a memory-bound benchmark model on the Brown corpus, self-distils its MTP modules, and benches plain vs
+# speculative decoding on held-out prompts. Not part of CI. MODEL picks bench/configs/{model,train}_MODEL.json and
+# the folder runs/MODEL:
+#   dense_30m (default): dense, d 384, 12 layers, D = 2, 29.5M decode parameters = 118 MB at f32; ~70 minutes
+#   moe_55m: MoE, d 384, 10 layers, 16 routed experts (top 2) + 1 shared, D = 1 (one MoE MTP layer, the form
+#            llama.cpp's draft-mtp runs: bench/compare_llama_spec.sh); ~60 minutes
 #
 # Resumable: run it again after an interruption and each stage continues from its last checkpoint (or is skipped
 # when its output exists). Runs at low priority (nice 19); keep builds and benchmarks away from it.
 #   bash bench/train_memory_bound.sh                # everything
 #   STAGES="bench" bash bench/train_memory_bound.sh # only the benchmark of the finished model
+#   MODEL=moe_55m bash bench/train_memory_bound.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages="${STAGES:-data train distill bench}"
-run=runs/dense_30m
+name="${MODEL:-dense_30m}"
+[ -f "bench/configs/train_$name.json" ] || { echo "error: MODEL=$name: no bench/configs/train_$name.json" >&2; exit 1; }
+run=runs/$name
 mtp=./build/mtp
 [ -x "$mtp" ] || bash scripts/build.sh
 has() { [[ " $stages " == *" $1 "* ]]; }
@@ -31,7 +37,7 @@ if has train; then
       nice -n 19 $mtp train --resume "$run/train"
     else
       rm -rf "$run/train"
-      nice -n 19 $mtp train --config bench/configs/train_dense_30m.json
+      nice -n 19 $mtp train --config "bench/configs/train_$name.json"
     fi
   fi
 fi

@@ -19,6 +19,7 @@ void add_convert(CLI::App& app) {
     auto dtype = std::make_shared<std::string>("bf16");
     auto shard = std::make_shared<double>(5000);
     auto name = std::make_shared<std::string>("mtp.cpp model");
+    auto keep = std::make_shared<int>(-1);
     cmd->add_option("--model", *model, "model directory (config.json + safetensors) or a .gguf file")->required();
     cmd->add_option("--to", *to, "gguf | hf")->required()->check(CLI::IsMember({"gguf", "hf"}));
     cmd->add_option("--out", *out, "output .gguf file (gguf) or directory (hf)")->required();
@@ -26,9 +27,12 @@ void add_convert(CLI::App& app) {
     cmd->add_option("--dtype", *dtype, "HF safetensors dtype: bf16, f16 or f32");
     cmd->add_option("--shard-size-mb", *shard, "HF: maximum shard size in MB (default 5000)");
     cmd->add_option("--name", *name, "GGUF general.name");
+    auto* ko = cmd->add_option("--mtp-layers", *keep,
+                    "keep only the first N MTP modules (default: all; llama.cpp's --spec-type draft-mtp needs 1)");
     cmd->callback([=] {
         namespace fs = std::filesystem;
         model_files m = model_load_dir(*model);
+        if (ko->count()) m = model_keep_mtp(m, *keep);
         const std::string tok_dir = fs::is_directory(*model) ? *model : "";
         if (*to == "gguf") {
             gguf_export_options o;

@@ -128,7 +128,7 @@ struct sampling_flags {
 void add_generate_cmd(CLI::App& app) {
     auto* cmd = app.add_subcommand("generate", "Generate text with KV caches and MTP speculative decoding");
     struct opts {
-        std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out, dv_from;
+        std::string model, tok, prompt, prompt_file, prompt_tokens, spec, tokens_out, dv_from, tree;
         int n = 128, draft = 0, batch = 256, threads = 0, draft_vocab = -1;
         std::string weights;
         float p_min = 0;
@@ -151,6 +151,9 @@ void add_generate_cmd(CLI::App& app) {
     auto* dr = cmd->add_option("--draft", o->draft, "draft tokens per round (default: D; D+1 with --draft-reuse)");
     cmd->add_option("--draft-p-min", o->p_min, "adaptive drafting: stop at a draft token with probability below P");
     cmd->add_flag("--draft-reuse", o->reuse, "continue drafting past D by reusing the last MTP module");
+    cmd->add_option("--draft-tree", o->tree,
+                    "greedy: draft a token tree, branches per depth (e.g. 2,2,1), verified in one pass; sampling "
+                    "drafts the chain of its depth");
     auto* dvo = cmd->add_option("--draft-vocab", o->draft_vocab,
                                 "drafts consider only the N most frequent tokens (FR-Spec; 0: the full vocabulary; "
                                 "default: every token of MODEL/draft_vocab.json when present, else 0)");
@@ -195,6 +198,7 @@ void add_generate_cmd(CLI::App& app) {
         sp.p_min = o->p_min;
         sp.reuse = o->reuse;
         sp.n_batch = o->batch;
+        if (!o->tree.empty()) sp.tree = parse_draft_tree(o->tree);
         if (o->spec == "mtp" && c.n_mtp() == 0)
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
         if (o->draft_vocab < 0) {                 // default: MODEL/draft_vocab.json when present
@@ -248,7 +252,7 @@ void add_bench_cmd(CLI::App& app) {
     struct opts {
         std::string model, tok, prompt_file, prompt_shard, dv_from;
         int p = 128, n = 128, r = 3, batch = 256, threads = 0;
-        std::vector<std::string> weights;
+        std::vector<std::string> weights, trees;
         std::vector<float> temps;
         std::vector<int> draft_vocabs, cost_rows;
         bool no_costs = false;
@@ -275,6 +279,10 @@ void add_bench_cmd(CLI::App& app) {
         ->expected(1, -1);
     cmd->add_option("--draft-vocab-from", o->dv_from,
                     "token shard to count frequencies in (default: MODEL/draft_vocab.json)");
+    cmd->add_option("--draft-tree", o->trees,
+                    "token trees to measure at temperature 0 (branches per depth, e.g. 2,1 3,2,1; deeper than D uses "
+                    "--draft-reuse drafting)")
+        ->expected(1, -1);
     cmd->add_option("--cost-rows", o->cost_rows, "row counts of the forward-cost table (default 1 2 3 4 5 6 8)")
         ->expected(1, -1);
     cmd->add_flag("--no-costs", o->no_costs, "skip the forward-cost table");
@@ -310,6 +318,7 @@ void add_bench_cmd(CLI::App& app) {
         bp.n_batch = o->batch;
         bp.p_min = o->p_min;
         bp.seed = o->seed;
+        for (const std::string& t : o->trees) bp.trees.push_back(parse_draft_tree(t));
         if (!o->temps.empty()) bp.temps = o->temps;
         if (!o->draft_vocabs.empty()) {
             bp.draft_vocabs = o->draft_vocabs;

@@ -15,6 +15,9 @@ void add_serve(CLI::App& app) {
     cmd->add_option("--port", o->port, "port (default 8080; 0: any free port, printed on stderr)");
     cmd->add_option("--spec", o->spec, "speculative decoding: mtp or none (default: mtp when the model has MTP modules)");
     cmd->add_option("--draft", o->n_draft, "draft tokens per round (default: D)");
+    cmd->add_flag("--draft-reuse", o->draft_reuse, "continue drafting past D by reusing the last MTP module");
+    cmd->add_option("--draft-tree", o->draft_tree,
+                    "greedy requests draft a token tree, branches per depth (e.g. 2,2,1); sampled ones the chain");
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads of the generation worker (0: OMP_NUM_THREADS / all)");
     cmd->add_option("--weights", o->weights, "weight type decoding reads: f32, bf16 or q8_0 (default: as the file stores them)");
     cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body accepted (default 1048576; larger: 413)");

@@ -35,7 +35,14 @@ struct spec_cfg {
     bool reuse;
     float p_min;
     int vocab;                                     // draft vocabulary size, 0: full
+    std::vector<int> tree = {};                    // token tree (greedy only)
 };
+
+std::string tree_label(const std::vector<int>& t) {
+    std::string s;
+    for (size_t i = 0; i < t.size(); ++i) s += (i ? "," : "") + std::to_string(t[i]);
+    return s;
+}
 
 using clk = std::chrono::steady_clock;
 
@@ -152,6 +159,7 @@ bench_result bench_run(infer_model& m, const bench_params& p,
                 cfgs.push_back({D, false, p.p_min, N});
                 cfgs.push_back({D + 2, true, p.p_min, N});
             }
+            for (const auto& t : p.trees) cfgs.push_back({int(t.size()), int(t.size()) > D, 0.0f, N, t});
         }
     auto vocab_of = [&](int N) -> const std::vector<int>& {
         for (size_t i = 0; i < p.draft_vocabs.size(); ++i)
@@ -183,6 +191,7 @@ bench_result bench_run(infer_model& m, const bench_params& p,
             spec[i].reuse = cfgs[i].reuse;
             spec[i].p_min = cfgs[i].p_min;
             spec[i].draft_vocab = cfgs[i].vocab;
+            spec[i].tree = cfgs[i].tree;
         }
         for (int r = 0; r < p.reps; ++r) {
             const std::vector<int>& prompt = p.prompts[size_t(r) % p.prompts.size()];
@@ -209,7 +218,9 @@ bench_result bench_run(infer_model& m, const bench_params& p,
             const double base = st0.gen_tps();
             plain.speedup.push_back(1.0);
             for (size_t i = 0; i < cfgs.size(); ++i) {
+                if (!cfgs[i].tree.empty() && temp > 0) continue;     // trees are greedy; sampling = the chain row
                 spec_params sp2;
+                sp2.tree = cfgs[i].tree;
                 sp2.n_draft = cfgs[i].draft;
                 sp2.reuse = cfgs[i].reuse;
                 sp2.p_min = cfgs[i].p_min;
@@ -223,7 +234,8 @@ bench_result bench_run(infer_model& m, const bench_params& p,
             }
         }
         rows.push_back(plain);
-        for (auto& r : spec) rows.push_back(r);
+        for (auto& r : spec)
+            if (!r.tps.empty()) rows.push_back(r);
     }
     if (!p.cost_rows.empty()) {
         if (progress) progress("forward costs");
@@ -239,7 +251,10 @@ namespace {
 std::string draft_label(const bench_row& r) {
     char b[64];
     std::string draft = "-";
-    if (r.draft > 0) {
+    if (r.draft > 0 && !r.tree.empty()) {
+        draft = "tree " + tree_label(r.tree);
+        if (r.reuse) draft += " reuse";
+    } else if (r.draft > 0) {
         draft = std::to_string(r.draft);
         if (r.reuse) draft += " reuse";
         if (r.p_min > 0) {
@@ -385,6 +400,7 @@ std::string bench_json(const bench_result& res) {
                          {"reuse", r.reuse},
                          {"p_min", r.p_min},
                          {"draft_vocab", r.draft_vocab},
+                         {"tree", r.tree},
                          {"tokens_per_s", r.tps},
                          {"tokens_per_s_mean", mean_of(r.tps)},
                          {"tokens_per_s_stddev", stddev_of(r.tps)}};

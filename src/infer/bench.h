@@ -24,6 +24,7 @@ struct bench_params {
     std::vector<int> draft_vocabs = {0};     // draft vocabulary sizes: 0 = full vocabulary, N = the N most frequent
     std::vector<int> vocab_rank;             // token ids, most frequent first (needed for N > 0)
     std::vector<int> cost_rows = {1, 2, 3, 4, 5, 6, 8};   // forward-cost table (empty: skip it)
+    std::vector<std::vector<int>> trees;     // token trees to measure (greedy rows only; deeper than D: reuse)
 };
 
 struct bench_row {
@@ -33,6 +34,7 @@ struct bench_row {
     bool reuse = false;
     float p_min = 0;
     int draft_vocab = 0;                     // 0: full vocabulary
+    std::vector<int> tree;                   // token tree (draft = its depth); empty: a chain
     std::vector<double> tps;                 // tokens/s per repetition
     std::vector<double> speedup;             // tg rows: tokens/s / plain tg tokens/s of the same repetition
     gen_stats stats;                         // summed over repetitions

@@ -25,6 +25,10 @@ public:
     void truncate(int stage, int n) override;
     void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
               int logits_from = 0, bool draft_vocab = false) override;
+    void eval_tree(int stage, int m, const int* tokens, const int* parent, const float* hprev, float* h, float* logits,
+                   int logits_from = 0, bool draft_vocab = false) override;
+    void keep_path(int stage, int from, const std::vector<int>& slots) override;
+    int tree_rows_max() const override { return decode_rows_max; }
     void set_draft_vocab(const std::vector<int>& ids) override;
     const std::vector<int>& draft_vocab() const override { return dw_.draft_ids; }
     long long experts_read(int stage) const override { return scratch_.at(stage).experts; }
@@ -38,6 +42,12 @@ public:
     wtype weights_type() const { return dw_.type; }
 
 private:
+    void check_eval(int stage, int m, const int* tokens, const float* hprev, bool draft_vocab, const float* logits,
+                    const char* who) const;
+    void ensure_rope(int n);              // cos_/sin_ rows for positions 0..n-1
+    int pos_of(int stage, int s) const;   // position of cache entry s
+    int parent_of(int stage, int s) const;
+
     const model_config& c_;
     const model_layout& L_;
     const float* W_;
@@ -45,6 +55,12 @@ private:
     int n_ctx_;
     std::vector<double> freqs_;
     std::vector<kv_cache> caches_;        // [1 + D]
+    // Tree entries: entries below base_[stage] are the chain 0..base-1; entry s >= base has parent
+    // tparent_[stage][s - base] and position tpos_[stage][s - base].
+    std::vector<int> base_;
+    std::vector<std::vector<int>> tparent_, tpos_;
+    std::vector<int> toff_, tslots_, trow_pos_;   // scratch: attended entries per row (CSR), positions
+    std::vector<float> tcos_, tsin_;
     std::vector<decode_scratch> scratch_; // [1 + D]
     std::vector<int> pos_;
     std::vector<float> cos_, sin_;        // [n_rope_, rope/2]: rows for positions 0..n_rope_-1

@@ -254,7 +254,7 @@ void ffn_packed(const decode_ffn& f, float* y, const float* x, int T, int d, are
 // exactly 0, which adds exact zeros to its P·c_kv chain, so the result is the same as with the row alone.
 void mla_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
                 mla_latent_cache& lc, latent_panels& lp, float* y, const float* x, int T, const float* cos,
-                const float* sin, arena& a) {
+                const float* sin, arena& a, const attn_rows* tree) {
     const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
     const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, d = c.hidden_size;
     const int ql = c.q_lora_rank, qw = ql > 0 ? ql : H * dq, nin = qw + kvl + rope;
@@ -296,7 +296,27 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
     float* sb = a.alloc(size_t(R) * np);
     gemv_panels(sa, np, qabs, kvl, R, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
     gemv_panels(sb, np, q + nope, dq, R, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
-    for (int t = 0; t < T; ++t) {
+    // Tree rows: the same operations on the attended scores gathered in ascending order, so a row gives bitwise
+    // what it gives in a chain whose entries are its ancestors (masked entries get probability exactly 0).
+    float* g = tree ? a.alloc(size_t(n) + 8) : nullptr;
+    for (int t = 0; tree && t < T; ++t) {
+        const int* sl = tree->slots + tree->off[t];
+        const int cnt = tree->off[t + 1] - tree->off[t];
+        for (int h = 0; h < H; ++h) {
+            float* sh = sa + size_t(t * H + h) * np;
+            const float* bh = sb + size_t(t * H + h) * np;
+            float mx = -INFINITY;
+            for (int j = 0; j < cnt; ++j) {
+                g[j] = scale * (sh[sl[j]] + bh[sl[j]]);
+                mx = g[j] > mx ? g[j] : mx;
+            }
+            exp_sub(g, cnt, mx);
+            const float inv = 1.0f / sum_fixed(g, cnt);
+            std::memset(sh, 0, sizeof(float) * size_t(n));
+            for (int j = 0; j < cnt; ++j) sh[sl[j]] = g[j] * inv;
+        }
+    }
+    for (int t = 0; !tree && t < T; ++t) {
         const int lim = n0 + t;                                           // attends to 0..lim
         for (int h = 0; h < H; ++h) {
             float* sh = sa + size_t(t * H + h) * np;
@@ -379,18 +399,18 @@ int moe_packed(const model_config& c, const layer_offsets& l, const decode_layer
 // x[T,d] += MLA(norm(x)); x += FFN(norm(x)): packed rows, or the BLAS kernels for long chunks.
 void decode_layer(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
                   mla_latent_cache& lc, latent_panels& lp, moe_cache& moe, swiglu_cache& mlp, float* x, int T,
-                  const float* cos, const float* sin, int64_t& experts, arena& a) {
+                  const float* cos, const float* sin, int64_t& experts, arena& a, const attn_rows* tree) {
     const int d = c.hidden_size;
     const size_t n = size_t(T) * d;
     const float eps = float(c.rms_norm_eps);
-    const bool packed = T <= decode_rows_max || lw.in_proj.type != wtype::f32;
+    const bool packed = T <= decode_rows_max || lw.in_proj.type != wtype::f32 || tree;
     auto mk = a.mark();
     float* xn = a.alloc(n);
     float* rstd = a.alloc(T);
     float* tmp = a.alloc(n);
     rmsnorm_forward(xn, rstd, x, W + l.input_norm, T, d, eps);
     if (packed) {
-        mla_packed(c, l, lw, W, lc, lp, tmp, xn, T, cos, sin, a);
+        mla_packed(c, l, lw, W, lc, lp, tmp, xn, T, cos, sin, a, tree);
     } else {
         const int n0 = lc.n;
         mla_absorbed_forward(c, l, W, lc, tmp, xn, T, cos, sin, a);
@@ -424,7 +444,7 @@ void ensure_scratch(decode_scratch& s, size_t n) {
 
 void decode_trunk(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, kv_cache& kv,
                   decode_scratch& s, const int* tokens, int m, const float* cos, const float* sin, float* h,
-                  float* logits, int logits_from, head_kind head_k, arena& a) {
+                  float* logits, int logits_from, head_kind head_k, arena& a, const attn_rows* tree) {
     if (m <= 0) return;
     const int d = c.hidden_size;
     ensure_scratch(s, kv.layers.size());
@@ -434,7 +454,7 @@ void decode_trunk(const model_config& c, const model_layout& L, const float* W, 
     s.experts = 0;
     for (int i = 0; i < c.num_hidden_layers; ++i)
         decode_layer(c, L.layers[i], dw.layers[i], W, kv.layers[i], kv.panels[i], s.moe[i], s.mlp[i], x, m, cos, sin,
-                     s.experts, a);
+                     s.experts, a, tree);
     float* rstd = a.alloc(m);
     rmsnorm_forward(h, rstd, x, W + L.final_norm, m, d, float(c.rms_norm_eps));
     head(dw, h, d, m, logits, logits_from, head_k);
@@ -444,7 +464,8 @@ void decode_trunk(const model_config& c, const model_layout& L, const float* W, 
 
 void decode_mtp(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
                 kv_cache& kv, decode_scratch& s, const float* hprev, const int* tokens, int m, const float* cos,
-                const float* sin, float* h, float* logits, int logits_from, head_kind head_k, arena& a) {
+                const float* sin, float* h, float* logits, int logits_from, head_kind head_k, arena& a,
+                const attn_rows* tree) {
     if (m <= 0) return;
     const int d = c.hidden_size;
     const float eps = float(c.rms_norm_eps);
@@ -461,14 +482,30 @@ void decode_mtp(const model_config& c, const model_layout& L, const float* W, co
     rmsnorm_forward(tmp, rstd, hprev, W + l.hnorm, m, d, eps);
     for (int t = 0; t < m; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
     float* y = e;                                                        // reuse: [m, d]
-    if (m <= decode_rows_max || dw.type != wtype::f32) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
+    if (m <= decode_rows_max || dw.type != wtype::f32 || tree) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
     else linear_forward(y, cat, W + l.eh_proj, m, 2 * d, d);
     s.experts = 0;
-    decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, s.experts, a);
+    decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, s.experts, a,
+                 tree);
     rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, m, d, eps);
     head(dw, h, d, m, logits, logits_from, head_k);
     kv.n += m;
     a.rewind(mk);
+}
+
+void kv_cache::keep(int from, const std::vector<int>& slots, int kvl, int rope) {
+    for (size_t li = 0; li < layers.size(); ++li) {
+        mla_latent_cache& lc = layers[li];
+        for (size_t j = 0; j < slots.size(); ++j) {
+            const int src = slots[j], dst = from + int(j);          // dst <= src: ascending copies never clobber
+            if (src == dst) continue;
+            std::memmove(lc.ckv.data() + size_t(dst) * kvl, lc.ckv.data() + size_t(src) * kvl, sizeof(float) * kvl);
+            std::memmove(lc.kpe.data() + size_t(dst) * rope, lc.kpe.data() + size_t(src) * rope, sizeof(float) * rope);
+        }
+        lc.n = from + int(slots.size());
+        fill_panels(panels[li], lc, from, lc.n, kvl, rope);
+    }
+    n = from + int(slots.size());
 }
 
 } // namespace mtp

@@ -50,6 +50,16 @@ struct kv_cache {
         n = n_keep;
     }
     size_t bytes() const;                        // memory held by the cache
+    // Keeps entries `slots` (ascending, each >= from) as positions from, from+1, .. and drops every entry past
+    // them (tree verification: the accepted path becomes the cache's continuation).
+    void keep(int from, const std::vector<int>& slots, int kv_lora, int rope);
+};
+
+// Which cache entries each new row attends to when they are not the causal chain (a token tree): row t attends
+// to entries slots[off[t] .. off[t+1]), ascending, its own entry last. Null: row t attends to 0..n0+t.
+struct attn_rows {
+    const int* off = nullptr;                    // [m + 1]
+    const int* slots = nullptr;
 };
 
 // Per-layer scratch reused across calls (MoE bookkeeping vectors of the BLAS path), so steps do not reallocate.
@@ -99,17 +109,19 @@ void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, c
 // Which head computes logits.
 enum class head_kind { full, draft };
 
-// Trunk over tokens[0..m) at positions kv.n..kv.n+m-1 (cos/sin: rows for those positions). Writes h[m, d]
+// Trunk over tokens[0..m) appended as cache entries kv.n..kv.n+m-1 (cos/sin: rows for their positions, which are
+// kv.n.. unless `rows` makes them a tree; a tree needs m <= decode_rows_max). Writes h[m, d]
 // (post model.norm) and, when logits is non-null, logits[m - logits_from, V] for rows logits_from..m-1
 // (V = the draft vocabulary size with head_kind::draft). All temporaries come from `a`.
 void decode_trunk(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, kv_cache& kv,
                   decode_scratch& s, const int* tokens, int m, const float* cos, const float* sin, float* h,
-                  float* logits, int logits_from, head_kind head, arena& a);
+                  float* logits, int logits_from, head_kind head, arena& a, const attn_rows* rows = nullptr);
 
 // MTP module k (1..D) over m positions kv.n.. : row i takes hprev[i] = h^{k-1} at that position and tokens[i]
 // = t_{pos+k}. Writes h^k [m, d] and optional logits as above; appends to the module's cache.
 void decode_mtp(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
                 kv_cache& kv, decode_scratch& s, const float* hprev, const int* tokens, int m, const float* cos,
-                const float* sin, float* h, float* logits, int logits_from, head_kind head, arena& a);
+                const float* sin, float* h, float* logits, int logits_from, head_kind head, arena& a,
+                const attn_rows* rows = nullptr);
 
 } // namespace mtp

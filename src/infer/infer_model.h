@@ -29,6 +29,17 @@ struct infer_model {
     virtual void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
                       int logits_from = 0, bool draft_vocab = false) = 0;
 
+    // Token trees (speculation verifying several candidate continuations in one pass). Row i becomes cache entry
+    // s = n_cached(stage) + i and extends entry parent[i] (< s; -1: none): its position is the parent's + 1 (0
+    // without one) and it attends to itself and the chain of entries ending at its parent. With parent[i] = s - 1
+    // for every row this is eval at pos0 = n_cached(stage), bitwise. Other arguments as in eval; m <= tree_rows_max().
+    virtual void eval_tree(int stage, int m, const int* tokens, const int* parent, const float* hprev, float* h,
+                           float* logits, int logits_from = 0, bool draft_vocab = false) = 0;
+    // Entries `slots` (each one's parent the previous, the first's from - 1) become positions from, from + 1, .. of
+    // the stage's cache; every entry after them is dropped.
+    virtual void keep_path(int stage, int from, const std::vector<int>& slots) = 0;
+    virtual int tree_rows_max() const = 0;
+
     // Distinct routed experts the last eval of `stage` read, summed over its MoE layers (-1: not reported; 0 for
     // a dense model). A verify pass over m rows of an MoE model reads more expert weights than one row.
     virtual long long experts_read(int stage) const { return -1; }

@@ -22,9 +22,52 @@ void spec_params_check(const spec_params& p, int D) {
     if (p.n_draft > 64) fail("--draft", "must be <= 64");
     if (!(p.p_min >= 0.0f && p.p_min <= 1.0f)) fail("--draft-p-min", "must be in [0, 1]");
     if (p.n_batch < 1) fail("--batch", "must be >= 1");
+    if (!p.tree.empty()) {
+        if (p.tree.size() > 16 || draft_tree_nodes(p.tree) > 60)
+            fail("--draft-tree", "at most 16 depths and 60 nodes");
+        for (int b : p.tree)
+            if (b < 1 || b > 8) fail("--draft-tree", "branch counts must be 1..8");
+        if (p.enabled && D > 0 && int(p.tree.size()) > D && !p.reuse)
+            fail("--draft-tree", std::to_string(p.tree.size()) + " depths exceed the model's " + std::to_string(D) +
+                                     " MTP modules; add --draft-reuse to continue with the last module");
+        if (p.p_min > 0) fail("--draft-tree", "cannot be combined with --draft-p-min");
+    }
     for (size_t i = 0; i < p.draft_vocab.size(); ++i)
         if (p.draft_vocab[i] < 0 || (i > 0 && p.draft_vocab[i] <= p.draft_vocab[i - 1]))
             fail("--draft-vocab", "draft vocabulary ids must be ascending, distinct and >= 0");
+}
+
+int draft_tree_nodes(const std::vector<int>& tree) {
+    long long total = 0, level = 1;
+    for (int b : tree) {
+        level *= std::max(0, b);
+        total += level;
+        if (total > 1000000) break;
+    }
+    return int(std::min<long long>(total, 1000000));
+}
+
+std::vector<int> parse_draft_tree(const std::string& spec) {
+    std::vector<int> t;
+    size_t i = 0;
+    const auto bad = [&] {
+        fail("--draft-tree", "expected branch counts per depth like 2,2,1, got " + quoted(spec));
+    };
+    if (spec.empty()) bad();
+    while (i <= spec.size()) {
+        size_t j = spec.find(',', i);
+        if (j == std::string::npos) j = spec.size();
+        const std::string f = spec.substr(i, j - i);
+        if (f.empty() || f.size() > 2 || f.find_first_not_of("0123456789") != std::string::npos) bad();
+        t.push_back(std::stoi(f));
+        i = j + 1;
+    }
+    for (int b : t)
+        if (b < 1 || b > 8) fail("--draft-tree", "branch counts must be 1..8, got " + quoted(spec));
+    if (t.size() > 16 || draft_tree_nodes(t) > 60)
+        fail("--draft-tree", quoted(spec) + " has " + std::to_string(draft_tree_nodes(t)) +
+                                 " nodes; at most 16 depths and 60 nodes");
+    return t;
 }
 
 double gen_stats::accept_rate(int j) const {
@@ -88,6 +131,7 @@ generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), 
     spec_ = p.enabled && D_ > 0;
     K_ = spec_ ? (p.n_draft > 0 ? p.n_draft : (p.reuse ? D_ + 1 : D_)) : 0;
     if (spec_ && !p.reuse) K_ = std::min(K_, D_);
+    if (spec_ && !p.tree.empty()) K_ = int(p.tree.size());   // sampling drafts the chain of the tree's depth
     dv_ = spec_ && !p.draft_vocab.empty();
     if (dv_) {
         if (p.draft_vocab.back() >= V_)
@@ -199,6 +243,7 @@ int generator::start(const std::vector<int>& prompt) {
 int generator::step(int max_new, std::vector<int>& out) {
     const int n = int(toks_.size()) - 1;          // t_n committed, not yet fed
     if (max_new <= 0 || n < 0 || n >= m_.n_ctx()) return 0;
+    if (spec_ && !p_.tree.empty() && s_.greedy()) return step_tree(max_new, out);
     auto t0 = clk::now();
     const int ctx = m_.n_ctx();
     const int m_max = spec_ ? std::max(0, std::min({K_, ctx - 1 - n, max_new - 1})) : 0;

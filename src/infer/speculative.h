@@ -31,6 +31,10 @@ struct spec_params {
     std::vector<int> draft_vocab; // FR-Spec: drafts only consider these token ids (ascending; empty: all). Greedy:
                                   // the draft is the argmax over them; sampling: q is the processed distribution
                                   // restricted to them and renormalised, the distribution drafts are drawn from
+    std::vector<int> tree;        // token tree, greedy only: branches per depth (2,2,1: the top 2 drafts at depth 1,
+                                  // the top 2 after each at depth 2, the top 1 after each of those), verified in one
+                                  // main-model pass with a tree attention mask; the longest path that matches the
+                                  // main model's argmax is accepted. Sampling drafts the chain of that depth.
     int test_broken_rule = 0;     // TESTS ONLY, deliberately wrong acceptance: 1 accept every draft, 2 on
                                   // rejection draw from p instead of normalize(max(0, p - q)), 3 adaptive drafting
                                   // judged against the unrestricted q, 4 drafts drawn from the restricted draft
@@ -39,6 +43,11 @@ struct spec_params {
 
 // Throws mtp::error naming the flag for bad values; D = the model's MTP modules.
 void spec_params_check(const spec_params& p, int D);
+
+// "2,2,1" -> {2, 2, 1}: branch counts 1..8 per depth, at most 16 depths and 60 tree nodes; throws mtp::error naming
+// --draft-tree otherwise.
+std::vector<int> parse_draft_tree(const std::string& spec);
+int draft_tree_nodes(const std::vector<int>& tree);       // nodes below the root: b1 + b1*b2 + ...
 
 struct gen_stats {
     int n_prompt = 0;
@@ -85,9 +94,12 @@ public:
     bool speculating() const { return spec_; }
     int draft_max() const { return K_; }
     const gen_stats& stats() const { return st_; }
-    const std::vector<int>& last_drafts() const { return drafts_; }   // the last round's draft tokens
+    const std::vector<int>& last_drafts() const { return drafts_; }   // the last round's draft tokens (a tree:
+                                                                      // its first branch, the chain's drafts)
 
 private:
+    int step_tree(int max_new, std::vector<int>& out);   // a greedy round over a token tree (tree_draft.cpp)
+    int tree_module_pass(int j, int n);                  // the depth-j module rows of a tree round; returns rows
     void ensure_rows(int k, int rows);
     float* hrow(int k, int pos) { return hist_[k].data() + size_t(pos) * d_; }
     void run_module(int k, int n, int end, bool want_logits);
@@ -110,6 +122,16 @@ private:
     std::vector<double> pd_, rd_;
     std::vector<int> drafts_, buf_;
     gen_stats st_;
+    // Token tree of the current round: node 0 is t_n (the root), the others in breadth-first order.
+    struct tree_node {
+        int tok, parent, depth;
+    };
+    std::vector<tree_node> tn_;
+    std::vector<std::vector<float>> th_;      // [stage][node * d]: h of the stage's row for the node
+    std::vector<std::vector<int>> tslot_;     // [stage][node]: the cache entry of that row (-1: none)
+    std::vector<int> trow_tok_, trow_par_, trow_node_;   // rows of a tree pass: token, parent entry, node (-1: refill)
+    int tfrom_ = 0;                                      // first row of the last module pass with logits
+    std::vector<float> trow_hin_, trow_h_, tlog_;
 };
 
 // Prompt + up to n_new tokens (stop after stop_id when >= 0); on_tokens sees each committed batch as produced.

@@ -1,6 +1,7 @@
 // Parameter layout (HF names), random init, and checkpoint load/save.
 #include "model/weights.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 
@@ -187,6 +188,23 @@ void model_save_dir(const model_files& m, const std::string& dir, const std::str
     if (!fs::is_directory(dir)) fail(dir, "cannot create output directory");
     weights_save(m.config, m.layout, m.weights, (fs::path(dir) / "model.safetensors").string(), dtype_name);
     config_save(m.config, (fs::path(dir) / "config.json").string());
+}
+
+model_files model_keep_mtp(const model_files& m, int n) {
+    if (n < 0 || n > m.config.n_mtp())
+        fail("--mtp-layers", "must be in 0.." + std::to_string(m.config.n_mtp()) + " (the model's MTP modules)");
+    model_files r;
+    r.config = m.config;
+    r.config.num_nextn_predict_layers = n;
+    r.layout = layout_build(r.config);
+    r.storage = m.storage;
+    r.weights.assign(r.layout.n_floats, 0.0f);
+    for (const param_info& p : r.layout.params) {
+        const param_info* q = m.layout.find(p.name);
+        if (!q || q->size != p.size) fail("--mtp-layers", "tensor " + p.name + " has no counterpart");
+        std::copy_n(m.weights.data() + q->offset, p.size, r.weights.data() + p.offset);
+    }
+    return r;
 }
 
 } // namespace mtp

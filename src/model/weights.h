@@ -69,6 +69,9 @@ struct model_files {
     std::string storage = "f32";   // how the file stored the matrices: f32 | f16 | bf16 | f8 | q8_0 (GGUF)
 };
 model_files model_load_dir(const std::string& dir);
+// The same model with only its first n MTP modules (modules do not depend on later ones); throws mtp::error naming
+// --mtp-layers when n is not in 0..D.
+model_files model_keep_mtp(const model_files& m, int n);
 void model_save_dir(const model_files& m, const std::string& dir, const std::string& dtype_name = "F32");
 
 } // namespace mtp

@@ -368,6 +368,7 @@ void serve_run(const serve_options& o) {
     if (!o.spec.empty() && o.spec != "mtp" && o.spec != "none")
         fail("--spec", "expected mtp or none, got '" + o.spec + "'");
     if (o.n_draft < 0) fail("--draft", "must be >= 1");
+    if (!o.draft_tree.empty()) parse_draft_tree(o.draft_tree);
     if (o.threads < 0) fail("--threads", "must be >= 0");
     if (o.max_body_bytes < 1) fail("--max-body-bytes", "must be >= 1");
     if (wtype wt; !o.weights.empty() && !wtype_from_name(o.weights, wt))
@@ -492,6 +493,8 @@ void serve_run(const serve_options& o) {
         spec_params sp;
         sp.enabled = o.spec != "none" && m.config.n_mtp() > 0;
         sp.n_draft = o.n_draft;
+        sp.reuse = o.draft_reuse;
+        if (!o.draft_tree.empty()) sp.tree = parse_draft_tree(o.draft_tree);
         if (o.spec == "mtp" && m.config.n_mtp() == 0)
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
         spec_params_check(sp, m.config.n_mtp());

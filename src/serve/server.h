@@ -15,6 +15,8 @@ struct serve_options {
     int port = 8080;                     // 0: any free port (printed on stderr)
     std::string spec;                    // "mtp" | "none" | "" (mtp when the model has MTP modules)
     int n_draft = 0;                     // 0: the generator's default (D)
+    bool draft_reuse = false;            // continue drafting past D with the last module
+    std::string draft_tree;              // token tree for greedy requests, e.g. "2,2,1" ("" : chain drafts)
     int threads = 0;                     // OpenMP threads of the worker (0: OMP_NUM_THREADS / all cores)
     size_t max_body_bytes = 1 << 20;     // larger bodies -> 413
     std::string weights;                 // f32 | bf16 | q8_0 | "" (as the file stores them)

@@ -284,6 +284,27 @@ def main():
     check(p.returncode == 1 and "moe_layer_freq" in p.stderr and p.stderr.count("\n") == 1, "refusal: " + p.stderr)
     check(not os.path.exists(os.path.join(WORK, "f2.gguf")), "no file written on refusal")
 
+    # --mtp-layers: a D = 2 model exported with its first MTP module only (what llama.cpp's draft-mtp runs)
+    c3 = dict(c, num_nextn_predict_layers=2)
+    json.dump(c3, open(cfg, "w"))
+    d2 = os.path.join(WORK, "d2")
+    run("init", "--config", cfg, "--out", d2, "--seed", "12")
+    out = os.path.join(WORK, "d2_1.gguf")
+    run("convert", "--model", d2, "--to", "gguf", "--out", out, "--type", "f32", "--mtp-layers", "1")
+    b, kv, tensors, align, data_start = parse_gguf(out)
+    check(kv["deepseek2.block_count"][1] == 3 and kv["deepseek2.nextn_predict_layers"][1] == 1,
+          "--mtp-layers 1: block_count = L + 1, one nextn layer")
+    check(sorted(t[0] for t in tensors) == sorted(expected_tensors(c)), "--mtp-layers 1: the D = 1 tensor set")
+    src2 = read_safetensors(os.path.join(d2, "model.safetensors"))
+    tmap = {t[0]: t for t in tensors}
+    _, ne, _, off = tmap["blk.2.nextn.eh_proj.weight"]
+    got = struct.unpack_from("<%df" % (tensor_bytes(ne, 0) // 4), b, data_start + off)
+    check(got == src2["model.layers.2.eh_proj.weight"][1], "--mtp-layers 1: module 1's eh_proj kept")
+    p = run("convert", "--model", d2, "--to", "gguf", "--out", os.path.join(WORK, "d2_3.gguf"), "--mtp-layers", "3",
+            ok=False)
+    check(p.returncode == 1 and "--mtp-layers" in p.stderr and p.stderr.count("\n") == 1, "--mtp-layers 3: " + p.stderr)
+    check(not os.path.exists(os.path.join(WORK, "d2_3.gguf")), "no file written for --mtp-layers 3")
+
     if failures:
         sys.exit("%d failures" % len(failures))
     print("gguf_check: all checks passed")

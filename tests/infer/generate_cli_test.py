@@ -173,6 +173,20 @@ check("bench --weights f32 bf16 q8_0: one row each, ratios against f32, kernels 
       rc == 0 and all(f"| {w} |" in so for w in ("f32", "bf16", "q8_0")) and "kernels avx" in so and
       "weights f32:" in so, so[:1500] + se)
 
+# --- token trees through the CLI (greedy): output == plain; the bench measures them at temperature 0 only
+for extra in (["--draft-tree", "2,2"], ["--draft-tree", "3,1,2", "--draft-reuse"], ["--draft-tree", "2", "--draft-vocab", "20"]):
+    rc, so, se, ids = gen(model, extra, "tree")
+    check("token tree: speculative greedy == plain " + " ".join(extra), rc == 0 and ids == plain and "drafts" in se, se)
+rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "1", "--temp", "0", "0.8", "--json",
+                  "--no-costs", "--draft-vocab", "0", "--draft-tree", "2,1", "3"])
+try:
+    rows = json.loads(so)["rows"]
+except Exception:
+    rows = []
+trees = sorted((r["temperature"], tuple(r["tree"])) for r in rows if r.get("tree"))
+check("bench --draft-tree: one greedy row per tree, none sampled", rc == 0 and trees == [(0, (2, 1)), (0, (3,))],
+      so[:600] + se)
+
 # --- bad input
 def bad(name, args, expect, codes=(1,)):
     rc, so, se = run(args)
@@ -239,6 +253,12 @@ bad("bench --draft-vocab negative", ["bench", "--model", model, "--draft-vocab",
 bad("--weights unknown", G + P + ["--weights", "q4_0"], "--weights")
 bad("serve --weights unknown", ["serve", "--model", model, "--port", "0", "--weights", "fp8"], "--weights")
 bad("bench --weights unknown", ["bench", "--model", model, "-p", "8", "-n", "8", "--weights", "f32", "int4"], "--weights")
+for spec in ("2,,1", "0", "9", "x", "4,4,4"):
+    bad("--draft-tree " + spec, G + P + ["--draft-tree", spec], "--draft-tree")
+bad("--draft-tree deeper than D without reuse", G + P + ["--draft-tree", "2,2,2"], "--draft-reuse")
+bad("--draft-tree with --draft-p-min", G + P + ["--draft-tree", "2", "--draft-p-min", "0.2"], "--draft-tree")
+bad("bench --draft-tree unparsable", ["bench", "--model", model, "-p", "8", "-n", "8", "--draft-tree", "2;1"], "--draft-tree")
+bad("serve --draft-tree unparsable", ["serve", "--model", model, "--port", "0", "--draft-tree", "a"], "--draft-tree")
 bad("bench --cost-rows 0", ["bench", "--model", model, "--cost-rows", "0"], "--cost-rows")
 
 print(f"{passed} passed, {failed} failed")

@@ -94,12 +94,29 @@ std::vector<spec_params> draft_settings(int D, int V) {
     { spec_params p; p.draft_vocab = half_vocab(V); v.push_back(p); }            // FR-Spec draft vocabulary
     { spec_params p; p.n_draft = D + 2; p.reuse = true; p.draft_vocab = half_vocab(V); v.push_back(p); }
     { spec_params p; p.p_min = 0.3f; p.draft_vocab = {1}; v.push_back(p); }     // one-token draft vocabulary
+    // Token trees (greedy rounds through eval_tree / keep_path); deeper than D continue with reuse.
+    const auto tree = [&](std::vector<int> t, std::vector<int> dv = {}, int batch = 256) {
+        spec_params p;
+        p.tree = t;
+        p.reuse = int(t.size()) > D;
+        p.draft_vocab = dv;
+        p.n_batch = batch;
+        v.push_back(p);
+    };
+    tree({2});
+    tree({3, 2});
+    tree(std::vector<int>(D, 1));                                                // the chain, as a tree
+    tree({2, 1, 2, 1});
+    tree({2, 2}, half_vocab(V));
+    tree({1, 3, 1, 1, 2}, {}, 3);
     return v;
 }
 
 std::string describe(const spec_params& p) {
+    std::string tree;
+    for (int b : p.tree) tree += (tree.empty() ? " tree " : ",") + std::to_string(b);
     return "draft " + std::to_string(p.n_draft) + (p.reuse ? " reuse" : "") + " p_min " + std::to_string(p.p_min) +
-           " batch " + std::to_string(p.n_batch) + " draft vocab " + std::to_string(p.draft_vocab.size());
+           " batch " + std::to_string(p.n_batch) + " draft vocab " + std::to_string(p.draft_vocab.size()) + tree;
 }
 
 // Greedy identity over prompts and draft settings: the speculative output is token for token the plain cached
@@ -241,6 +258,24 @@ TEST(SpecGreedy, ContextEndAndStopToken) {
     bad.n_draft = 5;                                              // > D without reuse
     sampler s3(sampler_params{});
     EXPECT_THROW(generator(cm, s3, bad), mtp::error);
+    bad.n_draft = 0;
+    bad.tree = {2, 2, 2};                                         // a tree deeper than D without reuse
+    EXPECT_THROW(generator(cm, s3, bad), mtp::error);
+    bad.reuse = true;
+    bad.tree = {8, 8};                                            // 72 nodes
+    EXPECT_THROW(generator(cm, s3, bad), mtp::error);
+    for (const char* t : {"", "2,,1", "0", "9", "a", "2,", "-1", "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1", "4,4,4"})
+        EXPECT_THROW(parse_draft_tree(t), mtp::error) << t;
+    EXPECT_EQ(parse_draft_tree("3,2,1"), (std::vector<int>{3, 2, 1}));
+    EXPECT_EQ(draft_tree_nodes({3, 2, 1}), 3 + 6 + 6);
+    // A tree up to the end of the context gives the plain output too.
+    spec_params tp;
+    tp.tree = {2, 2, 1, 2};
+    tp.reuse = true;
+    sampler s4(sampler_params{});
+    const auto tree_out = generate(cm, s4, tp, prompt, 100);
+    ASSERT_EQ(tree_out.size(), plain.size());
+    compare_greedy(tree_out, plain, dec, "tree vs plain");
     EXPECT_THROW(generate(cm, s3, none, {}, 4), mtp::error);      // empty prompt
     EXPECT_THROW(generate(cm, s3, none, std::vector<int>(25, 1), 4), mtp::error);   // longer than the context
 }
@@ -466,6 +501,12 @@ TEST(SpecCaches, MatchFreshPrefillAfterManyRounds) {
         dv.n_draft = 5;
         dv.reuse = true;
         check_caches_after_rounds(m3, temp, dv, 7, 70);
+        spec_params tr;                                   // token trees (temperature 0.8: the chain of their depth)
+        tr.tree = {2, 2, 2};
+        check_caches_after_rounds(m3, temp, tr, 8, 70);
+        tr.tree = {3, 1, 2};
+        tr.reuse = true;
+        check_caches_after_rounds(m1, temp, tr, 9, 70);
     }
 }
 
