@@ -22,7 +22,7 @@ void add_convert(CLI::App& app) {
     auto keep = std::make_shared<int>(-1);
     cmd->add_option("--model", *model, "model directory (config.json + safetensors) or a .gguf file")->required();
     cmd->add_option("--to", *to, "gguf | hf")->required()->check(CLI::IsMember({"gguf", "hf"}));
-    cmd->add_option("--out", *out, "output .gguf file (gguf) or directory (hf)")->required();
+    cmd->add_option("--out", *out, "output .gguf file (gguf) or directory (hf)")->required()->check(non_empty());
     cmd->add_option("--type", *type, "GGUF tensor type: f32, f16 or q8_0 (norms and router stay f32)");
     cmd->add_option("--dtype", *dtype, "HF safetensors dtype: bf16, f16 or f32");
     cmd->add_option("--shard-size-mb", *shard, "HF: maximum shard size in MB (default 5000)");

@@ -11,7 +11,7 @@ void add_distill(CLI::App& app) {
     auto o = std::make_shared<distill_options>();
     cmd->add_option("--model", o->model_dir, "model directory to distil (with MTP modules)")->required();
     cmd->add_option("--data", o->data_dir, "dataset directory (`mtp data prepare`)")->required();
-    cmd->add_option("--out", o->out_dir, "output model directory (new or empty)")->required();
+    cmd->add_option("--out", o->out_dir, "output model directory (new or empty)")->required()->check(non_empty());
     cmd->add_option("--steps", o->steps, "optimizer steps (default 300)");
     cmd->add_option("--batch-size", o->batch_size, "windows per step (default 16)");
     cmd->add_option("--seq-len", o->seq_len, "tokens per window (default 128)");
@@ -23,7 +23,7 @@ void add_distill(CLI::App& app) {
     cmd->add_option("--max-time", o->max_time, "stop after this many seconds (default: no limit)");
     cmd->add_option("--eval-every", o->eval_every, "evaluate every N steps (default 100; 0: only before and after)");
     cmd->add_option("--eval-batches", o->eval_batches, "validation windows per evaluation (default 16)");
-    cmd->add_option("--seed", o->seed, "seed of the training windows");
+    cmd->add_option("--seed", o->seed, "seed of the training windows")->check(non_negative_int());
     cmd->callback([o] { distill_run(*o); });
 }
 

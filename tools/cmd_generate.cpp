@@ -21,6 +21,7 @@
 #include "io/atomic_file.h"
 #include "io/token_shard.h"
 #include "io/tokenizer.h"
+#include "io/json_read.h"
 
 namespace mtp::cli {
 
@@ -81,12 +82,7 @@ std::vector<int> rank_from_shard(const std::string& path, int vocab, const std::
 
 // Ranking from DIR/draft_vocab.json (written by `mtp draft-vocab`): "ids", most frequent first.
 std::vector<int> rank_from_json(const std::string& path, int vocab, const std::string& flag) {
-    nlohmann::json j;
-    try {
-        j = nlohmann::json::parse(read_text(path, flag));
-    } catch (const nlohmann::json::exception& e) {
-        fail(flag, path + ": " + e.what());
-    }
+    nlohmann::json j = json_parse(read_text(path, flag), flag + ": " + path);
     if (!j.is_object() || !j.contains("ids") || !j["ids"].is_array() || j["ids"].empty())
         fail(flag, path + ": expected an object with a non-empty \"ids\" array");
     std::vector<int> rank;
@@ -121,7 +117,7 @@ struct sampling_flags {
         cmd->add_option("--min-p", s.min_p, "drop tokens below min-p × the top probability (0: off)");
         cmd->add_option("--repeat-penalty", s.repeat_penalty, "CTRL repetition penalty (1: off)");
         cmd->add_option("--repeat-last-n", s.repeat_last_n, "tokens the penalty looks back at (-1: all)");
-        cmd->add_option("--seed", s.seed, "sampling seed");
+        cmd->add_option("--seed", s.seed, "sampling seed")->check(non_negative_int());
     }
 };
 
@@ -287,7 +283,7 @@ void add_bench_cmd(CLI::App& app) {
         ->expected(1, -1);
     cmd->add_flag("--no-costs", o->no_costs, "skip the forward-cost table");
     cmd->add_option("--batch", o->batch, "prompt tokens per forward");
-    cmd->add_option("--seed", o->seed, "sampling / random prompt seed");
+    cmd->add_option("--seed", o->seed, "sampling / random prompt seed")->check(non_negative_int());
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads (0: OMP_NUM_THREADS / all cores)");
     cmd->add_option("--weights", o->weights,
                     "weight types: f32, bf16, q8_0 (default: as the file stores them); several: plain decoding is "
@@ -426,19 +422,14 @@ void add_draft_vocab_cmd(CLI::App& app) {
     };
     auto o = std::make_shared<opts>();
     cmd->add_option("--data", o->data, "dataset directory from `mtp data prepare` (meta.json + shards)")->required();
-    cmd->add_option("--out", o->out, "output JSON (e.g. MODEL/draft_vocab.json)")->required();
+    cmd->add_option("--out", o->out, "output JSON (e.g. MODEL/draft_vocab.json)")->required()->check(non_empty());
     cmd->add_option("--n", o->n, "keep the N most frequent tokens (0: every token that occurs)");
     cmd->callback([o] {
         if (o->n < 0) fail("--n", "must be >= 0");
         const fs::path dir(o->data);
         const fs::path meta = dir / "meta.json";
         if (!fs::exists(meta)) fail("--data", meta.string() + " not found (a directory from `mtp data prepare`)");
-        nlohmann::json j;
-        try {
-            j = nlohmann::json::parse(read_text(meta.string(), "--data"));
-        } catch (const nlohmann::json::exception& e) {
-            fail("--data", meta.string() + ": " + e.what());
-        }
+        nlohmann::json j = json_parse(read_text(meta.string(), "--data"), "--data: " + meta.string());
         if (!j.is_object() || !j.contains("train") || !j["train"].is_array() || j["train"].empty() ||
             !j.contains("vocab_size") || !j["vocab_size"].is_number_integer() || j["vocab_size"].get<int64_t>() < 1 ||
             j["vocab_size"].get<int64_t>() > (int64_t(1) << 24))

@@ -36,8 +36,8 @@ void add_init(CLI::App& app) {
     auto seed = std::make_shared<uint64_t>(0);
     auto dtype = std::make_shared<std::string>("F32");
     cmd->add_option("--config", *config, "Hugging Face config.json (DeepseekV3ForCausalLM)")->required();
-    cmd->add_option("--out", *out, "output model directory")->required();
-    cmd->add_option("--seed", *seed, "random seed");
+    cmd->add_option("--out", *out, "output model directory")->required()->check(non_empty());
+    cmd->add_option("--seed", *seed, "random seed")->check(non_negative_int());
     cmd->add_option("--dtype", *dtype, "storage dtype: F32, BF16 or F16");
     cmd->callback([=] {
         model_files m;
@@ -58,7 +58,7 @@ void add_logits(CLI::App& app) {
     auto out = std::make_shared<std::string>();
     cmd->add_option("--model", *model, "model directory")->required();
     cmd->add_option("--tokens", *tokens, "comma-separated token ids")->required();
-    cmd->add_option("--out", *out, "output .safetensors")->required();
+    cmd->add_option("--out", *out, "output .safetensors")->required()->check(non_empty());
     cmd->callback([=] {
         model_files m = model_load_dir(*model);
         const auto& c = m.config;
@@ -90,7 +90,7 @@ void add_grad(CLI::App& app) {
     auto alpha = std::make_shared<float>(0.0f);
     cmd->add_option("--model", *model, "model directory")->required();
     cmd->add_option("--tokens", *tokens, "comma-separated token ids (at least 2)")->required();
-    cmd->add_option("--out", *out, "output .safetensors")->required();
+    cmd->add_option("--out", *out, "output .safetensors")->required()->check(non_empty());
     cmd->add_option("--mtp-lambda", *lambda, "weight λ of the MTP losses: L = L_main + λ/D Σ L_MTP^k");
     cmd->add_option("--bal-alpha", *alpha, "weight α of the sequence-wise balance loss (default 0)");
     cmd->callback([=] {

@@ -20,7 +20,8 @@ void add_serve(CLI::App& app) {
                     "greedy requests draft a token tree, branches per depth (e.g. 2,2,1); sampled ones the chain");
     cmd->add_option("-t,--threads", o->threads, "OpenMP threads of the generation worker (0: OMP_NUM_THREADS / all)");
     cmd->add_option("--weights", o->weights, "weight type decoding reads: f32, bf16 or q8_0 (default: as the file stores them)");
-    cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body accepted (default 1048576; larger: 413)");
+    cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body accepted (default 1048576; larger: 413)")
+        ->check(CLI::Range(size_t(1), size_t(1) << 30));
     cmd->callback([o] { serve::serve_run(*o); });
 }
 

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/bpe_train.h"
 #include "io/tokenizer.h"
+#include "io/json_read.h"
 
 namespace mtp::cli {
 
@@ -57,7 +58,7 @@ void add_tok_train(CLI::App& parent) {
                                "special tokens (default: <｜begin▁of▁sentence｜> <｜end▁of▁sentence｜>)")
                    ->expected(0, -1);
     cmd->add_option("--threads", o->threads, "counting threads (0: all)");
-    cmd->add_option("--out", o->out, "output tokenizer.json")->required();
+    cmd->add_option("--out", o->out, "output tokenizer.json")->required()->check(non_empty());
     cmd->callback([o, sp] {
         tokenizer_train_options opt;
         opt.vocab_size = o->vocab;
@@ -111,12 +112,7 @@ void add_tok_encode(CLI::App& parent) {
             while (std::getline(in, line)) {
                 ++n;
                 if (line.empty()) continue;
-                nlohmann::json j;
-                try {
-                    j = nlohmann::json::parse(line);
-                } catch (const nlohmann::json::exception& e) {
-                    fail(o->batch, "line " + std::to_string(n) + ": bad JSON: " + e.what());
-                }
+                nlohmann::json j = json_parse(line, o->batch + ": line " + std::to_string(n));
                 if (!j.is_string()) fail(o->batch, "line " + std::to_string(n) + ": expected a JSON string");
                 out += "[" + ids_csv(tokenizer_encode(t, j.get<std::string>(), !o->no_special)) + "]\n";
             }
@@ -162,12 +158,7 @@ void add_tok_decode(CLI::App& parent) {
             ++n;
             if (line.empty()) continue;
             std::string where = o->batch + ": line " + std::to_string(n);
-            nlohmann::json j;
-            try {
-                j = nlohmann::json::parse(line);
-            } catch (const nlohmann::json::exception& e) {
-                fail(where, std::string("bad JSON: ") + e.what());
-            }
+            nlohmann::json j = json_parse(line, where);
             if (!j.is_array()) fail(where, "expected a JSON array of ids");
             std::vector<int> v;
             for (const auto& x : j) {

@@ -54,9 +54,9 @@ void add_data(CLI::App& app) {
     auto o = std::make_shared<prepare_options>();
     prep->add_option("--tokenizer", o->tokenizer, "tokenizer.json")->required();
     prep->add_option("--input", o->inputs, "text files, folders (recursive) or globs")->required();
-    prep->add_option("--out", o->out_dir, "output folder")->required();
+    prep->add_option("--out", o->out_dir, "output folder")->required()->check(non_empty());
     prep->add_option("--val-fraction", o->val_fraction, "fraction of documents held out for validation");
-    prep->add_option("--seed", o->seed, "seed of the document split");
+    prep->add_option("--seed", o->seed, "seed of the document split")->check(non_negative_int());
     prep->add_option("--doc-sep", o->doc_sep, "token appended after each document (default: the end-of-sentence token)");
     prep->callback([o] {
         prepare_stats st = dataset_prepare(*o);

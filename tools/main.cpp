@@ -4,10 +4,13 @@
 
 #include "commands.h"
 #include "core/error.h"
+#include "model/weights.h"
 
 int main(int argc, char** argv) {
     CLI::App app{"mtp.cpp: DeepSeek-V3-style models with Multi-Token Prediction"};
     app.require_subcommand(1);
+    bool allow_nonfinite = false;
+    app.add_flag("--allow-nonfinite", allow_nonfinite, "load models whose weights hold NaN or Inf (default: refuse); give it before the command");
     mtp::cli::add_init(app);
     mtp::cli::add_logits(app);
     mtp::cli::add_grad(app);
@@ -18,6 +21,17 @@ int main(int argc, char** argv) {
     mtp::cli::add_generate(app);
     mtp::cli::add_convert(app);
     mtp::cli::add_serve(app);
+    bool known = false;
+    std::string names;
+    for (const auto* s : app.get_subcommands({})) {
+        known |= argc >= 2 && s->get_name() == argv[1];
+        names += (names.empty() ? "" : ", ") + s->get_name();
+    }
+    if (argc >= 2 && argv[1][0] != '-' && !known) {
+        std::fprintf(stderr, "error: unknown command '%.60s' (commands: %s)\n", argv[1], names.c_str());
+        return 2;
+    }
+    app.parse_complete_callback([&] { mtp::weights_check_finite(!allow_nonfinite); });
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -122,8 +123,12 @@ json parse_json_strict(const std::string& where, const char* p, size_t n, const 
     std::string duplicate;
     auto cb = [&](int, json::parse_event_t ev, json& parsed) -> bool {
         switch (ev) {
-        case json::parse_event_t::object_start: stack.push_back({true, {}, {}}); break;
-        case json::parse_event_t::array_start: stack.push_back({false, {}, {}}); break;
+        case json::parse_event_t::object_start:
+        case json::parse_event_t::array_start:
+            if (stack.size() >= size_t(json_max_depth))
+                fail(where, "invalid JSON: nesting deeper than " + std::to_string(json_max_depth) + " levels");
+            stack.push_back({ev == json::parse_event_t::object_start, {}, {}});
+            break;
         case json::parse_event_t::object_end:
         case json::parse_event_t::array_end:
             if (!stack.empty()) stack.pop_back();

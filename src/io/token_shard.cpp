@@ -48,6 +48,9 @@ token_shard token_shard_read(const std::string& path) {
     token_shard t;
     t.path = path;
     t.vocab_size = get<uint32_t>(s, 24);
+    if (t.vocab_size < 1 || t.vocab_size > token_vocab_max)
+        fail(path, "vocab_size " + std::to_string(t.vocab_size) + " in the header is not in 1.." +
+                       std::to_string(token_vocab_max));
     if (n > (s.size() - header_size) / width || header_size + n * width != s.size())
         fail(path, "count " + std::to_string(n) + " does not match the file size " + std::to_string(s.size()));
     t.ids.resize(n);

@@ -22,6 +22,7 @@ struct token_shard {
 };
 
 void token_shard_write(const std::string& path, const uint32_t* ids, size_t n, uint32_t vocab_size);  // atomic
+constexpr uint32_t token_vocab_max = 1u << 24;   // largest vocabulary a shard (or a dataset) may declare
 token_shard token_shard_read(const std::string& path);   // validates header, size and every id < vocab_size
 
 } // namespace mtp

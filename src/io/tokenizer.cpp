@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/tokenizer_runtime.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -39,6 +40,7 @@ std::string byte_level_decode(const std::string& tok) {
 
 struct reader {
     const std::string& path;
+    int64_t id_limit = int64_t(1) << 30;   // ids are dense: below the entries + added tokens + 65536 (set at load)
     [[noreturn]] void bad(const std::string& field, const std::string& what) const { fail(path, field + ": " + what); }
 
     const json& need(const json& obj, const char* key, const std::string& field) const {
@@ -57,8 +59,10 @@ struct reader {
         return v.get<std::string>();
     }
     int get_id(const json& v, const std::string& field) const {
-        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= (int64_t(1) << 30))
-            bad(field, "expected a token id in [0, 2^30)");
+        if (!v.is_number_integer() || v.is_number_unsigned() && v.get<uint64_t>() >= uint64_t(id_limit) ||
+            v.get<int64_t>() < 0 || v.get<int64_t>() >= id_limit)
+            bad(field, "expected a token id in [0, " + std::to_string(id_limit) +
+                           ") (ids are dense: below the vocabulary entries + added tokens + 65536), got " + v.dump());
         return int(v.get<int64_t>());
     }
     std::string type_of(const json& v, const std::string& field) const {
@@ -211,16 +215,8 @@ void tokenizer_build(tokenizer& t) {
 // ------------------------------------------------------------------------------------------ load
 
 tokenizer tokenizer_load(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) fail(path, "cannot open tokenizer file");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    json doc;
-    try {
-        doc = json::parse(ss.str());
-    } catch (const json::exception& e) {
-        fail(path, std::string("bad JSON: ") + e.what());
-    }
+    if (!std::ifstream(path, std::ios::binary)) fail(path, "cannot open tokenizer file");
+    json doc = json_read_file(path);
     reader r{path};
     if (!doc.is_object()) r.bad("(root)", "expected a JSON object");
 
@@ -246,6 +242,10 @@ tokenizer tokenizer_load(const std::string& path) {
 
     const json& vocab = r.need(model, "vocab", "model.vocab");
     if (!vocab.is_object()) r.bad("model.vocab", "expected an object {token: id}");
+    {
+        const size_t n_added = doc.contains("added_tokens") && doc["added_tokens"].is_array() ? doc["added_tokens"].size() : 0;
+        r.id_limit = std::min<int64_t>(int64_t(1) << 30, int64_t(vocab.size() + n_added) + 65536);
+    }
     for (auto it = vocab.begin(); it != vocab.end(); ++it) {
         int id = r.get_id(it.value(), "model.vocab[" + show(it.key()) + "]");
         if (it.key().empty()) r.bad("model.vocab", "empty token");
@@ -331,11 +331,7 @@ tokenizer tokenizer_load(const std::string& path) {
 std::string tokenizer_to_json(const tokenizer& t) {
     const std::string where = t.source.empty() ? "tokenizer" : t.source;
     auto parse_kept = [&](const std::string& s, const char* field) {
-        try {
-            return json::parse(s);
-        } catch (const json::exception& e) {
-            fail(where, std::string(field) + ": bad JSON: " + e.what());
-        }
+        return json_parse(s, where + ": " + field);
     };
     std::vector<const added_token*> added;
     for (const auto& a : t.added_tokens) added.push_back(&a);

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -179,17 +180,8 @@ model_config config_from_json(const json& j, const std::string& where) {
 }
 
 model_config config_load(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) fail(path, "cannot open config file");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    json j;
-    try {
-        j = json::parse(ss.str());
-    } catch (const json::exception& e) {
-        fail(path, std::string("invalid JSON: ") + e.what());
-    }
-    return config_from_json(j, path);
+    if (!std::ifstream(path, std::ios::binary)) fail(path, "cannot open config file");
+    return config_from_json(json_read_file(path), path);
 }
 
 json config_to_json(const model_config& c) {

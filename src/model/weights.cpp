@@ -2,6 +2,7 @@
 #include "model/weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 
@@ -170,24 +171,49 @@ void weights_save(const model_config& c, const model_layout& L, const std::vecto
     st_write(file, items, {{"format", "pt"}});
 }
 
+namespace {
+bool check_finite = true;
+}
+
+void weights_check_finite(bool on) { check_finite = on; }
+
+void weights_require_finite(const model_layout& L, const std::vector<float>& w, const std::string& source) {
+    for (const auto& p : L.params)
+        for (size_t i = 0; i < p.size; ++i)
+            if (!std::isfinite(w[p.offset + i]))
+                fail(source, "tensor " + p.name + " holds " + (std::isnan(w[p.offset + i]) ? "NaN" : "Inf") +
+                                 " at index " + std::to_string(i) + " (--allow-nonfinite loads it anyway)");
+}
+
 model_files model_load_dir(const std::string& dir) {
     namespace fs = std::filesystem;
-    if (fs::is_regular_file(dir) && fs::path(dir).extension() == ".gguf") return model_load_gguf(dir);   // gguf_model.h
-    if (!fs::is_directory(dir)) fail(dir, "model directory not found");
     model_files m;
-    m.config = config_load((fs::path(dir) / "config.json").string());
-    m.layout = layout_build(m.config);
-    weights_load(m.layout, dir, m.weights, &m.storage);
+    if (fs::is_regular_file(dir) && fs::path(dir).extension() == ".gguf") {
+        m = model_load_gguf(dir);   // gguf_model.h
+    } else {
+        if (!fs::is_directory(dir)) fail(dir, "model directory not found");
+        m.config = config_load((fs::path(dir) / "config.json").string());
+        m.layout = layout_build(m.config);
+        weights_load(m.layout, dir, m.weights, &m.storage);
+    }
+    if (check_finite) weights_require_finite(m.layout, m.weights, dir);
     return m;
 }
 
 void model_save_dir(const model_files& m, const std::string& dir, const std::string& dtype_name) {
     namespace fs = std::filesystem;
     std::error_code ec;
+    if (dir.empty()) fail("output directory", "empty path");
+    const bool existed = fs::exists(dir);
     fs::create_directories(dir, ec);
     if (!fs::is_directory(dir)) fail(dir, "cannot create output directory");
-    weights_save(m.config, m.layout, m.weights, (fs::path(dir) / "model.safetensors").string(), dtype_name);
-    config_save(m.config, (fs::path(dir) / "config.json").string());
+    try {
+        weights_save(m.config, m.layout, m.weights, (fs::path(dir) / "model.safetensors").string(), dtype_name);
+        config_save(m.config, (fs::path(dir) / "config.json").string());
+    } catch (...) {
+        if (!existed) fs::remove_all(dir, ec);       // a failed write leaves no folder behind it created
+        throw;
+    }
 }
 
 model_files model_keep_mtp(const model_files& m, int n) {

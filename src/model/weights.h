@@ -68,7 +68,11 @@ struct model_files {
     std::vector<float> weights;
     std::string storage = "f32";   // how the file stored the matrices: f32 | f16 | bf16 | f8 | q8_0 (GGUF)
 };
+// Every weight is checked to be finite (a NaN or Inf names the tensor and the index, mtp::error) unless
+// weights_check_finite(false) was called (`mtp --allow-nonfinite ...`).
 model_files model_load_dir(const std::string& dir);
+void weights_check_finite(bool on);
+void weights_require_finite(const model_layout& L, const std::vector<float>& w, const std::string& source);
 // The same model with only its first n MTP modules (modules do not depend on later ones); throws mtp::error naming
 // --mtp-layers when n is not in 0..D.
 model_files model_keep_mtp(const model_files& m, int n);

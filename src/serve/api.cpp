@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json_read.h"
 
 namespace mtp::serve {
 
@@ -29,8 +30,12 @@ void throw_api(int status, const std::string& message, const std::string& param,
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
 json parse_body(const std::string& body) {
-    json j = json::parse(body, nullptr, false);
-    if (j.is_discarded()) throw_api(400, "the request body is not valid JSON");
+    json j;
+    try {
+        j = json_parse(body, "request body");
+    } catch (const mtp::error& e) {
+        throw_api(400, std::string("the request body is not valid JSON (") + e.what() + ")");
+    }
     if (!j.is_object()) throw_api(400, "the request body must be a JSON object");
     return j;
 }
@@ -109,8 +114,10 @@ const json* field(const json& b, const char* name) {
 
 int get_int(const json& v, const char* name) {
     if (!v.is_number_integer()) throw_api(400, std::string("'") + name + "' must be an integer", name);
-    const int64_t x = v.get<int64_t>();
-    if (x < INT32_MIN || x > INT32_MAX) throw_api(400, std::string("'") + name + "' is out of range", name);
+    const bool huge = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT32_MAX);   // 2^64-1 is not -1
+    const int64_t x = huge ? int64_t(INT32_MAX) + 1 : v.get<int64_t>();
+    if (x < INT32_MIN || x > INT32_MAX)
+        throw_api(400, std::string("'") + name + "' is out of range (" + v.dump() + ")", name);
     return int(x);
 }
 

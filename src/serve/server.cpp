@@ -4,7 +4,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <filesystem>
@@ -14,7 +16,10 @@
 #include <thread>
 
 #include <httplib.h>
+#include <netdb.h>
 #include <omp.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "infer/cpu_model.h"
@@ -363,6 +368,32 @@ httplib::Server::Handler guarded(F f) {
 
 } // namespace
 
+namespace {
+// Names the flag at fault before httplib, which only says that binding failed: a host that is no address of this
+// machine (--host) or a port in use or privileged (--port).
+void check_listen_address(const std::string& host, int port) {
+    addrinfo hints{}, *res = nullptr;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || !res)
+        fail("--host", quoted(host, 80) + " is not an IP address or a name that resolves");
+    const int fd = ::socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+    int err = 0;
+    if (fd >= 0) {
+        const int one = 1;
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(fd, res->ai_addr, res->ai_addrlen) != 0) err = errno;
+        ::close(fd);
+    }
+    freeaddrinfo(res);
+    if (err == EADDRNOTAVAIL) fail("--host", quoted(host, 80) + " is not an address of this machine");
+    if (err == EADDRINUSE) fail("--port", std::to_string(port) + " is already in use on " + host);
+    if (err == EACCES) fail("--port", std::to_string(port) + " needs privileges (use a port above 1023)");
+    if (err != 0) fail("--host", "cannot listen on " + host + ":" + std::to_string(port) + ": " + std::strerror(err));
+}
+} // namespace
+
 void serve_run(const serve_options& o) {
     if (o.port < 0 || o.port > 65535) fail("--port", "must be in [0, 65535]");
     if (!o.spec.empty() && o.spec != "mtp" && o.spec != "none")
@@ -388,8 +419,34 @@ void serve_run(const serve_options& o) {
 
     httplib::Server svr;
     svr.set_payload_max_length(o.max_body_bytes);
-    svr.set_read_timeout(60);
+    // Idle and slow clients must not starve the others: many workers (each connection holds one while it is
+    // open), idle keep-alive connections closed after 2 s, a request that does not arrive within 10 s dropped.
+    svr.new_task_queue = [] { return new httplib::ThreadPool(serve_workers); };
+    svr.set_keep_alive_timeout(2);
+    svr.set_keep_alive_max_count(100);
+    svr.set_read_timeout(10);
     svr.set_write_timeout(60);
+    // Malformed framing is answered before any body is read: a Content-Length that is not a plain decimal
+    // number, or one beyond --max-body-bytes (413 at once instead of after the read timeout).
+    svr.set_pre_routing_handler([&S](const httplib::Request& req, httplib::Response& res) {
+        if (!req.has_header("Content-Length")) return httplib::Server::HandlerResponse::Unhandled;
+        const std::string v = req.get_header_value("Content-Length");
+        api_error e;
+        if (v.empty() || v.size() > 19 || v.find_first_not_of("0123456789") != std::string::npos) {
+            e.status = 400;
+            e.message = "bad Content-Length " + quoted(v, 40);
+        } else if (std::stoull(v) > S.opt.max_body_bytes) {
+            e.status = 413;
+            e.code = "request_too_large";
+            e.message = "the request body of " + v + " bytes exceeds " + std::to_string(S.opt.max_body_bytes) +
+                        " bytes (--max-body-bytes)";
+        } else {
+            return httplib::Server::HandlerResponse::Unhandled;
+        }
+        res.set_header("Connection", "close");
+        send_error(res, e);
+        return httplib::Server::HandlerResponse::Handled;
+    });
     svr.set_error_handler(httplib::Server::HandlerWithResponse([&S](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;   // our own error object
         api_error e;
@@ -469,6 +526,7 @@ void serve_run(const serve_options& o) {
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
 
+    check_listen_address(o.host, o.port);
     int port = o.port;
     if (port == 0) {
         port = svr.bind_to_any_port(o.host);

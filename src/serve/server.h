@@ -8,6 +8,8 @@
 
 namespace mtp::serve {
 
+constexpr int serve_workers = 256;      // HTTP worker threads (each open connection holds one while open)
+
 struct serve_options {
     std::string model_dir;
     std::string tokenizer_path;          // "" -> MODEL/tokenizer.json (required)

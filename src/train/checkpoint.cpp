@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -71,17 +72,18 @@ train_checkpoint checkpoint_load(const std::string& path) {
     train_checkpoint ck;
     ck.dir = dir.string();
     const std::string sp = (dir / "state.json").string();
-    std::ifstream f(sp);
-    if (!f) fail(sp, "cannot open");
-    nlohmann::json st;
+    if (!std::ifstream(sp)) fail(sp, "cannot open");
+    nlohmann::json st = json_read_file(sp);
     try {
-        st = nlohmann::json::parse(f);
         ck.step = st.at("step").get<int>();
         ck.opt.step = st.at("adam_step").get<int64_t>();
         train_config_apply_json(ck.config, st.at("train_config"), sp + ": train_config");
     } catch (const nlohmann::json::exception& e) {
         fail(sp, std::string("bad train state: ") + e.what());
     }
+    if (ck.step < 1) fail(sp, "step " + std::to_string(ck.step) + " is not a step a checkpoint is saved at (>= 1)");
+    if (ck.opt.step < 0 || ck.opt.step > int64_t(ck.step))
+        fail(sp, "adam_step " + std::to_string(ck.opt.step) + " is not in 0..step (" + std::to_string(ck.step) + ")");
     ck.model = model_load_dir(dir.string());
     if (ck.opt.step > 0) {
         checkpoint oc = checkpoint_open((dir / "optimizer.safetensors").string());
@@ -105,6 +107,41 @@ train_checkpoint checkpoint_load(const std::string& path) {
 void checkpoint_prune(const std::string& out_dir, int keep) {
     auto v = list_checkpoints(out_dir);
     for (size_t i = 0; i + size_t(keep) < v.size(); ++i) fs::remove_all(v[i]);
+}
+
+std::vector<std::string> list_checkpoint_dirs(const std::string& out_dir) {
+    std::vector<std::string> r;
+    for (const auto& p : list_checkpoints(out_dir)) r.push_back(p.string());
+    return r;
+}
+
+namespace {
+bool is_temp_file(const std::string& n) {            // NAME.tmp.<digits>
+    const size_t i = n.rfind(".tmp.");
+    return i != std::string::npos && i + 5 < n.size() &&
+           n.find_first_not_of("0123456789", i + 5) == std::string::npos;
+}
+void remove_temp_files(const fs::path& d) {
+    std::error_code ec;
+    if (!fs::is_directory(d, ec)) return;
+    for (const auto& e : fs::directory_iterator(d, ec))
+        if (e.is_regular_file() && is_temp_file(e.path().filename().string())) fs::remove(e.path(), ec);
+}
+} // namespace
+
+void remove_stale_temps(const std::string& out_dir) {
+    const fs::path d = out_dir;
+    std::error_code ec;
+    remove_temp_files(d);
+    remove_temp_files(d / "model");
+    const fs::path cks = d / "checkpoints";
+    if (!fs::is_directory(cks, ec)) return;
+    for (const auto& e : fs::directory_iterator(cks, ec)) {
+        const std::string n = e.path().filename().string();
+        if (!e.is_directory()) continue;
+        if (n.rfind("step_", 0) == 0 && n.size() > 4 && n.compare(n.size() - 4, 4, ".tmp") == 0) fs::remove_all(e.path(), ec);
+        else remove_temp_files(e.path());
+    }
 }
 
 } // namespace mtp

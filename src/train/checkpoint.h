@@ -6,6 +6,7 @@
 // (seed, step), so the step is the whole data/RNG position.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "model/weights.h"
 #include "train/adamw.h"
@@ -26,5 +27,10 @@ void checkpoint_save(const std::string& out_dir, const model_files& m, const ada
 // `path` is a checkpoint folder or a run folder (its latest checkpoint is taken).
 train_checkpoint checkpoint_load(const std::string& path);
 void checkpoint_prune(const std::string& out_dir, int keep);
+// The complete checkpoints of a run folder (DIR/checkpoints/step_*/ with state.json), oldest first.
+std::vector<std::string> list_checkpoint_dirs(const std::string& out_dir);
+// Removes what an interrupted writer of this run folder left: FILE.tmp.<pid> files in DIR, DIR/model and
+// DIR/checkpoints/*/, and DIR/checkpoints/step_*.tmp folders.
+void remove_stale_temps(const std::string& out_dir);
 
 } // namespace mtp

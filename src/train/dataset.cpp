@@ -15,6 +15,7 @@
 #include "io/atomic_file.h"
 #include "io/token_shard.h"
 #include "io/tokenizer.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -131,24 +132,24 @@ prepare_stats dataset_prepare(const prepare_options& o) {
 
 dataset dataset_load(const std::string& dir) {
     const std::string mp = (fs::path(dir) / "meta.json").string();
-    std::ifstream f(mp);
-    if (!f) fail(mp, "cannot open (not a prepared dataset folder? run `mtp data prepare`)");
-    nlohmann::json m;
-    try {
-        m = nlohmann::json::parse(f);
-    } catch (const std::exception& e) {
-        fail(mp, std::string("invalid JSON: ") + e.what());
-    }
+    if (!std::ifstream(mp)) fail(mp, "cannot open (not a prepared dataset folder? run `mtp data prepare`)");
+    nlohmann::json m = json_read_file(mp);
     dataset d;
     d.dir = dir;
     try {
-        d.vocab_size = m.at("vocab_size").get<int>();
-        d.eos_id = m.at("eos_id").get<int>();
+        const int64_t vs = m.at("vocab_size").get<int64_t>(), eos = m.at("eos_id").get<int64_t>();
+        if (vs < 1 || vs > int64_t(token_vocab_max))
+            fail(mp, "vocab_size " + std::to_string(vs) + " is not in 1.." + std::to_string(token_vocab_max));
+        if (eos < -1 || eos >= vs) fail(mp, "eos_id " + std::to_string(eos) + " is not below vocab_size (or -1)");
+        d.vocab_size = int(vs);
+        d.eos_id = int(eos);
         d.tokenizer = m.value("tokenizer", std::string());
         for (const char* split : {"train", "val"})
             for (const auto& fn : m.at(split)) {
                 token_shard s = token_shard_read((fs::path(dir) / fn.get<std::string>()).string());
-                if (int(s.vocab_size) != d.vocab_size) fail(s.path, "vocab_size differs from meta.json");
+                if (s.vocab_size != uint32_t(d.vocab_size))
+                    fail(s.path, "vocab_size " + std::to_string(s.vocab_size) + " differs from meta.json's " +
+                                     std::to_string(d.vocab_size));
                 auto& dst = std::string(split) == "train" ? d.train : d.val;
                 dst.insert(dst.end(), s.ids.begin(), s.ids.end());
             }

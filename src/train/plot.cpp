@@ -1,5 +1,6 @@
 // Writes the loss columns to a .dat file and a gnuplot script next to the PNG, then runs gnuplot.
 #include "train/plot.h"
+#include "io/json_read.h"
 
 #include <cstdlib>
 #include <filesystem>
@@ -19,7 +20,7 @@ std::string plot_losses(const std::string& metrics_jsonl, const std::string& png
     int n_train = 0, n_eval = 0;
     while (std::getline(f, line)) {
         nlohmann::json j;
-        try { j = nlohmann::json::parse(line); } catch (...) { continue; }
+        try { j = json_parse(line, metrics_jsonl); } catch (...) { continue; }
         auto finite = [&](const char* a, const char* b) {
             if (!j[a].is_number()) return false;
             if (b && (!j[b].is_array() || int(j[b].size()) < n_mtp)) return false;

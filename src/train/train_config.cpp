@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -129,7 +130,7 @@ void train_config_apply_flag(train_config& c, const std::string& key, const std:
         v = value;
     } else {
         try {
-            v = json::parse(value);
+            v = json_parse(value, where);
         } catch (const std::exception&) {
             fail(where, std::string("expected ") + kind_name(r.k) + ", got '" + value + "'");
         }
@@ -138,14 +139,8 @@ void train_config_apply_flag(train_config& c, const std::string& key, const std:
 }
 
 train_config train_config_load(const std::string& path) {
-    std::ifstream f(path);
-    if (!f) fail(path, "cannot open training config");
-    json j;
-    try {
-        j = json::parse(f);
-    } catch (const std::exception& e) {
-        fail(path, std::string("invalid JSON: ") + e.what());
-    }
+    if (!std::ifstream(path)) fail(path, "cannot open training config");
+    json j = json_read_file(path);
     train_config c;
     train_config_apply_json(c, j, path);
     return c;

@@ -25,6 +25,7 @@
 #include "train/dataset.h"
 #include "train/flops.h"
 #include "train/plot.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -52,7 +53,7 @@ void truncate_metrics(const std::string& path, int step) {
     std::string line, kept;
     while (std::getline(f, line)) {
         try {
-            if (json::parse(line).value("step", 0) <= step) kept += line + "\n";
+            if (json_parse(line, path).value("step", 0) <= step) kept += line + "\n";
         } catch (...) {
         }
     }
@@ -98,6 +99,20 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     int start_step = 0;
     if (!resume.empty()) {
         train_checkpoint ck = checkpoint_load(resume);
+        // Where a resumed run writes: the run folder the user pointed at (RUN, or RUN/checkpoints/step_N), never
+        // the folder recorded inside the checkpoint (a copied run must not write into the original); --out-dir
+        // to write elsewhere.
+        const fs::path ck_dir = fs::absolute(ck.dir).lexically_normal();
+        fs::path run_dir;
+        if (fs::exists(fs::path(resume) / "state.json")) {
+            if (ck_dir.parent_path().filename() == "checkpoints") run_dir = ck_dir.parent_path().parent_path();
+        } else {
+            run_dir = fs::path(resume);
+        }
+        bool out_given = false;
+        for (const auto& [k, v] : overrides) out_given |= k == "out-dir" || k == "out_dir";
+        if (run_dir.empty() && !out_given)
+            fail("--resume", resume + " is a checkpoint outside a run folder (RUN/checkpoints/step_N): give --out-dir");
         // A model config given now must be the checkpoint's.
         if (!tc_in.model_config.empty()) {
             model_config given = config_load(tc_in.model_config);
@@ -107,7 +122,11 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         }
         tc = ck.config;
         tc.stop_at_step = 0;                 // an interruption point applies to one invocation only
+        if (!run_dir.empty()) tc.out_dir = run_dir.string();
         for (const auto& [k, v] : overrides) train_config_apply_flag(tc, k, v);
+        if (out_given && !run_dir.empty() && fs::weakly_canonical(tc.out_dir) != fs::weakly_canonical(run_dir) &&
+            !list_checkpoint_dirs(tc.out_dir).empty())
+            fail("--out-dir", tc.out_dir + " already holds checkpoints of another run");
         m = std::move(ck.model);
         opt = std::move(ck.opt);
         start_step = ck.step;
@@ -141,6 +160,7 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         !fs::is_empty(fs::path(tc.out_dir) / "checkpoints"))
         fail(tc.out_dir, "already holds checkpoints of another run: resume it with --resume, or choose another out_dir");
     fs::create_directories(tc.out_dir);
+    remove_stale_temps(tc.out_dir);
     const std::string metrics_path = (fs::path(tc.out_dir) / "metrics.jsonl").string();
     if (start_step == 0) fs::remove(metrics_path);
     else truncate_metrics(metrics_path, start_step);
@@ -158,7 +178,7 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     std::printf("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s\n",
                 tc.max_steps, A, B, T, tc.lr, tc.mtp_lambda, tc.bias_update_speed, tc.bal_alpha,
                 omp_get_max_threads(), peak);
-    if (start_step > 0) std::printf("resumed from step %d\n", start_step);
+    if (start_step > 0) std::printf("resumed from step %d, writing to %s\n", start_step, tc.out_dir.c_str());
     std::fflush(stdout);
 
     train_result res;

@@ -137,5 +137,56 @@ case("data prepare: bad tokenizer file", ["data", "prepare", "--tokenizer", corp
 case("data prepare: bad val fraction", ["data", "prepare", "--tokenizer", tokf, "--input", corpus, "--out", dout,
      "--val-fraction", "1.5"], "--val-fraction", os.path.join(dout, "meta.json"))
 
+# --- hostile inputs (issue: no input crashes mtp): deep nesting, huge ids, non-finite weights, wrapped flags
+deep = "[" * 100000 + "]" * 100000
+cfgcase("cfg_nested_100k", deep, "nesting deeper than 64")
+deep10k = os.path.join(work, "deep10k"); os.makedirs(deep10k, exist_ok=True)
+write(os.path.join(deep10k, "config.json"), '{"a": ' + "[" * 10000 + "]" * 10000 + "}")
+rc, so, se = run(["logits", "--model", deep10k] + tok + ["--out", os.path.join(work, "d10k.st")])
+ok = rc == 1 and len(se) < 300 and "nesting deeper" in se
+print(f"{'ok  ' if ok else 'FAIL'} 10,000-level config: a short one-line error ({len(se)} bytes)")
+passed, failed = passed + ok, failed + (not ok)
+good_tok = json.load(open(tokf))
+def tokcase(name, mutate, expect):
+    t = json.loads(json.dumps(good_tok)); text = mutate(t)
+    f = os.path.join(work, name + ".json"); write(f, text if isinstance(text, str) else json.dumps(t))
+    case("tokenizer.json: " + name, ["tokenizer", "encode", "--tokenizer", f, "--text", "the fox"], expect)
+def deep_section(key):
+    def m(t):
+        return json.dumps(dict(t, **{key: None})).replace('"%s": null' % key, '"%s": %s' % (key, '{"type": "Sequence", "decoders": ' + "[" * 100000 + "]" * 100000 + "}"))
+    return m
+tokcase("decoder nested 100k", deep_section("decoder"), "nesting deeper")
+tokcase("post_processor nested 100k", deep_section("post_processor"), "nesting deeper")
+def huge_id(t): t["model"]["vocab"]["zzzq"] = 2 ** 30 - 1
+tokcase("vocab id 2^30-1", huge_id, "dense")
+def neg_id(t): t["model"]["vocab"]["zzzq"] = 2 ** 64 - 1
+tokcase("vocab id 2^64-1", neg_id, "token id")
+for tname in ["model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
+              "model.embed_tokens.weight", "lm_head.weight"]:
+    bad_w = bytearray(blob)
+    off = 8 + n + header[tname]["data_offsets"][0] + 4
+    bad_w[off:off + 4] = struct.pack("<f", float("nan") if "gate" in tname else float("inf"))
+    d = variant("nonfinite_" + tname.split(".")[-2], raw=bytes(bad_w))
+    logits(d, tname, "non-finite " + tname)
+    rc, so, se = run(["--allow-nonfinite", "logits", "--model", d] + tok + ["--out", os.path.join(work, "nf.st")])
+    ok = rc == 0
+    print(f"{'ok  ' if ok else 'FAIL'} --allow-nonfinite loads {tname}: rc={rc} {se.strip()[:200]}")
+    passed, failed = passed + ok, failed + (not ok)
+case("init --seed -1", ["init", "--config", good_cfg, "--seed", "-1", "--out", os.path.join(work, "s1")], "--seed",
+     os.path.join(work, "s1"))
+case("generate --seed -1", ["generate", "--model", model, "--prompt-tokens", "1,2", "--seed", "-1"], "--seed")
+case("bench --seed -1", ["bench", "--model", model, "--seed", "-1"], "--seed")
+case("data prepare --seed -1", ["data", "prepare", "--tokenizer", tokf, "--input", corpus, "--out", dout, "--seed", "-1"],
+     "--seed", os.path.join(dout, "meta.json"))
+case("serve --max-body-bytes -1", ["serve", "--model", model, "--max-body-bytes", "-1"], "--max-body-bytes")
+case("serve --host 999.1.1.1", ["serve", "--model", model, "--tokenizer", tokf, "--host", "999.1.1.1", "--port", "0"], "--host")
+case("serve --host not on this machine", ["serve", "--model", model, "--tokenizer", tokf, "--host", "192.0.2.1", "--port", "8090"], "--host")
+case("unknown command", ["frobnicate"], "frobnicate")
+case("init --out empty", ["init", "--config", good_cfg, "--out", ""], "--out")
+case("convert --out empty", ["convert", "--model", model, "--to", "gguf", "--out", ""], "--out")
+failed_init = os.path.join(work, "failed_init")
+case("failed init leaves no folder", ["init", "--config", good_cfg, "--out", failed_init, "--dtype", "F9"], "--dtype",
+     failed_init)
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

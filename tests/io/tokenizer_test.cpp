@@ -272,7 +272,7 @@ TEST(Tokenizer, ConcurrentEncodingMatchesSerial) {
 
 TEST(Tokenizer, BadFilesGiveOneLineErrors) {
     std::string good = make_doc(kMerges, false).dump();
-    expect_load_error("{\"model\": ", "bad JSON");
+    expect_load_error("{\"model\": ", "invalid JSON");
     expect_load_error("[1,2]", "expected a JSON object");
     json d = make_doc(kMerges, false);
     d["model"].erase("vocab");

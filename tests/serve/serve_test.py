@@ -347,6 +347,36 @@ try:
           m4.get("llamacpp:requests_processing") == 0 and m4.get("llamacpp:requests_deferred") == 0, m4)
     check("disconnect: the abandoned generation stopped early or finished (counted)",
           m4["llamacpp:tokens_predicted_total"] - m3["llamacpp:tokens_predicted_total"] <= CTX - 10 + 30, m4)
+    # --- hostile framing and idle clients: answered at once, /health never starved
+    def raw_req(data, timeout=10):
+        s2 = socket.create_connection((HOST, port), timeout=timeout)
+        t0 = time.time()
+        s2.sendall(data)
+        try:
+            got = s2.recv(65536)
+        except socket.timeout:
+            got = b""
+        s2.close()
+        return time.time() - t0, got
+    for cl, want in (("-5", b" 400 "), ("18446744073709551616", b" 400 "), ("abc", b" 400 "), (str(1 << 30), b" 413 ")):
+        dt, got = raw_req(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           "Content-Length: %s\r\n\r\n" % cl).encode())
+        check(f"Content-Length {cl[:12]}: answered at once", want in got.split(b"\r\n")[0] and dt < 1.0, (dt, got[:80]))
+    deep_body = b"[" * 2000 + b"]" * 2000                       # under --max-body-bytes, far past the depth limit
+    dt, got = raw_req(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(deep_body) + deep_body)
+    check("a body nested 2,000 deep: 400", b" 400 " in got.split(b"\r\n")[0], got[:120])
+    st, jj = post("/v1/completions", {"prompt": prompts[0], "max_tokens": 2 ** 64 - 1})
+    check("max_tokens 2^64-1: out of range, not 'at least 1'", is_error(st, jj, 400, "max_tokens") and
+          "out of range" in jj["error"]["message"], jj)
+    idle = [socket.create_connection((HOST, port), timeout=10) for _ in range(64)]
+    worst = 0.0
+    for _ in range(20):
+        t0 = time.time()
+        st, _, _ = request("GET", "/health")
+        worst = max(worst, time.time() - t0)
+    check("64 idle connections held open: /health within 1 s", st == 200 and worst < 1.0, worst)
+    for s3 in idle: s3.close()
 finally:
     if proc.poll() is None:
         proc.terminate()

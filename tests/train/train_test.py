@@ -110,5 +110,57 @@ write_shard(os.path.join(empty, "train_000.bin"), [], V)
 json.dump({"vocab_size": V, "eos_id": 1, "train": ["train_000.bin"], "val": []}, open(os.path.join(empty, "meta.json"), "w"))
 bad("empty dataset", ["--data", empty], "empty")
 
+# shards whose header claims vocab_size -1 (0xFFFFFFFF) with ids beyond the model's vocabulary
+neg = os.path.join(work, "neg_vocab"); os.makedirs(neg)
+with open(os.path.join(neg, "train_000.bin"), "wb") as f:
+    ids = [5, 7, 60000, 9] * 100
+    f.write(b"MTPTOKS\0" + __import__("struct").pack("<IIQII", 1, 2, len(ids), 0xFFFFFFFF, 0))
+    f.write(__import__("struct").pack(f"<{len(ids)}H", *ids))
+json.dump({"vocab_size": -1, "eos_id": 1, "train": ["train_000.bin"], "val": []}, open(os.path.join(neg, "meta.json"), "w"))
+bad("meta.json vocab_size -1", ["--data", neg], "vocab_size")
+json.dump({"vocab_size": V, "eos_id": 1, "train": ["train_000.bin"], "val": []}, open(os.path.join(neg, "meta.json"), "w"))
+bad("shard header vocab_size 0xFFFFFFFF", ["--data", neg], "vocab_size 4294967295")
+deep = os.path.join(work, "deep_train.json")
+open(deep, "w").write("[" * 100000 + "]" * 100000)
+bad("training config nested 100,000 deep", ["--config", deep], "nesting deeper")
+
+# --- resume writes where the user points, never into the folder recorded in the checkpoint
+def digest(d):
+    import hashlib
+    h = {}
+    for root, _, files in os.walk(d):
+        for f in sorted(files):
+            q = os.path.join(root, f)
+            h[os.path.relpath(q, d)] = (hashlib.sha256(open(q, "rb").read()).hexdigest(), os.path.getmtime(q))
+    return h
+orig = os.path.join(work, "orig")
+p = train(["--max-steps", "6", "--out-dir", orig, "--stop-at-step", "3", "--ckpt-every", "3"])
+copy = os.path.join(work, "copy"); shutil.copytree(orig, copy)
+before = digest(orig)
+stale = os.path.join(copy, "model"); os.makedirs(stale, exist_ok=True)
+open(os.path.join(stale, "model.safetensors.tmp.99999"), "wb").write(b"x" * 1000)     # a killed final write
+open(os.path.join(copy, "metrics.jsonl.tmp.4242"), "w").write("partial")
+os.makedirs(os.path.join(copy, "checkpoints", "step_00000005.tmp"))
+p = subprocess.run([mtp, "train", "--resume", copy], capture_output=True, text=True, timeout=600)
+check("resume a copied run: succeeds", p.returncode == 0, p.stderr[-400:])
+check("resume a copied run: the original is untouched", digest(orig) == before)
+check("resume a copied run: the copy has the final model", os.path.exists(os.path.join(copy, "model", "model.safetensors")))
+left = [os.path.join(r, f) for r, ds, fs in os.walk(copy) for f in fs + ds if ".tmp" in f]
+check("stale temp files of the run removed at start", left == [], str(left))
+# a checkpoint folder outside any run folder: --out-dir required; with it, output goes there
+lone = os.path.join(work, "lone_ck")
+shutil.copytree(os.path.join(orig, "checkpoints", sorted(os.listdir(os.path.join(orig, "checkpoints")))[-1]), lone)
+bad("resume a lone checkpoint without --out-dir", ["--resume", lone], "--out-dir", full=True)
+dest = os.path.join(work, "dest")
+p = subprocess.run([mtp, "train", "--resume", lone, "--out-dir", dest], capture_output=True, text=True, timeout=600)
+check("resume a lone checkpoint with --out-dir writes there", p.returncode == 0 and
+      os.path.exists(os.path.join(dest, "model", "model.safetensors")) and digest(orig) == before, p.stderr[-300:])
+bad("resume into another run's folder", ["--resume", copy, "--out-dir", orig], "another run", full=True)
+# a checkpoint whose state says step -5
+neg_ck = os.path.join(work, "neg_ck"); shutil.copytree(lone, neg_ck)
+stp = json.load(open(os.path.join(neg_ck, "state.json"))); stp["step"] = -5
+json.dump(stp, open(os.path.join(neg_ck, "state.json"), "w"))
+bad("checkpoint at step -5", ["--resume", neg_ck, "--out-dir", os.path.join(work, "neg_out")], "step -5", full=True)
+
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
