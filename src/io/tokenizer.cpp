@@ -59,7 +59,7 @@ struct reader {
         return v.get<std::string>();
     }
     int get_id(const json& v, const std::string& field) const {
-        if (!v.is_number_integer() || v.is_number_unsigned() && v.get<uint64_t>() >= uint64_t(id_limit) ||
+        if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() >= uint64_t(id_limit)) ||
             v.get<int64_t>() < 0 || v.get<int64_t>() >= id_limit)
             bad(field, "expected a token id in [0, " + std::to_string(id_limit) +
                            ") (ids are dense: below the vocabulary entries + added tokens + 65536), got " + v.dump());

@@ -101,7 +101,9 @@ const std::vector<train_key>& train_keys() {
 
 void train_config_apply_json(train_config& c, const json& j, const std::string& where) {
     if (!j.is_object()) fail(where, "training config must be a JSON object");
-    for (const auto& [key, v] : j.items()) {
+    for (const auto& item : j.items()) {
+        const std::string key = item.key();       // not a structured binding: lambdas below capture it (clang 14)
+        const json& v = item.value();
         const key_ref& r = find_key(key, where);
         void* p = r.ptr(c);
         auto bad = [&] { fail(where, "key '" + key + "': expected " + kind_name(r.k) + ", got " + v.dump()); };
