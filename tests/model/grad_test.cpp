@@ -26,152 +26,17 @@
 #include "model/mtp.h"
 #include "model/rope.h"
 #include "model/weights.h"
+#include "../fd_harness.h"
 
 namespace {
 
 using nlohmann::json;
 using namespace mtp;
 
-// ---------------------------------------------------------------------------------------------------------------
-// Finite-difference tolerance (the same derivation as tests/core/ops_test.cpp).
-//
-// L(p) = Σ_i r_i y_i(p) (+ the balance loss where present), r fixed random, accumulated in double. For a
-// direction v the central difference D(ε) = (L(p+εv) − L(p−εv)) / 2ε = L'(p;v) + ε²/6 · L'''(p;v) + O(ε⁴);
-// L''' is estimated by Richardson from the evaluations at 2ε, D(2ε) − D(ε) = ε²/2 · L''' + O(ε⁴). Each fp32
-// evaluation of L is off by about c·u·Σ|r_i y_i| (relative error c·u on every output after c dependent rounding
-// stages), so the difference of two evaluations over 2ε contributes c·u·Σ|r_i y_i| / ε; the fp32 backward adds
-// c·u·Σ|g_j v_j| to g·v. Hence
-//        |g·v − D(ε)| ≤ 2 · ( ε²/6 · |L'''| + c·u·Σ|r_i y_i| / ε + c·u·Σ|g_j v_j| ),   u = 2^-24,
-// the factor 2 covering the O(ε⁴) terms and the noise of the L''' estimate. c = 2 × depth, about two unit roundoffs
-// per dependent fp32 stage (a GEMM, a norm, a softmax, an activation, a residual add) on the longest path; the
-// evaluations at p ± εv run the same operation sequence, so their errors are strongly correlated. Directions are
-// relative: each tensor is perturbed by ε·rms(tensor)·N(0,1), and g·v is taken over the perturbation actually applied
-// after rounding.
-// ---------------------------------------------------------------------------------------------------------------
-constexpr double u32 = 0x1p-24;
+using namespace mtp::fd;
 
-double rounding_c(int depth) { return 2.0 * depth; }
-
-double fd_tolerance(double eps, double third_derivative, double loss_abs, double analytic_abs, double c) {
-    const double truncation = eps * eps / 6.0 * std::fabs(third_derivative);
-    const double rounding_fd = c * u32 * loss_abs / eps;
-    const double rounding_an = c * u32 * analytic_abs;
-    return 2.0 * (truncation + rounding_fd + rounding_an);
-}
-
-// Resolving power: a check over all parameters must be able to notice a gradient off by 5% of the typical
-// directional derivative.
-constexpr double fd_power = 0.05;
-
-// FD evaluations run single-threaded: they are thousands of tiny forwards, where OpenMP fork/join would dominate and
-// stall whenever the machine is loaded. The analytic forward/backward under test run with the default thread count.
-struct single_thread_scope {
-    int saved = omp_get_max_threads();
-    single_thread_scope() { omp_set_num_threads(1); }
-    ~single_thread_scope() { omp_set_num_threads(saved); }
-};
-
-struct fd_slot {
-    std::string name;
-    float* p;
-    const float* g;
-    size_t n;
-    double scale = 1;
-};
-
-struct fd_outcome { double analytic = 0, numeric = 0, err = 0, tol = 0; };
-
-using loss_fn = std::function<double(double* abs)>;
-
-fd_outcome fd_check(std::vector<fd_slot>& slots, const std::vector<std::vector<double>>& dir, const loss_fn& loss,
-                    double eps, double c) {
-    std::vector<std::vector<float>> base(slots.size());
-    for (size_t j = 0; j < slots.size(); ++j) base[j].assign(slots[j].p, slots[j].p + slots[j].n);
-    double loss_abs = 0;
-    loss(&loss_abs);
-    double an_abs = 0;
-    for (size_t j = 0; j < slots.size(); ++j)
-        for (size_t i = 0; i < slots[j].n; ++i) an_abs += std::fabs(double(slots[j].g[i]) * dir[j][i]);
-    auto at = [&](double t, double& applied) {
-        applied = 0;
-        for (size_t j = 0; j < slots.size(); ++j)
-            for (size_t i = 0; i < slots[j].n; ++i) {
-                if (dir[j][i] == 0.0) { slots[j].p[i] = base[j][i]; continue; }
-                float v = float(double(base[j][i]) + t * dir[j][i]);
-                slots[j].p[i] = v;
-                applied += double(slots[j].g[i]) * (double(v) - double(base[j][i]));
-            }
-        return loss(nullptr);
-    };
-    double a1p, a1m, a2p, a2m;
-    double l1p = at(eps, a1p), l1m = at(-eps, a1m), l2p = at(2 * eps, a2p), l2m = at(-2 * eps, a2m);
-    for (size_t j = 0; j < slots.size(); ++j) std::copy(base[j].begin(), base[j].end(), slots[j].p);
-    fd_outcome o;
-    o.numeric = (l1p - l1m) / (2 * eps);
-    o.analytic = (a1p - a1m) / (2 * eps);
-    const double e1 = o.numeric - o.analytic;
-    const double e2 = (l2p - l2m) / (4 * eps) - (a2p - a2m) / (4 * eps);
-    o.err = std::fabs(e1);
-    o.tol = fd_tolerance(eps, 2.0 * (e2 - e1) / (eps * eps), loss_abs, an_abs, c);
-    if (std::getenv("MTP_FD_VERBOSE"))
-        std::printf("    an=% .6e fd=% .6e err=%.2e tol=%.2e err/tol=%.3f tol/|an|=%.4f\n", o.analytic, o.numeric,
-                    o.err, o.tol, o.err / o.tol, o.tol / std::fabs(o.analytic));
-    return o;
-}
-
-// n_dirs random directions over all slots (each must have resolving power), one random direction inside every
-// slot (every gradient tensor is compared), and n_coords single coordinates.
-void fd_verify(const std::string& what, std::vector<fd_slot>& slots, const loss_fn& loss, double eps, double c,
-               uint64_t seed, int n_dirs = 2, int n_coords = 4) {
-    single_thread_scope one_thread;
-    rng r(seed);
-    auto zero_dir = [&] {
-        std::vector<std::vector<double>> d(slots.size());
-        for (size_t j = 0; j < slots.size(); ++j) d[j].assign(slots[j].n, 0.0);
-        return d;
-    };
-    // The typical size of g·v over random directions, sqrt(Σ (g_i·scale_i)²) (one draw may be small by chance).
-    double typical = 0;
-    for (const auto& s : slots)
-        for (size_t i = 0; i < s.n; ++i) typical += std::pow(double(s.g[i]) * s.scale, 2);
-    typical = std::sqrt(typical);
-    for (int k = 0; k < n_dirs; ++k) {
-        auto d = zero_dir();
-        for (size_t j = 0; j < slots.size(); ++j)
-            for (auto& x : d[j]) x = slots[j].scale * r.normal();
-        fd_outcome o = fd_check(slots, d, loss, eps, c);
-        EXPECT_LE(o.err, o.tol) << what << ": direction " << k << " analytic " << o.analytic << " vs FD " << o.numeric;
-        EXPECT_LT(o.tol, fd_power * typical) << what << ": direction " << k << " has no resolving power";
-    }
-    for (size_t j = 0; j < slots.size(); ++j) {
-        auto d = zero_dir();
-        for (auto& x : d[j]) x = slots[j].scale * r.normal();
-        fd_outcome o = fd_check(slots, d, loss, eps, c);
-        EXPECT_LE(o.err, o.tol) << what << ": tensor " << slots[j].name << " analytic " << o.analytic << " vs FD "
-                                << o.numeric;
-    }
-    for (int k = 0; k < n_coords; ++k) {
-        auto d = zero_dir();
-        size_t j = r.below(slots.size()), i = r.below(slots[j].n);
-        d[j][i] = slots[j].scale;
-        fd_outcome o = fd_check(slots, d, loss, eps, c);
-        EXPECT_LE(o.err, o.tol) << what << ": " << slots[j].name << "[" << i << "] analytic " << o.analytic
-                                << " vs FD " << o.numeric;
-    }
-}
-
-std::vector<float> randn(rng& r, size_t n, double s = 1.0) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = float(s * r.normal());
-    return v;
-}
-
-double dot_loss(const float* r, const float* y, size_t n, double* abs) {
-    double l = 0, a = 0;
-    for (size_t i = 0; i < n; ++i) { l += double(r[i]) * y[i]; a += std::fabs(double(r[i]) * y[i]); }
-    if (abs) *abs = a;
-    return l;
-}
+// Gradient checks: two random directions, one per tensor, four random coordinates (more for the whole model).
+constexpr fd_plan grad_plan(int directions = 2, int coords = 4) { return fd_plan{directions, true, 0, coords}; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Configs and fixtures
@@ -425,7 +290,7 @@ void check_mla(const json& j, const std::string& what, uint64_t seed) {
         mla_forward(fx.c, l, fx.W.data(), mc, y.data(), x.data(), T, rt.cos.data(), rt.sin.data(), a);
         return dot_loss(rr.data(), y.data(), y.size(), abs);
     };
-    fd_verify(what, slots, loss, 1e-2, rounding_c(mla_depth), seed + 2);
+    fd_verify(what, slots, loss, 1e-2, rounding_c(mla_depth), seed + 2, grad_plan());
 }
 
 TEST(GradMla, WithQLora) { check_mla(base_json(), "mla q_lora", 101); }
@@ -458,7 +323,7 @@ TEST(GradSwiglu, MatchesFiniteDifferences) {
         swiglu_forward(fx.W.data(), s, mc, y.data(), x.data(), T, d, a);
         return dot_loss(rr.data(), y.data(), y.size(), abs);
     };
-    fd_verify("swiglu", slots, loss, 1e-2, rounding_c(swiglu_depth), 203);
+    fd_verify("swiglu", slots, loss, 1e-2, rounding_c(swiglu_depth), 203, grad_plan());
 
     // accumulate=true adds into y.
     auto y0 = randn(r, y.size()), ya = y0;
@@ -558,7 +423,7 @@ void check_moe(const json& j, const std::string& what, uint64_t seed, float alph
         return L;
     };
     // The balance loss alone runs through the router GEMM, the scores and their sum only.
-    fd_verify(what, slots, loss, eps, rounding_c(r_scale > 0 ? moe_depth : 3), seed + 2);
+    fd_verify(what, slots, loss, eps, rounding_c(r_scale > 0 ? moe_depth : 3), seed + 2, grad_plan());
     EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation; ε too large";
 }
 
@@ -629,7 +494,7 @@ void check_layer(const json& j, const std::string& what, uint64_t seed, float al
         if (abs) *abs += bal_scale * std::fabs(bal);
         return L;
     };
-    fd_verify(what, slots, loss, eps, rounding_c(layer_depth(l)), seed + 2);
+    fd_verify(what, slots, loss, eps, rounding_c(layer_depth(l)), seed + 2, grad_plan());
     EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation";
 }
 
@@ -688,7 +553,7 @@ void check_mtp(const json& j0, const std::string& what, uint64_t seed, float alp
         if (abs) *abs += bal_scale * std::fabs(mc.bal_loss);
         return L;
     };
-    fd_verify(what, slots, loss, eps, rounding_c(mtp_depth(l)), seed + 2);
+    fd_verify(what, slots, loss, eps, rounding_c(mtp_depth(l)), seed + 2, grad_plan());
     EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation";
 }
 
@@ -782,7 +647,7 @@ void check_model(const json& j, const std::string& what, uint64_t seed, float al
     int depth = 3;                                                // final norm, lm_head, cross-entropy
     for (const auto& l : fx.L.layers) depth += layer_depth(l);
     for (const auto& l : fx.L.mtp) depth += mtp_depth(l);
-    fd_verify(what, slots, loss, eps, rounding_c(depth), seed + 2, 3, 6);
+    fd_verify(what, slots, loss, eps, rounding_c(depth), seed + 2, grad_plan(3, 6));
     EXPECT_EQ(flips, 0) << what << ": expert selection changed under the perturbation";
 }
 
