@@ -78,7 +78,8 @@ void cpu_model::ensure_rope(int n) {
     for (int i = from; i < to; ++i) pos_[i - from] = i;
     cos_.resize(size_t(to) * half);
     sin_.resize(size_t(to) * half);
-    rope_table(freqs_, pos_.data(), to - from, cos_.data() + size_t(from) * half, sin_.data() + size_t(from) * half);
+    rope_table(freqs_, pos_.data(), to - from, cos_.data() + size_t(from) * half, sin_.data() + size_t(from) * half,
+               rope_attention_factor(c_));
     n_rope_ = to;
 }
 

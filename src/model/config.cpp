@@ -114,8 +114,12 @@ model_config config_from_json(const json& j, const std::string& where) {
         c.rope_scaling.original_max_position_embeddings = q.integer("original_max_position_embeddings", 1, false, 4096);
         c.rope_scaling.beta_fast = q.number("beta_fast", 32.0, true);
         c.rope_scaling.beta_slow = q.number("beta_slow", 1.0, true);
-        c.rope_scaling.mscale = q.number("mscale", 1.0, false);
+        c.rope_scaling.mscale = q.number("mscale", 0.0, false);
         c.rope_scaling.mscale_all_dim = q.number("mscale_all_dim", 0.0, false);
+        if (q.present("attention_factor")) {
+            c.rope_scaling.attention_factor = q.number("attention_factor", 0.0, false);
+            if (!(c.rope_scaling.attention_factor > 0)) r.bad("rope_scaling", "attention_factor must be > 0");
+        }
     }
     c.max_position_embeddings = r.integer("max_position_embeddings", 1, false, 2048);
     c.rms_norm_eps = r.number("rms_norm_eps", 1e-6, true);
@@ -218,8 +222,10 @@ json config_to_json(const model_config& c) {
                              {"original_max_position_embeddings", c.rope_scaling.original_max_position_embeddings},
                              {"beta_fast", c.rope_scaling.beta_fast},
                              {"beta_slow", c.rope_scaling.beta_slow},
-                             {"mscale", c.rope_scaling.mscale},
-                             {"mscale_all_dim", c.rope_scaling.mscale_all_dim}};
+                             };
+        if (c.rope_scaling.mscale != 0) j["rope_scaling"]["mscale"] = c.rope_scaling.mscale;
+        if (c.rope_scaling.mscale_all_dim != 0) j["rope_scaling"]["mscale_all_dim"] = c.rope_scaling.mscale_all_dim;
+        if (c.rope_scaling.attention_factor > 0) j["rope_scaling"]["attention_factor"] = c.rope_scaling.attention_factor;
     } else {
         j["rope_scaling"] = nullptr;
     }

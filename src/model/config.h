@@ -10,7 +10,9 @@ struct rope_scaling_config {
     bool yarn = false;
     double factor = 1.0;
     int original_max_position_embeddings = 4096;
-    double beta_fast = 32.0, beta_slow = 1.0, mscale = 1.0, mscale_all_dim = 0.0;
+    double beta_fast = 32.0, beta_slow = 1.0;
+    double mscale = 0.0, mscale_all_dim = 0.0;   // 0: absent (as Hugging Face reads them: absent or 0 alike)
+    double attention_factor = 0.0;               // > 0: given explicitly (overrides the mscale rule)
 };
 
 struct model_config {

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "io/gguf.h"
 #include "io/pretokenizer.h"
+#include "model/rope.h"
 #include "io/tokenizer.h"
 
 namespace mtp {
@@ -177,6 +178,10 @@ std::vector<std::string> gguf_export_check(const model_config& c, const std::str
                 fail(where, "moe_layer_freq " + std::to_string(c.moe_layer_freq) + " makes layer " + std::to_string(i) +
                                 " dense, but llama.cpp's deepseek2 treats every layer from leading_dense_block_count (" +
                                 std::to_string(c.first_k_dense_replace) + ") on as MoE; refusing to write a GGUF it would misread");
+    if (const double af = rope_attention_factor(c); std::fabs(af - 1.0) > 1e-6)
+        fail(where, "rope_scaling: YaRN attention factor " + std::to_string(af) +
+                        " (from mscale / mscale_all_dim / attention_factor) is not 1; llama.cpp's deepseek2 scales cos/sin "
+                        "by 1 only, so it would misread this model (give mscale = mscale_all_dim); refusing to write it");
     std::vector<std::string> w;
     const int D = c.n_mtp();
     if (D > 1)
@@ -341,6 +346,8 @@ model_files model_load_gguf(const std::string& path) {
             c.rope_scaling.original_max_position_embeddings = u("rope.scaling.original_context_length");
             c.rope_scaling.mscale_all_dim = round7(g.get_float(a + "rope.scaling.yarn_log_multiplier", 0.0) / 0.1);
             c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim;
+            // llama.cpp's deepseek2 leaves cos/sin unscaled; with mscale = mscale_all_dim != 0 that is a = 1 already
+            if (c.rope_scaling.mscale_all_dim == 0) c.rope_scaling.attention_factor = 1.0;
             c.rope_scaling.beta_fast = round7(g.get_float(a + "rope.scaling.yarn_beta_fast", 32.0));
             c.rope_scaling.beta_slow = round7(g.get_float(a + "rope.scaling.yarn_beta_slow", 1.0));
         } else if (st != "none") {

@@ -24,7 +24,7 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
     const int half = c.qk_rope_head_dim / 2;
     s.cos = a.alloc(size_t(T) * half);
     s.sin = a.alloc(size_t(T) * half);
-    rope_table(s.freqs, s.pos.data(), T, s.cos, s.sin);
+    rope_table(s.freqs, s.pos.data(), T, s.cos, s.sin, rope_attention_factor(c));
     if (load && load->size() != size_t(c.n_layers_total()) * E) load->assign(size_t(c.n_layers_total()) * E, 0.0);
     auto load_of = [&](int layer) { return load && E > 0 ? load->data() + size_t(layer) * E : nullptr; };
 

@@ -27,13 +27,22 @@ std::vector<double> rope_frequencies(const model_config& c) {
     return f;
 }
 
-void rope_table(const std::vector<double>& freqs, const int* pos, int n, float* cos, float* sin) {
+double rope_attention_factor(const model_config& c) {
+    const auto& y = c.rope_scaling;
+    if (!y.yarn) return 1.0;
+    if (y.attention_factor > 0) return y.attention_factor;
+    const auto get_mscale = [&](double ms) { return y.factor <= 1.0 ? 1.0 : 0.1 * ms * std::log(y.factor) + 1.0; };
+    if (y.mscale != 0 && y.mscale_all_dim != 0) return get_mscale(y.mscale) / get_mscale(y.mscale_all_dim);
+    return get_mscale(1.0);
+}
+
+void rope_table(const std::vector<double>& freqs, const int* pos, int n, float* cos, float* sin, double attn) {
     const int half = int(freqs.size());
     for (int t = 0; t < n; ++t)
         for (int i = 0; i < half; ++i) {
             double th = double(pos[t]) * freqs[i];
-            cos[size_t(t) * half + i] = float(std::cos(th));
-            sin[size_t(t) * half + i] = float(std::sin(th));
+            cos[size_t(t) * half + i] = float(std::cos(th) * attn);
+            sin[size_t(t) * half + i] = float(std::sin(th) * attn);
         }
 }
 

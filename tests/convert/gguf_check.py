@@ -284,6 +284,16 @@ def main():
     check(p.returncode == 1 and "moe_layer_freq" in p.stderr and p.stderr.count("\n") == 1, "refusal: " + p.stderr)
     check(not os.path.exists(os.path.join(WORK, "f2.gguf")), "no file written on refusal")
 
+    # a YaRN attention factor llama.cpp cannot express (no mscale keys: cos/sin x (0.1 ln 4 + 1)) is refused
+    c4 = dict(c, rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                               "beta_fast": 32.0, "beta_slow": 1.0})
+    json.dump(c4, open(cfg, "w"))
+    yd = os.path.join(WORK, "yarn_af")
+    run("init", "--config", cfg, "--out", yd)
+    p = run("convert", "--model", yd, "--to", "gguf", "--out", os.path.join(WORK, "yarn_af.gguf"), ok=False)
+    check(p.returncode == 1 and "attention factor" in p.stderr and p.stderr.count("\n") == 1, "YaRN factor refusal: " + p.stderr)
+    check(not os.path.exists(os.path.join(WORK, "yarn_af.gguf")), "no file written for the YaRN factor refusal")
+
     # --mtp-layers: a D = 2 model exported with its first MTP module only (what llama.cpp's draft-mtp runs)
     c3 = dict(c, num_nextn_predict_layers=2)
     json.dump(c3, open(cfg, "w"))

@@ -170,6 +170,23 @@ def rope_freqs_and_scale(cfg):
     return f, scale
 
 
+def rope_attention_factor(cfg):
+    """YaRN's factor on cos and sin, as transformers' _compute_yarn_parameters computes it (§3.3)."""
+    rs = cfg.get("rope_scaling")
+    if not rs or (rs.get("type") or rs.get("rope_type")) != "yarn":
+        return 1.0
+    factor = float(rs.get("factor", 1.0))
+
+    def get_mscale(scale, ms=1.0):
+        return 1.0 if scale <= 1 else 0.1 * ms * math.log(scale) + 1.0
+
+    if rs.get("attention_factor") is not None:
+        return float(rs["attention_factor"])
+    if rs.get("mscale") and rs.get("mscale_all_dim"):
+        return get_mscale(factor, float(rs["mscale"])) / get_mscale(factor, float(rs["mscale_all_dim"]))
+    return get_mscale(factor)
+
+
 # --------------------------------------------------------------------------------------------
 # building blocks
 # --------------------------------------------------------------------------------------------
@@ -226,7 +243,8 @@ class Model:
     def _rope_tables(self, T):
         pos = torch.arange(T, dtype=torch.float64)
         ang = pos[:, None] * self.freqs[None, :]
-        return torch.cos(ang).to(self.dtype), torch.sin(ang).to(self.dtype)
+        a = rope_attention_factor(self.cfg)
+        return (torch.cos(ang) * a).to(self.dtype), (torch.sin(ang) * a).to(self.dtype)
 
     # -- attention (§3) ----------------------------------------------------------------------
     def attention(self, i, x, cos, sin):
