@@ -173,6 +173,23 @@ check("bench --weights f32 bf16 q8_0: one row each, ratios against f32, kernels 
       rc == 0 and all(f"| {w} |" in so for w in ("f32", "bf16", "q8_0")) and "kernels avx" in so and
       "weights f32:" in so, so[:1500] + se)
 
+# --- EOS through the CLI: a copy of the model whose eos_token_id is the 8th greedy token stops right after its
+# first occurrence (the token itself kept, counted once), plain and speculative alike; --ignore-eos runs on
+pl = plain.split(",")
+eos = int(pl[7]); first = pl.index(str(eos))
+eos_model = os.path.join(work, "d2_eos"); shutil.copytree(model, eos_model)
+ec = json.load(open(os.path.join(eos_model, "config.json"))); ec["eos_token_id"] = eos
+json.dump(ec, open(os.path.join(eos_model, "config.json"), "w"))
+for extra in (["--spec", "none"], ["--draft", "2"], ["--draft", "4", "--draft-reuse"], ["--draft-tree", "2,2"]):
+    toks = os.path.join(work, "eos.tokens")
+    rc, so, se = run(["generate", "--model", eos_model, "--prompt-tokens", "5,17,3,99,42", "-n", "40",
+                      "--tokens-out", toks] + extra)
+    got = open(toks).read().strip().split(",") if rc == 0 else []
+    check("EOS stops generation " + " ".join(extra), rc == 0 and got == pl[:first + 1] and
+          f"generated {first + 1} tokens" in se.splitlines()[-1], (got, first, se[-300:]))
+rc, so, se, ids = gen(eos_model, ["--spec", "none"], "eos_ignored")
+check("--ignore-eos generates past EOS", rc == 0 and ids == plain, se)
+
 # --- token trees through the CLI (greedy): output == plain; the bench measures them at temperature 0 only
 for extra in (["--draft-tree", "2,2"], ["--draft-tree", "3,1,2", "--draft-reuse"], ["--draft-tree", "2", "--draft-vocab", "20"]):
     rc, so, se, ids = gen(model, extra, "tree")

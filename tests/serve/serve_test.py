@@ -386,5 +386,52 @@ finally:
             proc.kill()
             proc.wait(5)
 check("server exits on SIGTERM", proc.returncode == 0, (proc.returncode, lines[-5:]))
+
+# --- EOS over HTTP: a copy of the model whose eos_token_id is the 7th greedy token of the prompt's continuation;
+# without ignore_eos the request ends there with finish_reason "stop", the EOS token counted but not in the text
+eos_model = os.path.join(work, "model_eos")
+shutil.copytree(model, eos_model)
+toks_f = os.path.join(work, "eos.tokens")
+rc, so, se = run(["generate", "--model", model, "--prompt", "hello world", "-n", "40", "--ignore-eos",
+                  "--tokens-out", toks_f])
+ids = [int(x) for x in open(toks_f).read().split(",")]
+eos = ids[6]; first = ids.index(eos)
+ec = json.load(open(os.path.join(eos_model, "config.json"))); ec["eos_token_id"] = eos
+json.dump(ec, open(os.path.join(eos_model, "config.json"), "w"))
+lines = []
+proc = subprocess.Popen([mtp, "serve", "--model", eos_model, "--host", HOST, "--port", "0", "-t", "1"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env)
+threading.Thread(target=read_stderr, daemon=True).start()
+try:
+    port = None
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        for l in lines:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", l)
+            if m: port = int(m.group(1))
+        if port:
+            try:
+                if request("GET", "/health", timeout=5)[0] == 200: break
+            except OSError:
+                pass
+        time.sleep(0.05)
+    st, jj = post("/detokenize", {"tokens": ids[:first]})
+    want_text = jj["content"]
+    st, jj = post("/v1/completions", {"prompt": "hello world", "max_tokens": 40, "temperature": 0})
+    ch = jj["choices"][0] if st == 200 else {}
+    check("EOS over HTTP: finish_reason stop, EOS counted, its text dropped",
+          st == 200 and ch["finish_reason"] == "stop" and jj["usage"]["completion_tokens"] == first + 1 and
+          ch["text"] == want_text, (first, jj))
+    st, jj = post("/v1/completions", {"prompt": "hello world", "max_tokens": 40, "temperature": 0, "ignore_eos": True})
+    check("ignore_eos over HTTP: runs to max_tokens", st == 200 and jj["choices"][0]["finish_reason"] == "length" and
+          jj["usage"]["completion_tokens"] == 40, jj)
+    _, ev = sse("/v1/completions", {"prompt": "hello world", "max_tokens": 40, "temperature": 0, "stream": True})
+    withc = [e for e in ev if isinstance(e, dict) and e.get("choices")]
+    check("EOS over HTTP, streaming: the last chunk says stop, the text matches",
+          withc and withc[-1]["choices"][0]["finish_reason"] == "stop" and
+          "".join(e["choices"][0].get("text", "") for e in withc) == want_text, withc[-2:] if withc else ev)
+finally:
+    proc.terminate()
+    proc.wait(15)
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
