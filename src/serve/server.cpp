@@ -1,11 +1,13 @@
 #include "serve/server.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -28,6 +30,15 @@
 #include "serve/api.h"
 
 namespace mtp::serve {
+
+namespace {
+// Test hooks (the serving tests only): a model load or each decode round held back by this many milliseconds, so
+// that /health's 503 and a client leaving mid-generation can be observed on a tiny model. 0 when unset.
+int test_delay_ms(const char* name) {
+    const char* v = std::getenv(name);
+    return v ? std::max(0, std::min(60000, std::atoi(v))) : 0;
+}
+} // namespace
 
 namespace {
 
@@ -156,6 +167,7 @@ private:
             std::vector<int> buf;
             while (!end && !j.cancelled) {
                 buf.clear();
+                if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
                 const int k = g.step(limit - n_gen, buf);
                 if (k == 0) break;   // context full
                 for (int i = 0; i < k && !end; ++i) end = take(buf[size_t(i)]);
@@ -186,6 +198,7 @@ private:
     tokenizer tok_;
     spec_params sp_;
     int threads_;
+    int step_delay_ms_ = test_delay_ms("MTP_SERVE_TEST_STEP_DELAY_MS");
     metrics& met_;
     cpu_model cm_;
     std::mutex mu_;
@@ -543,6 +556,8 @@ void serve_run(const serve_options& o) {
         listener.join();
     };
     try {
+        if (const int ms = test_delay_ms("MTP_SERVE_TEST_LOAD_DELAY_MS"); ms > 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(ms));
         model_files m = model_load_dir(o.model_dir);
         tokenizer t = tokenizer_load(tok_path);
         if (tokenizer_vocab_size(t) > m.config.vocab_size)

@@ -50,9 +50,11 @@ shutil.copy(tok, os.path.join(model, "tokenizer.json"))
 MAX_BODY = 65536
 port = None
 lines = []
+# The load is held back 1.5 s (a test hook of the server) so that the loading state is observed for sure.
 proc = subprocess.Popen([mtp, "serve", "--model", model, "--host", HOST, "--port", "0", "-t", "1",
                          "--max-body-bytes", str(MAX_BODY)],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env)
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
+                        env=dict(env, MTP_SERVE_TEST_LOAD_DELAY_MS="1500"))
 def read_stderr():
     for l in proc.stderr:
         lines.append(l.rstrip("\n"))
@@ -123,6 +125,9 @@ try:
     assert port, "server did not start: " + "\n".join(lines)
     seen = set()
     health_ok = True
+    st, ct, b = request("POST", "/v1/completions", {"prompt": "hello", "max_tokens": 2})
+    check("POST while loading: 503 with an error object (model_loading)",
+          is_error(st, json.loads(b), 503, code="model_loading"), (st, b[:200]))
     while time.time() < deadline:
         st, ct, b = request("GET", "/health", timeout=5)
         j = json.loads(b)
@@ -132,7 +137,7 @@ try:
             health_ok &= j == {"status": "ok"}
             break
         time.sleep(0.05)
-    check("/health: 200 {status: ok} once loaded (503 {status: loading} before)", health_ok and 200 in seen, seen)
+    check("/health: 503 {status: loading} while loading, then 200 {status: ok}", health_ok and seen == {503, 200}, seen)
 
     st, ct, b = request("GET", "/v1/models")
     j = json.loads(b)
@@ -399,8 +404,10 @@ eos = ids[6]; first = ids.index(eos)
 ec = json.load(open(os.path.join(eos_model, "config.json"))); ec["eos_token_id"] = eos
 json.dump(ec, open(os.path.join(eos_model, "config.json"), "w"))
 lines = []
+# each decode round held back 20 ms (a test hook), so that a client leaving mid-generation is seen in time
 proc = subprocess.Popen([mtp, "serve", "--model", eos_model, "--host", HOST, "--port", "0", "-t", "1"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace", env=env)
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
+                        env=dict(env, MTP_SERVE_TEST_STEP_DELAY_MS="20"))
 threading.Thread(target=read_stderr, daemon=True).start()
 try:
     port = None
@@ -430,6 +437,23 @@ try:
     check("EOS over HTTP, streaming: the last chunk says stop, the text matches",
           withc and withc[-1]["choices"][0]["finish_reason"] == "stop" and
           "".join(e["choices"][0].get("text", "") for e in withc) == want_text, withc[-2:] if withc else ev)
+    # a client that leaves mid-stream: generation stops within a few rounds of the next write (20 ms rounds; the
+    # request could produce CTX - 10 tokens, i.e. ~5 s of rounds at 3 tokens each)
+    m3 = metrics()
+    s = socket.create_connection((HOST, port), timeout=10)
+    body = json.dumps({"prompt": "hello", "max_tokens": CTX - 10, "temperature": 0, "ignore_eos": True,
+                       "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = s.recv(256)
+    s.close()
+    deadline = time.time() + 20
+    while time.time() < deadline and metrics().get("llamacpp:requests_processing", 1) != 0: time.sleep(0.05)
+    m4 = metrics()
+    gen_after = m4["llamacpp:tokens_predicted_total"] - m3["llamacpp:tokens_predicted_total"]
+    check("a client that leaves mid-stream: generation stops within a few rounds (counted)",
+          got.startswith(b"HTTP/1.1 200") and 0 < gen_after <= 40 and m4.get("llamacpp:requests_processing") == 0,
+          (gen_after, got[:40]))
 finally:
     proc.terminate()
     proc.wait(15)
