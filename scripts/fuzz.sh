@@ -4,7 +4,7 @@
 # 2 GB per allocation (a reader that asks for more on hostile input is a finding), 10 s per input. A crash, leak,
 # sanitizer report, timeout or limit breach stops with the input saved as build-san/fuzz/<target>/crash-*;
 # turn it into a regression test (a seed named after it) once fixed. Prints executions and coverage per target.
-#   bash scripts/fuzz.sh 15                      # CI: 15 s each
+#   bash scripts/fuzz.sh 10                      # CI: 10 s each
 #   bash scripts/fuzz.sh 600                     # the documented long run: 10 minutes each
 #   bash scripts/fuzz.sh 600 fuzz_gguf           # one target
 set -euo pipefail

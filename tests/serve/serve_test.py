@@ -451,8 +451,9 @@ try:
     while time.time() < deadline and metrics().get("llamacpp:requests_processing", 1) != 0: time.sleep(0.05)
     m4 = metrics()
     gen_after = m4["llamacpp:tokens_predicted_total"] - m3["llamacpp:tokens_predicted_total"]
+    # (0 when the server saw the disconnect before the first round, as under ASan)
     check("a client that leaves mid-stream: generation stops within a few rounds (counted)",
-          got.startswith(b"HTTP/1.1 200") and 0 < gen_after <= 40 and m4.get("llamacpp:requests_processing") == 0,
+          got.startswith(b"HTTP/1.1 200") and 0 <= gen_after <= 40 and m4.get("llamacpp:requests_processing") == 0,
           (gen_after, got[:40]))
 finally:
     proc.terminate()
