@@ -131,7 +131,6 @@ int generator::step_tree(int max_new, std::vector<int>& out) {
     const int hn = int(toks_.size());
     const int nv = dv_ ? int(p_.draft_vocab.size()) : V_;
     std::vector<int> best;
-    ensure_rows(D_, n + 1);
     for (int k = 1; k <= D_; ++k) ensure_rows(k, n + 1);
 
     // Draft, depth by depth.

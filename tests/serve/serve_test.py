@@ -99,6 +99,17 @@ def sse(path, body, timeout=T):
     finally:
         c.close()
 
+def abandon_stream():
+    """Starts a long streaming completion, reads the first bytes, and hangs up; returns those bytes."""
+    s = socket.create_connection((HOST, port), timeout=10)
+    body = json.dumps({"prompt": "hello", "max_tokens": CTX - 10, "temperature": 0, "ignore_eos": True,
+                       "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = s.recv(256)
+    s.close()
+    return got
+
 def metrics():
     st, ct, b = request("GET", "/metrics")
     out = {}
@@ -335,13 +346,7 @@ try:
 
     # --- a client that disconnects mid-stream frees the worker
     m3 = metrics()
-    s = socket.create_connection((HOST, port), timeout=10)
-    body = json.dumps({"prompt": "hello", "max_tokens": CTX - 10, "temperature": 0, "ignore_eos": True,
-                       "stream": True}).encode()
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    got = s.recv(256)
-    s.close()
+    got = abandon_stream()
     check("disconnect: the stream had started", got.startswith(b"HTTP/1.1 200"), got)
     st, jj = post("/v1/completions", {"prompt": prompts[1], "max_tokens": 30, "temperature": 0, "ignore_eos": True},)
     check("after a disconnect a later request succeeds", st == 200 and jj["choices"][0]["text"] == alone[1], jj)
@@ -440,13 +445,7 @@ try:
     # a client that leaves mid-stream: generation stops within a few rounds of the next write (20 ms rounds; the
     # request could produce CTX - 10 tokens, i.e. ~5 s of rounds at 3 tokens each)
     m3 = metrics()
-    s = socket.create_connection((HOST, port), timeout=10)
-    body = json.dumps({"prompt": "hello", "max_tokens": CTX - 10, "temperature": 0, "ignore_eos": True,
-                       "stream": True}).encode()
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    got = s.recv(256)
-    s.close()
+    got = abandon_stream()
     deadline = time.time() + 20
     while time.time() < deadline and metrics().get("llamacpp:requests_processing", 1) != 0: time.sleep(0.05)
     m4 = metrics()
