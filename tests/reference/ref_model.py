@@ -234,6 +234,7 @@ class Model:
         f, self.scale = rope_freqs_and_scale(cfg)
         self.freqs = torch.from_numpy(f)  # float64
         self.trace = None  # list to receive router diagnostics, or None
+        self.attn_trace = None  # list to receive attention sharpness per layer, or None
         self._masks = {}
 
     # -- parameters ------------------------------------------------------------------------
@@ -276,6 +277,11 @@ class Model:
             causal = self._masks[T] = torch.ones(T, T, dtype=torch.bool).triu(1)
         s = s.masked_fill(causal, float("-inf"))
         p = torch.softmax(s, dim=-1)
+        if self.attn_trace is not None and T > 1:
+            # entropy of each row over its i+1 keys relative to uniform (1 = uniform, 0 = one key)
+            with torch.no_grad():
+                ent = -(p * torch.log(p.clamp_min(1e-300))).sum(-1)[..., 1:]          # [B,H,T-1]
+                self.attn_trace.append(float((ent / torch.log(torch.arange(2, T + 1, dtype=p.dtype))).mean()))
         o = torch.einsum("bhij,bjhv->bihv", p, v).reshape(B, T, H * vd)
         return linear(o, P[a + "o_proj.weight"])
 
@@ -427,9 +433,10 @@ def _tok_tensor(tokens):
 # --------------------------------------------------------------------------------------------
 # functional API
 # --------------------------------------------------------------------------------------------
-def forward(cfg, W, tokens, dtype=torch.float64, trace=None):
+def forward(cfg, W, tokens, dtype=torch.float64, trace=None, attn_trace=None):
     model = Model(cfg, W, dtype=dtype)
     model.trace = trace
+    model.attn_trace = attn_trace
     tok, single = _tok_tensor(tokens)
     with torch.no_grad():
         logits, mtp = model.forward(tok)

@@ -67,6 +67,7 @@ def naive_forward(cfg, W, tokens):
     d, H, L, D = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"], R.num_mtp(cfg)
     nope, rope, vd, kvl = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
     freqs, scale = R.rope_freqs_and_scale(cfg)
+    af = R.rope_attention_factor(cfg)  # checked against hand-computed values in check_yarn
 
     def rms(x, w):
         return w * x / math.sqrt(float(np.mean(x * x)) + eps)
@@ -75,7 +76,7 @@ def naive_forward(cfg, W, tokens):
         y = x.copy()
         for i in range(rope // 2):
             th = pos * freqs[i]
-            c, s = math.cos(th), math.sin(th)
+            c, s = af * math.cos(th), af * math.sin(th)
             y[2 * i] = x[2 * i] * c - x[2 * i + 1] * s
             y[2 * i + 1] = x[2 * i] * s + x[2 * i + 1] * c
         return y
@@ -362,6 +363,16 @@ def check_yarn():
     ok = np.allclose(f, [1.0, 0.0625, 0.0025, 0.00025], rtol=1e-14) and \
         abs(scale - 24 ** -0.5 * (1 + 0.1 * math.log(4)) ** 2) < 1e-15
     check("yarn: yarn_freq2_d3 (low 0, high 2: r = 0, .5, 1, 1)", ok, f"f={f} scale={scale:.8f}")
+    # the attention factor on cos/sin (transformers' _compute_yarn_parameters), by hand for factor 4:
+    # no keys -> 0.1 ln 4 + 1 = 1.138629; mscale 1, mscale_all_dim 0.5 -> 1.138629 / 1.069315 = 1.064822;
+    # mscale = mscale_all_dim -> 1; attention_factor given -> itself; factor <= 1 -> 1.
+    def af(**k):
+        return R.rope_attention_factor({"rope_scaling": dict({"type": "yarn", "factor": 4.0}, **k)})
+    got = [af(), af(mscale=1.0, mscale_all_dim=0.5), af(mscale=0.7, mscale_all_dim=0.7), af(attention_factor=0.9),
+           af(factor=1.0)]
+    want = [1.1386294361, 1.1386294361 / 1.0693147181, 1.0, 0.9, 1.0]
+    check("yarn: attention factor (no keys, mscale != mscale_all_dim, equal, attention_factor, factor 1)",
+          np.allclose(got, want, rtol=1e-9), f"{np.round(got, 6).tolist()}")
 
 
 def main():
