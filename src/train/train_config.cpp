@@ -29,6 +29,7 @@ struct key_ref {
 const std::map<std::string, key_ref>& table() {
     static const std::map<std::string, key_ref> t = {
         KEY(model_config, kind::str, "config.json of the model to train"),
+        KEY(init_model, kind::str, "start from this model folder's weights (its config.json is the model's)"),
         KEY(data, kind::str, "dataset folder from `mtp data prepare`"),
         KEY(tokenizer, kind::str, "tokenizer.json for samples (default: the dataset's)"),
         KEY(out_dir, kind::str, "output folder: metrics, checkpoints, final model, plot"),

@@ -12,6 +12,7 @@ namespace mtp {
 struct train_config {
     // what to train on
     std::string model_config;              // config.json of the model (any DeepseekV3 config the engine supports)
+    std::string init_model;                // start from this model folder's weights (fine-tuning) instead of random init
     std::string data;                      // folder written by `mtp data prepare`
     std::string tokenizer;                 // tokenizer.json for samples (default: the one in the data's meta.json)
     std::string out_dir = "runs/train";

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -138,8 +139,20 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         fail("--stop-at-step", "must be after the resumed step " + std::to_string(start_step));
 
     dataset data = dataset_load(tc.data);
-    if (resume.empty()) {
-        if (tc.model_config.empty()) fail("model_config", "required: the model's config.json");
+    if (resume.empty() && !tc.init_model.empty()) {
+        m = model_load_dir(tc.init_model);
+        if (!tc.model_config.empty() && config_to_json(config_load(tc.model_config)) != config_to_json(m.config))
+            fail("init_model", tc.init_model + " has another config than model_config " + tc.model_config +
+                                   " (give one of them)");
+        if (tc.mtp_depth >= 0) {
+            if (tc.mtp_depth > m.config.n_mtp())
+                fail("mtp_depth", std::to_string(tc.mtp_depth) + " exceeds the " + std::to_string(m.config.n_mtp()) +
+                                      " MTP modules of init_model " + tc.init_model);
+            m = model_keep_mtp(m, tc.mtp_depth);
+        }
+        m.storage = "f32";
+    } else if (resume.empty()) {
+        if (tc.model_config.empty()) fail("model_config", "required: the model's config.json (or init_model)");
         m.config = config_load(tc.model_config);
         if (tc.mtp_depth >= 0) m.config.num_nextn_predict_layers = tc.mtp_depth;
         m.layout = layout_build(m.config);
@@ -192,6 +205,15 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     std::vector<const layer_offsets*> moe_layers;
     for (const auto& l : m.layout.layers) if (l.moe) moe_layers.push_back(&l);
     for (const auto& l : m.layout.mtp) if (l.moe) moe_layers.push_back(&l);
+
+    // Test hook: every training window, as int32 [steps][grad_accum][batch][seq_len], appended to this file
+    // (tests/train/train_ref_test.py feeds the same batches to the PyTorch reference).
+    std::FILE* dump = nullptr;
+    if (const char* p = std::getenv("MTP_TRAIN_TEST_DUMP_BATCHES"); p && *p) {
+        dump = std::fopen(p, start_step == 0 ? "wb" : "ab");
+        if (!dump) fail(p, "cannot open (MTP_TRAIN_TEST_DUMP_BATCHES)");
+    }
+    struct file_closer { std::FILE* f; ~file_closer() { if (f) std::fclose(f); } } dump_closer{dump};
 
     auto t_start = std::chrono::steady_clock::now();
     double tok_per_s = 0;
@@ -255,6 +277,8 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         const float w = 1.0f / float(A * B);
         for (int micro = 0; micro < A; ++micro) {
             sample_windows(data.train, uint64_t(tc.seed), uint64_t(step) * A + micro, B, T - 1, batch.data());
+            if (dump && std::fwrite(batch.data(), sizeof(int), batch.size(), dump) != batch.size())
+                fail("MTP_TRAIN_TEST_DUMP_BATCHES", "write failed");
             for (int b = 0; b < B; ++b) {
                 a.reset();
                 model_forward(c, m.layout, m.weights.data(), s, batch.data() + size_t(b) * T, T, float(tc.bal_alpha), a,

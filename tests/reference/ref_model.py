@@ -235,6 +235,7 @@ class Model:
         self.freqs = torch.from_numpy(f)  # float64
         self.trace = None  # list to receive router diagnostics, or None
         self.attn_trace = None  # list to receive attention sharpness per layer, or None
+        self.route_terms = None  # list to receive (layer, scores s [N,E] with their graph, idx [N,K]), or None
         self._masks = {}
 
     # -- parameters ------------------------------------------------------------------------
@@ -348,7 +349,9 @@ class Model:
         m = f"model.layers.{i}.mlp."
         shp = x.shape
         xf = x.reshape(-1, shp[-1])
-        _, idx, w = self.route(i, xf)
+        s, idx, w = self.route(i, xf)
+        if self.route_terms is not None:
+            self.route_terms.append((i, s, idx))
         y = torch.zeros_like(xf)
         for e in range(int(cfg["n_routed_experts"])):
             tok, slot = (idx == e).nonzero(as_tuple=True)
