@@ -1,9 +1,13 @@
 #!/usr/bin/python3
 """Independent check of `mtp convert --to gguf` against the GGUF v3 layout (written from the format
 description, not from the C++ code): walks the header, every key (name and value type), the tensor table
-(name, shape, ggml type, offset, alignment) and the data section; compares f32 tensor bytes with the
-source safetensors (including the attn_k_b / attn_v_b split), and checks that `mtp logits` on the GGUF
-equals `mtp logits` on the directory byte for byte.
+(name, shape, ggml type, offset, alignment) and the data section; decodes EVERY tensor of the f32, f16 and
+q8_0 files with its own decoder (f16: IEEE half via numpy; q8_0: ggml blocks of an fp16 scale d and 32 int8
+q, x = d*q) and compares it with the source safetensors mapped to GGUF's names and layouts (the attn_k_b /
+attn_v_b split, stacked experts): f32 exactly, f16 equal to the source rounded to half, q8_0 with each block's
+scale fp16(max|x|/127) and every weight within half a quantisation step. Checks that `mtp logits` on the f32
+GGUF equals `mtp logits` on the directory byte for byte, the YaRN keys of a YaRN config (and its logits), and
+tokenizer.ggml.pre for a GPT-2 and the DeepSeek-V3 pre-tokenizer.
 
 usage: gguf_check.py MTP_BINARY WORK_DIR
 """
@@ -13,7 +17,10 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
+
 MTP, WORK = sys.argv[1], sys.argv[2]
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.makedirs(WORK, exist_ok=True)
 
 CONFIG = {
@@ -166,6 +173,87 @@ def read_safetensors(path):
     return out
 
 
+def source_as_gguf(src, c):
+    """Every GGUF tensor name -> the source weights in GGUF's memory order (flat float32), written from the
+    llama.cpp deepseek2 tensor naming: ne[0] is the fastest axis, so an HF [out, in] matrix keeps its bytes."""
+    def t(name):
+        shape, vals = src[name]
+        return np.asarray(vals, np.float32).reshape(shape)
+    H, nope, v, r = c["num_attention_heads"], c["qk_nope_head_dim"], c["v_head_dim"], c["kv_lora_rank"]
+    out = {"token_embd.weight": t("model.embed_tokens.weight"), "output.weight": t("lm_head.weight"),
+           "output_norm.weight": t("model.norm.weight")}
+    names = {"attn_norm": "input_layernorm", "attn_q_a": "self_attn.q_a_proj", "attn_q_a_norm": "self_attn.q_a_layernorm",
+             "attn_q_b": "self_attn.q_b_proj", "attn_kv_a_mqa": "self_attn.kv_a_proj_with_mqa",
+             "attn_kv_a_norm": "self_attn.kv_a_layernorm", "attn_output": "self_attn.o_proj",
+             "ffn_norm": "post_attention_layernorm", "ffn_gate_inp": "mlp.gate", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj", "ffn_gate_shexp": "mlp.shared_experts.gate_proj",
+             "ffn_up_shexp": "mlp.shared_experts.up_proj", "ffn_down_shexp": "mlp.shared_experts.down_proj",
+             "nextn.eh_proj": "eh_proj", "nextn.enorm": "enorm", "nextn.hnorm": "hnorm",
+             "nextn.shared_head_norm": "shared_head.norm"}
+    for i in range(c["num_hidden_layers"] + c["num_nextn_predict_layers"]):
+        hf = "model.layers.%d." % i
+        for g, h in names.items():
+            if hf + h + ".weight" in src:
+                out["blk.%d.%s.weight" % (i, g)] = t(hf + h + ".weight")
+        if hf + "mlp.gate.e_score_correction_bias" in src:
+            out["blk.%d.exp_probs_b.bias" % i] = t(hf + "mlp.gate.e_score_correction_bias")
+        for g in ("gate", "up", "down"):
+            e = 0
+            stack = []
+            while hf + "mlp.experts.%d.%s_proj.weight" % (e, g) in src:
+                stack.append(t(hf + "mlp.experts.%d.%s_proj.weight" % (e, g)))
+                e += 1
+            if stack:
+                out["blk.%d.ffn_%s_exps.weight" % (i, g)] = np.stack(stack)
+        kvb = t(hf + "self_attn.kv_b_proj.weight").reshape(H, nope + v, r)
+        out["blk.%d.attn_k_b.weight" % i] = kvb[:, :nope, :].transpose(0, 2, 1)   # ne [nope, r, H]
+        out["blk.%d.attn_v_b.weight" % i] = kvb[:, nope:, :]                      # ne [r, v, H]
+        if i >= c["num_hidden_layers"]:
+            out["blk.%d.nextn.embed_tokens.weight" % i] = t("model.embed_tokens.weight")
+            out["blk.%d.nextn.shared_head_head.weight" % i] = t("lm_head.weight")
+    return {k: np.ascontiguousarray(x).reshape(-1) for k, x in out.items()}
+
+
+def decode(b, off, n, ty):
+    """n values of ggml type ty at byte offset off: 0 f32, 1 f16, 8 q8_0."""
+    if ty == 0:
+        return np.frombuffer(b, "<f4", n, off).astype(np.float64), None
+    if ty == 1:
+        return np.frombuffer(b, "<f2", n, off).astype(np.float64), None
+    assert ty == 8 and n % 32 == 0
+    blocks = np.frombuffer(b, np.dtype([("d", "<f2"), ("q", "i1", 32)]), n // 32, off)
+    d = blocks["d"].astype(np.float64)
+    return (d[:, None] * blocks["q"].astype(np.float64)).reshape(-1), d
+
+
+def check_data(b, data_start, tensors, src, c, ty_name):
+    """Every tensor decoded and compared with the source (see the module docstring)."""
+    want = source_as_gguf(src, c)
+    bad = []
+    for name, ne, ty, off in tensors:
+        n = int(np.prod(ne))
+        x = want.get(name)
+        if x is None or x.size != n:
+            bad.append("%s: no source of %d values" % (name, n))
+            continue
+        got, scales = decode(b, data_start + off, n, ty)
+        if ty == 0:
+            ok = np.array_equal(got, x.astype(np.float64))
+        elif ty == 1:
+            ok = np.array_equal(got, x.astype(np.float16).astype(np.float64))
+        else:
+            xb = x.astype(np.float64).reshape(-1, 32)
+            d_want = (np.abs(xb).max(1) / 127.0).astype(np.float16).astype(np.float64)
+            # |x - d q| <= d/2 where d is the stored scale, plus the fp16 rounding of the scale itself
+            # (max|x|/127 vs its half: relative 2^-11, times |q| <= 127, i.e. <= 127 * 2^-11 * d)
+            err = np.abs(xb - got.reshape(-1, 32)).max(1)
+            ok = np.array_equal(scales, d_want) and bool(np.all(err <= scales * (0.5 + 127 * 2.0 ** -11) + 1e-12))
+        if not ok:
+            bad.append(name)
+    check(not bad, "%s: %d tensors decoded, mismatches: %s" % (ty_name, len(tensors), bad[:5]))
+    return len(tensors) - len(bad)
+
+
 def run(*args, ok=True):
     p = subprocess.run([MTP] + list(args), capture_output=True, text=True)
     if ok and p.returncode != 0:
@@ -241,6 +329,8 @@ def main():
             check(e0 <= s1, "%s: %s overlaps %s" % (ty_name, n0, n1))
             check(s1 - e0 < align, "%s: gap after %s" % (ty_name, n0))
         check(len(b) - data_start - spans[-1][1] < align, "%s: file ends after the last tensor (+padding)" % ty_name)
+        print("%s: %d/%d tensors decoded equal to the source" % (
+            ty_name, check_data(b, data_start, tensors, src, c, ty_name), len(tensors)))
         if ty_name == "f32":   # data equality with the source checkpoint
             tmap = {t[0]: t for t in tensors}
 
@@ -293,6 +383,36 @@ def main():
     p = run("convert", "--model", yd, "--to", "gguf", "--out", os.path.join(WORK, "yarn_af.gguf"), ok=False)
     check(p.returncode == 1 and "attention factor" in p.stderr and p.stderr.count("\n") == 1, "YaRN factor refusal: " + p.stderr)
     check(not os.path.exists(os.path.join(WORK, "yarn_af.gguf")), "no file written for the YaRN factor refusal")
+
+    # YaRN that llama.cpp expresses (mscale = mscale_all_dim: attention factor 1): the keys, and the logits
+    # through the GGUF equal those through the directory; the DeepSeek-V3 pre-tokenizer (taken from the real
+    # tokenizer.json that scripts/fetch_tokenizer_refs.sh installs) is named "deepseek-v3" for llama.cpp.
+    c5 = dict(c, rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                               "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 0.8, "mscale_all_dim": 0.8})
+    json.dump(c5, open(cfg, "w"))
+    yk = os.path.join(WORK, "yarn_keys")
+    run("init", "--config", cfg, "--out", yk, "--seed", "13")
+    real = os.path.join(ROOT, "third_party_cache", "tokenizer_refs", "node_modules", "@lenml", "tokenizer-deepseek_v3",
+                        "models", "tokenizer.json")
+    check(os.path.exists(real), "the DeepSeek-V3 tokenizer.json (scripts/fetch_tokenizer_refs.sh) at " + real)
+    if os.path.exists(real):
+        ds = dict(tok, pre_tokenizer=json.load(open(real))["pre_tokenizer"])
+        json.dump(ds, open(os.path.join(yk, "tokenizer.json"), "w"))
+    out = os.path.join(WORK, "yarn_keys.gguf")
+    run("convert", "--model", yk, "--to", "gguf", "--out", out, "--type", "f32")
+    b, kv, tensors, align, data_start = parse_gguf(out)
+    a = "deepseek2.rope.scaling."
+    want = {a + "type": (STR, "yarn"), a + "factor": (F32, 4.0), a + "original_context_length": (U32, 16),
+            a + "yarn_log_multiplier": (F32, np.float32(0.1 * 0.8)), a + "yarn_beta_fast": (F32, 32.0),
+            a + "yarn_beta_slow": (F32, 1.0)}
+    for k, (t, v) in want.items():
+        check(k in kv and kv[k][0] == t and kv[k][1] == v, "YaRN key %s = %r (got %r)" % (k, v, kv.get(k)))
+    if os.path.exists(real):
+        check(kv["tokenizer.ggml.pre"][1] == "deepseek-v3", "tokenizer.ggml.pre deepseek-v3 (got %r)" % (kv["tokenizer.ggml.pre"],))
+    ga, gg = os.path.join(WORK, "ya.st"), os.path.join(WORK, "yg.st")
+    run("logits", "--model", yk, "--tokens", "1,2,3,60,5,9,7,8,9,10,11,12,13,14,15,16,17,18,19,20", "--out", ga)
+    run("logits", "--model", out, "--tokens", "1,2,3,60,5,9,7,8,9,10,11,12,13,14,15,16,17,18,19,20", "--out", gg)
+    check(open(ga, "rb").read() == open(gg, "rb").read(), "YaRN: mtp logits from GGUF == from directory")
 
     # --mtp-layers: a D = 2 model exported with its first MTP module only (what llama.cpp's draft-mtp runs)
     c3 = dict(c, num_nextn_predict_layers=2)
