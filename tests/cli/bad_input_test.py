@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Bad input through the `mtp` CLI: each case must exit non-zero (not by a signal) with ONE line on stderr
-that starts with 'error:' and names the file/field, and must not leave a partial output file."""
+"""Bad input through the `mtp` CLI: each case must exit with the documented status (1 for errors, 2 for flag
+syntax) with ONE line on stderr that starts with 'error:' and names the file/field, and must not leave a
+partial output file."""
 import json, os, shutil, struct, subprocess, sys
 
 mtp, work = sys.argv[1], sys.argv[2]
@@ -20,11 +21,13 @@ def run(args):
     return p.returncode, p.stdout, p.stderr
 
 passed = failed = 0
-def case(name, args, expect, out=None):
+def case(name, args, expect, out=None, code=1):
+    """code: the documented exit status: 1 for errors, 2 for flag syntax (unknown flag or command, a value the
+    flag's own validator refuses)."""
     global passed, failed
     rc, so, se = run(args)
     lines = [l for l in se.splitlines() if l.strip()]
-    ok = (rc != 0 and rc < 128 and len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0])
+    ok = (rc == code and len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0])
     if out and os.path.exists(out): ok = False
     leftovers = [f for f in os.listdir(work) if ".tmp." in f]
     if leftovers: ok = False
@@ -110,8 +113,8 @@ case("token not a number", ["logits", "--model", model, "--tokens", "1,a,3", "--
 case("grad one token", ["grad", "--model", model, "--tokens", "5", "--out", out], "--tokens", out)
 case("model dir missing", ["logits", "--model", os.path.join(work, "nope"), "--tokens", "1", "--out", out], "nope", out)
 case("output dir missing", ["logits", "--model", model, "--tokens", "1,2", "--out", os.path.join(work, "no/dir/x.st")], "no/dir", None)
-case("unknown flag", ["logits", "--model", model, "--tokens", "1", "--out", out, "--frobnicate", "1"], "frobnicate", out)
-case("missing required flag", ["logits", "--model", model], "--tokens", out)
+case("unknown flag", ["logits", "--model", model, "--tokens", "1", "--out", out, "--frobnicate", "1"], "frobnicate", out, code=2)
+case("missing required flag", ["logits", "--model", model], "--tokens", out, code=2)
 
 
 # --- tokenizer training and data preparation
@@ -173,17 +176,17 @@ for tname in ["model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score
     print(f"{'ok  ' if ok else 'FAIL'} --allow-nonfinite loads {tname}: rc={rc} {se.strip()[:200]}")
     passed, failed = passed + ok, failed + (not ok)
 case("init --seed -1", ["init", "--config", good_cfg, "--seed", "-1", "--out", os.path.join(work, "s1")], "--seed",
-     os.path.join(work, "s1"))
-case("generate --seed -1", ["generate", "--model", model, "--prompt-tokens", "1,2", "--seed", "-1"], "--seed")
-case("bench --seed -1", ["bench", "--model", model, "--seed", "-1"], "--seed")
+     os.path.join(work, "s1"), code=2)
+case("generate --seed -1", ["generate", "--model", model, "--prompt-tokens", "1,2", "--seed", "-1"], "--seed", code=2)
+case("bench --seed -1", ["bench", "--model", model, "--seed", "-1"], "--seed", code=2)
 case("data prepare --seed -1", ["data", "prepare", "--tokenizer", tokf, "--input", corpus, "--out", dout, "--seed", "-1"],
-     "--seed", os.path.join(dout, "meta.json"))
-case("serve --max-body-bytes -1", ["serve", "--model", model, "--max-body-bytes", "-1"], "--max-body-bytes")
+     "--seed", os.path.join(dout, "meta.json"), code=2)
+case("serve --max-body-bytes -1", ["serve", "--model", model, "--max-body-bytes", "-1"], "--max-body-bytes", code=2)
 case("serve --host 999.1.1.1", ["serve", "--model", model, "--tokenizer", tokf, "--host", "999.1.1.1", "--port", "0"], "--host")
 case("serve --host not on this machine", ["serve", "--model", model, "--tokenizer", tokf, "--host", "192.0.2.1", "--port", "8090"], "--host")
-case("unknown command", ["frobnicate"], "frobnicate")
-case("init --out empty", ["init", "--config", good_cfg, "--out", ""], "--out")
-case("convert --out empty", ["convert", "--model", model, "--to", "gguf", "--out", ""], "--out")
+case("unknown command", ["frobnicate"], "frobnicate", code=2)
+case("init --out empty", ["init", "--config", good_cfg, "--out", ""], "--out", code=2)
+case("convert --out empty", ["convert", "--model", model, "--to", "gguf", "--out", ""], "--out", code=2)
 failed_init = os.path.join(work, "failed_init")
 case("failed init leaves no folder", ["init", "--config", good_cfg, "--out", failed_init, "--dtype", "F9"], "--dtype",
      failed_init)

@@ -8,7 +8,8 @@ set -euo pipefail
 mtp="$1"; tests="$2"; work="$3"
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 rm -rf "$work"; mkdir -p "$work"
-bash "$root/scripts/fetch_corpus.sh"
+# The corpus is fetched by scripts/setup.sh (tests use no network).
+[ -f "$root/data/.brown.done" ] || { echo "trained_model_test: data/brown missing: run scripts/setup.sh" >&2; exit 1; }
 "$mtp" tokenizer train --vocab-size 2048 --input "$root/data/brown" --out "$work/tok.json" >/dev/null
 "$mtp" data prepare --tokenizer "$work/tok.json" --input "$root/data/brown" --out "$work/data" >/dev/null
 sed -e 's/"vocab_size": 8000/"vocab_size": 2048/' -e 's/"hidden_size": 192/"hidden_size": 96/' \

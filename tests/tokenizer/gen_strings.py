@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Deterministic generator of varied test strings for tokenizer parity (>= 2,000 strings).
+"""Deterministic generator of varied test strings for tokenizer parity (>= 2,000 strings), committed as
+strings.json so that every machine tests the same inputs (`gen_strings.py` rewrites it; `load()` reads it).
 
 Categories: English prose (from /usr/share/common-licenses and comments in /usr/include, plus generated
 sentences), C source from /usr/include headers, numbers of many lengths, CJK, emoji (ZWJ sequences, skin
@@ -213,6 +214,21 @@ def invalid_utf8_cases():
     return out
 
 
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "strings.json")
+
+
+def load():
+    """The committed test strings (tests/tokenizer/strings.json): the same inputs on every machine."""
+    import json
+    with open(FIXTURE, encoding="utf-8") as f:
+        return json.load(f)
+
+
 if __name__ == "__main__":
+    # Regenerates the committed fixture from this machine's files (then review and commit the diff).
+    import json
     s = generate()
-    print(len(s), "strings,", sum(len(x.encode()) for x in s), "bytes", file=sys.stderr)
+    with open(FIXTURE, "w", encoding="utf-8") as f:
+        json.dump(s, f, ensure_ascii=False, indent=0)
+        f.write("\n")
+    print(len(s), "strings,", sum(len(x.encode()) for x in s), "bytes ->", FIXTURE, file=sys.stderr)

@@ -91,11 +91,12 @@ else:
     check("balancing runs", False, (p0.stderr + p1.stderr)[-800:])
 
 # --- bad input: one line, non-zero exit, before any work
-def bad(name, args, expect, full=False):
+def bad(name, args, expect, full=False, code=1):
+    """code: the documented exit status (1 for errors, 2 for flag syntax)."""
     p = subprocess.run([mtp, "train"] + ([] if full else base) + args, capture_output=True, text=True, timeout=120)
     lines = [l for l in p.stderr.splitlines() if l.strip()]
-    ok = p.returncode not in (0,) and p.returncode < 128 and len(lines) == 1 and expect in lines[0]
-    check("bad input: " + name, ok, repr(p.stderr.strip()[:300]))
+    ok = p.returncode == code and len(lines) == 1 and expect in lines[0]
+    check("bad input: " + name, ok, f"rc={p.returncode} " + repr(p.stderr.strip()[:300]))
 bad("missing dataset", ["--data", os.path.join(work, "nope")], "nope")
 bad("wrong-typed key", ["--batch-size", "four"], "--batch-size")
 bad("unknown key", ["--batch-sise", "4"], "batch-sise")
