@@ -3,7 +3,9 @@
 # UndefinedBehaviorSanitizer into build-san/, the test suite run there, then each libFuzzer target for
 # FUZZ_SECONDS (default 10). Left out under the sanitizers, for time only (their code paths run in the other
 # sanitized tests): the 5-million-draw chi-square test SpecSampling.KeepsTheTargetDistribution, the tokenizer
-# parity against the JS reference, and the test that trains a model first (speculative_trained_model).
+# parity against the JS reference, and the test that trains a model first (speculative_trained_model); and the
+# tests whose C++ paths are exactly reference_parity's or that run no C++ at all (reference_selfcheck,
+# reference_injected_bugs, docs_links).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,5 +15,5 @@ ninja -C build-san mtp mtp_tests $(ls tests/fuzz/fuzz_*.cpp | xargs -n1 basename
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_WAIT_POLICY=PASSIVE
 (cd build-san && ctest --output-on-failure --timeout 900 -j2 \
-   -E '^(SpecSampling\.KeepsTheTargetDistribution|tokenizer_parity|speculative_trained_model)$')
+   -E '^(SpecSampling\.KeepsTheTargetDistribution|tokenizer_parity|speculative_trained_model|reference_selfcheck|reference_injected_bugs|docs_links)$')
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
