@@ -24,6 +24,7 @@ TRAIN_REF = [PY, "tests/train/train_ref_test.py", "{mtp}", "{work}"]
 PARITY = [PY, "tests/reference/test_parity.py", "--mtp", "{mtp}", "--work", "{work}"]
 GENERATE = [PY, "tests/infer/generate_cli_test.py", "{mtp}", "{work}"]
 SERVE = [PY, "tests/serve/serve_test.py", "{mtp}", "{work}"]
+MPI = [PY, "tests/train/mpi_test.py", "{mtp}", "{work}"]
 
 # name, file, [(exact text, replacement)], tests that must fail
 MUTANTS = [
@@ -52,6 +53,18 @@ MUTANTS = [
     ("eos_not_stopping_cli", "src/infer/speculative.cpp",
      [("if (buf[i] == stop_id) { keep = i + 1; stop = true; break; }", "(void)i;")], [GENERATE]),
     ("eos_not_stopping_http", "src/serve/server.cpp", [("if (id == eos) {", "if (false) {")], [SERVE]),
+    ("dp_gradients_not_reduced", "src/train/data_parallel.cpp",
+     [("        comm_allreduce_sum(G.data(), G.size());\n        return;", "        return;")], [MPI]),
+    ("zero1_weights_not_gathered", "src/train/data_parallel.cpp",
+     [("if (p.zero1) comm_allgather(W.data(), p.counts);", "(void)p.counts;")], [MPI]),
+    ("dp_expert_load_not_reduced", "src/train/trainer.cpp",
+     [("            comm_allreduce_sum(load.data(), load.size());\n", "")], [MPI]),
+    ("ep_owner_runs_the_wrong_expert", "src/model/expert_parallel.cpp",
+     [("        const int e = p.me * p.El + j;\n        swiglu_forward(", "        const int e = j;\n        swiglu_forward(")],
+     [MPI]),
+    ("ep_backward_skipped", "src/model/expert_parallel.cpp",
+     [("        swiglu_backward(W, G, l.experts[size_t(e)], m.experts[size_t(e)], dxr + o * d, dyr + o * d, d, a);",
+       "        (void)e, (void)o;")], [MPI]),
     ("disconnect_not_honoured", "src/serve/server.cpp",
      [("while (!end && !j.cancelled) {", "while (!end) {")], [SERVE]),
 ]

@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(g++ cmake ninja-build pkg-config libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libcli11-dev
       libgtest-dev libgmock-dev libbenchmark-dev python3-torch python3-numpy gnuplot-nox
-      libpcre2-dev libcpp-httplib-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev)
+      libpcre2-dev libcpp-httplib-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev libopenmpi-dev openmpi-bin)
 # node + npm run the JS tokenizer reference (tests/tokenizer); any nodejs that ships npm will do.
 command -v npm >/dev/null || pkgs+=(nodejs npm)
 missing=()

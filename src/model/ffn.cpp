@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/ops.h"
+#include "model/expert_parallel.h"
 
 namespace mtp {
 
@@ -133,10 +134,14 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
     m.xe = a.alloc(size_t(T) * K * d);
     m.ye = a.alloc(size_t(T) * K * d);
     for (int r = 0; r < T * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
-    for (int e = 0; e < E; ++e) {
-        int n = m.start[e + 1] - m.start[e];
-        swiglu_forward(W, l.experts[e], m.experts[e], m.ye + size_t(m.start[e]) * d, m.xe + size_t(m.start[e]) * d,
-                       n, d, a);
+    if (expert_parallel_active()) {
+        expert_parallel_forward(c, l, W, m, a);                          // owners compute, rows travel
+    } else {
+        for (int e = 0; e < E; ++e) {
+            int n = m.start[e + 1] - m.start[e];
+            swiglu_forward(W, l.experts[e], m.experts[e], m.ye + size_t(m.start[e]) * d, m.xe + size_t(m.start[e]) * d,
+                           n, d, a);
+        }
     }
     // y = shared(x) + Σ_k w_k y_k   (summed in fixed k order per token)
     if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, T, d, a);
@@ -186,8 +191,12 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
         dw[t * K + k] = float(dot);
     }
     float* dxe = a.alloc_zero(size_t(T) * K * d);
-    for (int e = 0; e < E; ++e)
-        swiglu_backward(W, G, l.experts[e], m.experts[e], dxe + size_t(m.start[e]) * d, dye + size_t(m.start[e]) * d, d, a);
+    if (expert_parallel_active())
+        expert_parallel_backward(c, l, W, G, m, dye, dxe, a);
+    else
+        for (int e = 0; e < E; ++e)
+            swiglu_backward(W, G, l.experts[e], m.experts[e], dxe + size_t(m.start[e]) * d, dye + size_t(m.start[e]) * d,
+                            d, a);
     for (int r = 0; r < T * K; ++r) add_inplace(dx + size_t(m.tok[r]) * d, dxe + size_t(r) * d, d);
 
     // dw -> ds (through selection weights) and the balance loss -> dlogits of the router.

@@ -60,7 +60,9 @@ const std::map<std::string, key_ref>& table() {
         KEY(sample_prompt, kind::str, "prompt of the samples"),
         KEY(ckpt_every, kind::i32, "write a checkpoint every N steps (0 = only at the end)"),
         KEY(keep_checkpoints, kind::i32, "keep the last K checkpoints"),
-        KEY(threads, kind::i32, "OpenMP threads (0 = default)"),
+        KEY(threads, kind::i32, "OpenMP threads (0 = default; per rank under mpirun)"),
+        KEY(expert_parallel, kind::i32, "under mpirun: split the routed experts over groups of this many ranks (1 = off)"),
+        KEY(zero_stage, kind::i32, "under mpirun: 1 shards the AdamW moments over the ranks (ZeRO-1), 0 replicates them"),
         KEY(plot, kind::boolean, "write loss.png with gnuplot at the end"),
         KEY(progress, kind::boolean, "progress bar on a terminal"),
     };
@@ -216,6 +218,8 @@ void train_config_validate(const train_config& c) {
     need(c.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1");
     need(c.sample_tokens >= 0, "sample_tokens", "must be >= 0");
     need(c.threads >= 0, "threads", "must be >= 0");
+    need(c.zero_stage == 0 || c.zero_stage == 1, "zero_stage", "must be 0 or 1");
+    need(c.expert_parallel >= 1, "expert_parallel", "must be >= 1");
     parse_schedule(c.mtp_lambda_schedule);
 }
 

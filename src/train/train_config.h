@@ -37,7 +37,10 @@ struct train_config {
     int sample_tokens = 40;
     std::string sample_prompt = "The";
     int ckpt_every = 250, keep_checkpoints = 2;
-    int threads = 0;                       // 0: OMP default
+    int threads = 0;                       // 0: OMP default (per rank under mpirun)
+    // distributed (mpirun): the global batch is split over the ranks
+    int zero_stage = 0;                    // 1: AdamW moments sharded over ranks (ZeRO-1)
+    int expert_parallel = 1;               // P > 1: routed experts split over groups of P ranks (all-to-all)
     bool plot = true;
     bool progress = true;                  // progress bar when stderr is a terminal
 };

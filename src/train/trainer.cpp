@@ -16,13 +16,16 @@
 #include <omp.h>
 
 #include "core/arena.h"
+#include "core/comm.h"
 #include "core/error.h"
 #include "infer/naive_generate.h"
 #include "io/atomic_file.h"
 #include "io/tokenizer.h"
+#include "model/expert_parallel.h"
 #include "model/model.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
 #include "train/dataset.h"
 #include "train/flops.h"
 #include "train/plot.h"
@@ -172,26 +175,63 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     if (start_step == 0 && fs::is_directory(fs::path(tc.out_dir) / "checkpoints") &&
         !fs::is_empty(fs::path(tc.out_dir) / "checkpoints"))
         fail(tc.out_dir, "already holds checkpoints of another run: resume it with --resume, or choose another out_dir");
-    fs::create_directories(tc.out_dir);
-    remove_stale_temps(tc.out_dir);
+    // Under mpirun every rank computes and only rank 0 writes (logs, metrics, evaluation, samples, checkpoints).
+    const comm_info& world = comm_world();
+    const bool root = world.rank == 0;
+    if (tc.batch_size < world.size)
+        fail("batch_size", std::to_string(tc.batch_size) + " sequences cannot be split over " +
+                               std::to_string(world.size) + " ranks (need batch_size >= ranks)");
+    if (tc.expert_parallel > 1) {
+        const int E = c.n_routed_experts;
+        if (E == 0 || E % tc.expert_parallel != 0)
+            fail("expert_parallel", std::to_string(E) + " routed experts do not split over " +
+                                        std::to_string(tc.expert_parallel) + " ranks");
+        if (world.size % tc.expert_parallel != 0)
+            fail("expert_parallel", std::to_string(tc.expert_parallel) + " does not divide the " +
+                                        std::to_string(world.size) + " ranks");
+        if (tc.batch_size % world.size != 0)   // every rank runs the same number of sequences, in lockstep
+            fail("batch_size", "must be a multiple of the " + std::to_string(world.size) + " ranks with expert_parallel");
+    }
+    comm_barrier();   // every rank has checked the folder before rank 0 writes into it
     const std::string metrics_path = (fs::path(tc.out_dir) / "metrics.jsonl").string();
-    if (start_step == 0) fs::remove(metrics_path);
-    else truncate_metrics(metrics_path, start_step);
-    std::ofstream metrics(metrics_path, std::ios::app);
-    if (!metrics) fail(metrics_path, "cannot open for writing");
+    std::ofstream metrics;
+    if (root) {
+        fs::create_directories(tc.out_dir);
+        remove_stale_temps(tc.out_dir);
+        if (start_step == 0) fs::remove(metrics_path);
+        else truncate_metrics(metrics_path, start_step);
+        metrics.open(metrics_path, std::ios::app);
+        if (!metrics) fail(metrics_path, "cannot open for writing");
+    }
+    auto say = [root](const char* fmt, auto... a) {
+        if (root) std::printf(fmt, a...);
+    };
 
     const int D = c.n_mtp(), B = tc.batch_size, T = tc.seq_len, A = tc.grad_accum, E = c.n_routed_experts;
     size_t n_params = 0;
     for (const auto& p : m.layout.params) n_params += p.size;
     const double peak = measure_peak_gflops();
     const double flops_step = 3.0 * model_forward_flops(c, T) * A * B;
-    const bool tty = tc.progress && isatty(fileno(stderr));
-    std::printf("model: %zu parameters, %d layers (+%d MTP), vocab %d | data: %zu train / %zu val tokens\n",
+    const bool tty = root && tc.progress && isatty(fileno(stderr));
+    dp_plan dp = dp_make(m.layout, tc.zero_stage == 1);
+    dp_adopt_state(dp, opt);
+    struct ep_guard { ~ep_guard() { expert_parallel_enable(false); } } ep_off_at_exit;
+    if (tc.expert_parallel > 1) {
+        comm_make_expert_groups(tc.expert_parallel);
+        expert_parallel_enable(true);
+    }
+    say("model: %zu parameters, %d layers (+%d MTP), vocab %d | data: %zu train / %zu val tokens\n",
                 n_params, c.num_hidden_layers, D, c.vocab_size, data.train.size(), data.val.size());
-    std::printf("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s\n",
+    say("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s\n",
                 tc.max_steps, A, B, T, tc.lr, tc.mtp_lambda, tc.bias_update_speed, tc.bal_alpha,
                 omp_get_max_threads(), peak);
-    if (start_step > 0) std::printf("resumed from step %d, writing to %s\n", start_step, tc.out_dir.c_str());
+    if (world.size > 1)
+        say("distributed: %d ranks (data parallel%s), %d sequences per rank per micro-batch\n", world.size,
+            dp.zero1 ? ", ZeRO-1 optimizer shards" : "", tc.batch_size / world.size);
+    if (expert_parallel_active())
+        say("expert parallel: groups of %d ranks, %d of the %d routed experts computed per rank\n", tc.expert_parallel,
+            c.n_routed_experts / tc.expert_parallel, c.n_routed_experts);
+    if (start_step > 0) say("resumed from step %d, writing to %s\n", start_step, tc.out_dir.c_str());
     std::fflush(stdout);
 
     train_result res;
@@ -209,17 +249,30 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     // Test hook: every training window, as int32 [steps][grad_accum][batch][seq_len], appended to this file
     // (tests/train/train_ref_test.py feeds the same batches to the PyTorch reference).
     std::FILE* dump = nullptr;
-    if (const char* p = std::getenv("MTP_TRAIN_TEST_DUMP_BATCHES"); p && *p) {
+    if (const char* p = std::getenv("MTP_TRAIN_TEST_DUMP_BATCHES"); root && p && *p) {
         dump = std::fopen(p, start_step == 0 ? "wb" : "ab");
         if (!dump) fail(p, "cannot open (MTP_TRAIN_TEST_DUMP_BATCHES)");
     }
     struct file_closer { std::FILE* f; ~file_closer() { if (f) std::fclose(f); } } dump_closer{dump};
+
+    // Collective under ZeRO-1 (the optimizer shards are gathered to rank 0); written by rank 0 only.
+    auto save_checkpoint = [&](int at_step) {
+        adamw_state full = dp_full_state(dp, opt, m.layout);
+        if (!root) return;
+        metrics.flush();
+        checkpoint_save(tc.out_dir, m, full, tc, at_step);
+        checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
+    };
 
     auto t_start = std::chrono::steady_clock::now();
     double tok_per_s = 0;
     int step = start_step;
     bool evaluated_last = false;
     auto do_eval = [&](int at_step) {
+        // rank 0 alone, on its full copy of the weights (they are replicated): no expert all-to-all here
+        const bool ep = expert_parallel_active();
+        expert_parallel_enable(false);
+        struct restore { bool on; ~restore() { expert_parallel_enable(on); } } restore_ep{ep};
         double lam = mtp_lambda_at(tc, at_step);
         evaluation ev = evaluate(m, data, tc, lam, a, s, buf);
         res.val_main = ev.main;
@@ -265,21 +318,25 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         std::fflush(stdout);
     };
 
+    double comm_total = 0;
     for (; step < tc.max_steps; ++step) {
-        if (tc.max_time > 0 && seconds_since(t_start) >= tc.max_time) break;
+        // the time limit is decided together, so that every rank leaves the loop at the same step
+        if (tc.max_time > 0 && comm_allreduce_max(seconds_since(t_start) >= tc.max_time ? 1.0 : 0.0) > 0) break;
         if (tc.stop_at_step > 0 && step >= tc.stop_at_step) break;
         auto t0 = std::chrono::steady_clock::now();
+        const double comm0 = comm_seconds();
         const double lr = lr_at(tc, step), lam = mtp_lambda_at(tc, step);
         std::fill(G.begin(), G.end(), 0.0f);
         load.assign(size_t(c.n_layers_total()) * std::max(E, 1), 0.0);
         double l_total = 0, l_main = 0, l_bal = 0;
         std::vector<double> l_mtp(D, 0.0);
         const float w = 1.0f / float(A * B);
+        const auto [b_first, b_last] = dp_rows(dp, B);
         for (int micro = 0; micro < A; ++micro) {
             sample_windows(data.train, uint64_t(tc.seed), uint64_t(step) * A + micro, B, T - 1, batch.data());
             if (dump && std::fwrite(batch.data(), sizeof(int), batch.size(), dump) != batch.size())
                 fail("MTP_TRAIN_TEST_DUMP_BATCHES", "write failed");
-            for (int b = 0; b < B; ++b) {
+            for (int b = b_first; b < b_last; ++b) {
                 a.reset();
                 model_forward(c, m.layout, m.weights.data(), s, batch.data() + size_t(b) * T, T, float(tc.bal_alpha), a,
                               &load);
@@ -291,18 +348,20 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
                 for (int k = 0; k < D; ++k) l_mtp[k] += ls.mtp[k] * w;
             }
         }
-        double gn2 = 0;
-        for (const auto& p : m.layout.params)
-            if (p.trainable)
-                for (size_t i = 0; i < p.size; ++i) gn2 += double(G[p.offset + i]) * G[p.offset + i];
-        const double gnorm = std::sqrt(gn2);
+        if (world.size > 1) {   // the step's statistics and expert loads over all ranks' sequences
+            std::vector<double> stats = {l_total, l_main, l_bal};
+            stats.insert(stats.end(), l_mtp.begin(), l_mtp.end());
+            comm_allreduce_sum(stats.data(), stats.size());
+            l_total = stats[0], l_main = stats[1], l_bal = stats[2];
+            std::copy(stats.begin() + 3, stats.end(), l_mtp.begin());
+            comm_allreduce_sum(load.data(), load.size());
+        }
+        dp_reduce_gradients(dp, G);
+        const double gnorm = dp_grad_norm(dp, m.layout, G);
         if (!std::isfinite(gnorm) || !std::isfinite(l_total))
             fail("train", "diverged at step " + std::to_string(step + 1) + ": loss or gradient is not finite (lower lr?)");
-        if (tc.grad_clip > 0 && gnorm > tc.grad_clip) {
-            const float sc = float(tc.grad_clip / gnorm);
-            for (auto& g : G) g *= sc;
-        }
-        adamw_step(oc, opt, m.layout, m.weights.data(), G.data(), float(lr));
+        if (tc.grad_clip > 0 && gnorm > tc.grad_clip) dp_scale_gradients(dp, G, float(tc.grad_clip / gnorm));
+        dp_adamw(dp, oc, opt, m.layout, m.weights, G, float(lr));
         // Auxiliary-loss-free balancing: bias_e += γ sign(mean load - load_e), over the whole step's batch.
         for (const auto* l : moe_layers) {
             const double* ld = load.data() + size_t(l->index) * E;
@@ -317,14 +376,17 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         for (size_t i = 0; i < load.size(); ++i) load_since_eval[i] += load[i];
 
         const double dt = seconds_since(t0);
+        const double comm_dt = comm_seconds() - comm0;
+        comm_total += comm_dt;
         tok_per_s = double(A) * B * T / dt;
-        const double mfu = flops_step / dt / (peak * 1e9);
+        const double mfu = flops_step / dt / (peak * 1e9 * world.size);
         const int done = step + 1;
         json rec = {{"type", "train"}, {"step", done}, {"loss", l_total}, {"main", l_main}, {"mtp", l_mtp},
                     {"bal", l_bal}, {"lr", lr}, {"lambda", lam}, {"grad_norm", gnorm}, {"tokens_per_s", tok_per_s},
                     {"mfu", mfu}, {"time", seconds_since(t_start)}};
-        metrics << rec.dump() << "\n";
-        if (done % tc.log_every == 0 || done == tc.max_steps) {
+        if (world.size > 1) rec["comm_s"] = comm_dt;
+        if (root) metrics << rec.dump() << "\n";
+        if (root && (done % tc.log_every == 0 || done == tc.max_steps)) {
             if (tty) std::fprintf(stderr, "\r\033[K");
             std::printf("step %d/%d | loss %.4f | main %.4f", done, tc.max_steps, l_total, l_main);
             for (int k = 0; k < D; ++k) std::printf(" | mtp%d %.4f", k + 1, l_mtp[k]);
@@ -342,33 +404,31 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         }
         evaluated_last = false;
         if (tc.eval_every > 0 && done % tc.eval_every == 0) {
-            do_eval(done);
+            if (root) do_eval(done);
             evaluated_last = true;
         }
         if (tc.ckpt_every > 0 && done % tc.ckpt_every == 0 && done < tc.max_steps &&
-            !(tc.stop_at_step > 0 && done == tc.stop_at_step)) {
-            metrics.flush();
-            checkpoint_save(tc.out_dir, m, opt, tc, done);
-            checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
-        }
+            !(tc.stop_at_step > 0 && done == tc.stop_at_step))
+            save_checkpoint(done);
     }
     if (tty) std::fprintf(stderr, "\r\033[K");
-    metrics.flush();
+    if (root) metrics.flush();
+    res.steps_done = step;
+    if (world.size > 1 && step > start_step)
+        say("communication: %.1f%% of the training time (%.2f s in collectives)\n",
+            100.0 * comm_total / std::max(1e-9, seconds_since(t_start)), comm_total);
     if (tc.stop_at_step > 0 && step == tc.stop_at_step && step < tc.max_steps) {
-        checkpoint_save(tc.out_dir, m, opt, tc, step);                   // as if interrupted: resume continues
-        checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
-        std::printf("stopped at step %d (stop_at_step); resume with --resume %s\n", step, tc.out_dir.c_str());
-        res.steps_done = step;
+        save_checkpoint(step);                                           // as if interrupted: resume continues
+        say("stopped at step %d (stop_at_step); resume with --resume %s\n", step, tc.out_dir.c_str());
         return res;
     }
-    if (!evaluated_last) do_eval(step);
-    checkpoint_save(tc.out_dir, m, opt, tc, step);
-    checkpoint_prune(tc.out_dir, tc.keep_checkpoints);
+    if (root && !evaluated_last) do_eval(step);
+    save_checkpoint(step);
     res.model_dir = (fs::path(tc.out_dir) / "model").string();
+    res.tokens_per_s = tok_per_s;
+    if (!root) return res;
     model_save_dir(m, res.model_dir, "F32");
     if (tok) fs::copy_file(tok_path, fs::path(res.model_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
-    res.steps_done = step;
-    res.tokens_per_s = tok_per_s;
     metrics.close();
     if (tc.plot) {
         std::string png = (fs::path(tc.out_dir) / "loss.png").string();
