@@ -46,7 +46,9 @@ inline double fd_tolerance(double eps, double third_derivative, double loss_abs,
 }
 
 // Resolving power: a directional check only counts if its tolerance is below this fraction of the typical
-// directional derivative, i.e. the test would notice a gradient that is off by that fraction.
+// directional derivative, i.e. the test would notice a gradient that is off by that fraction. 5% is a policy choice,
+// not derived; the bugs it targets (a sign flip, a factor of 2, a dropped term) change g·v by far more (a flipped
+// sign in OpsFiniteDifference.DetectsAWrongGradient: err/tol ≈ 6e5).
 constexpr double fd_power = 0.05;
 
 // FD evaluations run single-threaded: they are thousands of tiny forwards, where OpenMP fork/join would dominate and

@@ -384,6 +384,7 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         json rec = {{"type", "train"}, {"step", done}, {"loss", l_total}, {"main", l_main}, {"mtp", l_mtp},
                     {"bal", l_bal}, {"lr", lr}, {"lambda", lam}, {"grad_norm", gnorm}, {"tokens_per_s", tok_per_s},
                     {"mfu", mfu}, {"time", seconds_since(t_start)}};
+        rec["step_s"] = dt;
         if (world.size > 1) rec["comm_s"] = comm_dt;
         if (root) metrics << rec.dump() << "\n";
         if (root && (done % tc.log_every == 0 || done == tc.max_steps)) {

@@ -37,7 +37,7 @@ TEST(ArenaAlloc, EveryAllocationIs64ByteAlignedAndDisjoint) {
             const float *p = got[i].first, *q = got[j].first;
             EXPECT_TRUE(p + got[i].second <= q || q + got[j].second <= p) << "allocations " << i << ", " << j << " overlap";
         }
-    EXPECT_GT(a.blocks.size(), 1u);
+    EXPECT_GT(a.blocks.size(), 1u);                         // 2 × Σn = 4044 floats (+ alignment) ≫ min_block 256
     EXPECT_EQ(a.n_heap_allocs, a.blocks.size());
 }
 
@@ -61,7 +61,7 @@ TEST(ArenaAlloc, MarkRewindAndResetReuseTheSameMemory) {
     float* p2 = a.alloc(900);                               // does not fit: a second block
     float* p3 = a.alloc(5000);                              // larger than min_block: its own block
     const size_t heap = a.n_heap_allocs;
-    EXPECT_EQ(heap, 3u);
+    EXPECT_EQ(heap, 3u);                                    // block 1: base + p1; block 2: p2; block 3: p3
     a.rewind(m);
     EXPECT_EQ(a.alloc(500), p1);
     EXPECT_EQ(a.alloc(900), p2);

@@ -51,7 +51,8 @@ void check_shape(int out, int in, int T_max, int threads) {
         gemv_packed(one.data(), ldy, x.data() + size_t(t) * ldx, ldx, 1, p);
         for (int o = 0; o < out; ++o) ASSERT_EQ(one[o], ref[size_t(t) * ldy + o]);
     }
-    // Within rounding of the BLAS product: |err| <= 2 in u Σ|terms|.
+    // Within rounding of the BLAS product: |err| <= 2 in u Σ|terms| (each of the two sums is within
+    // γ_in ≈ in·u·Σ|terms| of the exact dot product, Higham's bound, u = 2^-24).
     std::vector<float> xc(size_t(T_max) * in);
     for (int t = 0; t < T_max; ++t)
         for (int i = 0; i < in; ++i) xc[size_t(t) * in + i] = x[size_t(t) * ldx + i];

@@ -16,7 +16,7 @@ CFG = {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2, "num_attent
        "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "num_nextn_predict_layers": 2,
        "initializer_range": 0.2, "max_position_embeddings": 64}
 
-def run(args, timeout=120):
+def run(args, timeout=120):   # a hang guard: all ~100 calls of this script together take 1-2 s (ctest)
     p = subprocess.run([mtp] + args, capture_output=True, text=True, errors="replace", timeout=timeout, env=env)
     return p.returncode, p.stdout, p.stderr
 
@@ -219,9 +219,9 @@ empty = os.path.join(work, "empty.txt"); open(empty, "w").close()
 bad("empty --prompt-file", G + ["--prompt-file", empty], "empty prompt")
 bad("missing --prompt-file", G + ["--prompt-file", os.path.join(work, "nope.txt")], "--prompt-file")
 bad("empty --prompt-tokens", G + ["--prompt-tokens", ""], "--prompt-tokens")
-bad("token id out of vocab", G + ["--prompt-tokens", "1,300"], "--prompt-tokens")
+bad("token id out of vocab", G + ["--prompt-tokens", "1,300"], "--prompt-tokens")   # vocab_size 300: ids 0..299
 bad("token id not a number", G + ["--prompt-tokens", "1,x"], "--prompt-tokens")
-bad("prompt longer than max_position_embeddings", G + ["--prompt-tokens", ",".join(["7"] * 65)],
+bad("prompt longer than max_position_embeddings", G + ["--prompt-tokens", ",".join(["7"] * 65)],   # 64 + 1
     "max_position_embeddings")
 bad("text prompt without a tokenizer", ["generate", "--model", model0, "--prompt", "hi"], "tokenizer")
 bad("--temp negative", G + P + ["--temp", "-1"], "--temp")
@@ -232,7 +232,7 @@ bad("--top-k negative", G + P + ["--top-k", "-3"], "--top-k")
 bad("--repeat-penalty 0", G + P + ["--repeat-penalty", "0"], "--repeat-penalty")
 bad("-n negative", G + P + ["-n", "-1"], "-n")
 bad("--draft 0", G + P + ["--draft", "0"], "--draft")
-bad("--draft above D without reuse", G + P + ["--draft", "3"], "--draft-reuse")
+bad("--draft above D without reuse", G + P + ["--draft", "3"], "--draft-reuse")   # D = 2
 bad("--draft-p-min above 1", G + P + ["--draft-p-min", "2"], "--draft-p-min")
 bad("--spec unknown", G + P + ["--spec", "eagle"], "--spec")
 bad("--batch 0", G + P + ["--batch", "0"], "--batch")
@@ -244,13 +244,14 @@ bad("--tokens-out unwritable", G + P + ["-n", "3", "--tokens-out", os.path.join(
 bad("bench -p 0", ["bench", "--model", model, "-p", "0"], "-p")
 bad("bench -n 1", ["bench", "--model", model, "-n", "1"], "-n")
 bad("bench -r 0", ["bench", "--model", model, "-r", "0"], "-r")
+# 60 + 10 > max_position_embeddings 64
 bad("bench beyond max_position_embeddings", ["bench", "--model", model, "-p", "60", "-n", "10"], "max_position_embeddings")
 bad("bench --prompt-file without tokenizer", ["bench", "--model", model0, "--prompt-file", corpus, "-p", "8", "-n", "8"],
     "tokenizer")
 bad("bench --temp negative", ["bench", "--model", model, "--temp", "-0.5"], "--temp")
 bad("--draft-vocab negative", G + P + ["--draft-vocab", "-1"], "--draft-vocab")
-bad("--draft-vocab above vocab_size", G + P + ["--draft-vocab", "301"], "--draft-vocab")
-bad("--draft-vocab above the ranked tokens", G + P + ["--draft-vocab", "41"], "--draft-vocab")
+bad("--draft-vocab above vocab_size", G + P + ["--draft-vocab", "301"], "--draft-vocab")        # 300 + 1
+bad("--draft-vocab above the ranked tokens", G + P + ["--draft-vocab", "41"], "--draft-vocab")   # draft_vocab.json: 40
 bad("--draft-vocab without frequencies", ["generate", "--model", model0] + P + ["--draft-vocab", "5"], "draft_vocab.json")
 bad("--draft-vocab-from without --draft-vocab", G + P + ["--draft-vocab-from", shard], "--draft-vocab-from")
 bad("--draft-vocab-from missing shard", G + P + ["--draft-vocab", "5", "--draft-vocab-from", os.path.join(work, "no.bin")],

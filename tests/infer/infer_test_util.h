@@ -83,11 +83,13 @@ inline bool trained_model_dir(std::string& dir) {
 // is that of the last reduction, Σ_i |W_vi h_i| of the logit's row. Both computations carry such an error: ×2.
 // ---------------------------------------------------------------------------------------------------------------
 constexpr int stages_per_layer = 22;   // 2 norms, q_a/q_a_norm/q_b, kv_a/kv_norm, absorb, score, softmax, P·V, W_UV,
-                                       // o_proj, 2 residuals, router + combine, gate/up, silu·mul, down, + slack
+                                       // o_proj, 2 residuals, router + combine, gate/up, silu·mul, down (20), + 2 slack
+// + 2: final norm and lm_head; + 5 per MTP module beyond its layer (enorm, hnorm, eh_proj, shared_head.norm, head).
 inline int stages_to_depth(const model_config& c, int k) {     // k = 0: main head, k >= 1: MTP depth k
     return stages_per_layer * c.num_hidden_layers + 2 + k * (stages_per_layer + 5);
 }
 inline int longest_reduction(const model_config& c, int T) {
+    // 2·hidden: eh_proj's input [enorm(e); hnorm(h)]; T: the attention's P·V over the positions.
     int n = std::max({2 * c.hidden_size, c.q_lora_rank, c.kv_lora_rank, c.num_attention_heads * c.v_head_dim,
                       c.qk_head_dim(), c.intermediate_size, c.moe_intermediate_size, T});
     return n;

@@ -33,6 +33,8 @@ echo "gguf logits identical: $same"
 /usr/bin/python3 - "$rate" "$same" <<'PY'
 import sys
 r, same = sys.argv[1], sys.argv[2] == "1"
+# 0.2: a floor, not derived; measured 0.96 on this prompt after 250 steps (one run); the random models of SpecCaches
+# reach 0.02-0.20 at temperature 0
 ok = [r != "" and float(r) > 0.2, same]
 print(f"{sum(ok)} passed, {len(ok) - sum(ok)} failed")
 sys.exit(0 if all(ok) else 1)

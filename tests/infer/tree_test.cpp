@@ -84,6 +84,7 @@ void check_stage(const model_files& m, wtype type, int stage, uint64_t seed) {
         expect_rows_equal(h.data() + size_t(x) * d, hc.data() + size_t(L - 1) * d, d, what + " h");
         expect_rows_equal(lg.data() + size_t(x) * V, lc.data() + size_t(L - 1) * V, V, what + " logits");
     }
+    // a 14-node random recursive tree has a path of < 4 nodes with probability ≈ 0.5% (simulated); the seeds are fixed
     EXPECT_GE(deep, 4) << "the random tree should have some depth";
 
     // Keep the path to the last node, then three more chain rows: as if the chain had been fed all along.
@@ -141,7 +142,7 @@ TEST(TreeEval, RejectsMalformedTrees) {
     std::vector<int> ok = {3, 3};
     EXPECT_THROW(cm.eval_tree(0, 2, bad_tok.data(), ok.data(), nullptr, h.data(), nullptr), mtp::error);
     EXPECT_EQ(cm.n_cached(0), 4);
-    std::vector<int> many(81, 3), many_tok(81, 1);
+    std::vector<int> many(81, 3), many_tok(81, 1);                    // 81 = decode_rows_max + 1
     std::vector<float> hh(81 * size_t(d));
     EXPECT_THROW(cm.eval_tree(0, 81, many_tok.data(), many.data(), nullptr, hh.data(), nullptr), mtp::error);
     cm.eval_tree(0, 2, toks.data(), ok.data(), nullptr, h.data(), lg.data());   // two siblings at position 4

@@ -110,6 +110,7 @@ TEST(Weights, DeepSeekV3AttentionScale) {
     j["qk_rope_head_dim"] = 64;
     j["rope_scaling"] = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
                          {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}};
+    // the spec quotes 8 decimals (exact: 0.1352337789, 1.1e-9 away): 1e-8 = one unit of the last quoted digit
     EXPECT_NEAR(config_from_json(j, "test").attn_scale(), 0.13523378, 1e-8);
 }
 

@@ -82,14 +82,14 @@ TEST(ServeApi, RejectsBadRequestsNamingTheField) {
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "max_tokens": "5"})").param, "max_tokens");
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "max_tokens": 1.5})").param, "max_tokens");
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "max_tokens": 0})").param, "max_tokens");
-    EXPECT_EQ(parse_error(R"({"prompt": "hi", "max_tokens": 63})").code, "context_length_exceeded");
+    EXPECT_EQ(parse_error(R"({"prompt": "hi", "max_tokens": 63})").code, "context_length_exceeded");   // 2 + 63 > 64
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "n": 3})").param, "n");
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "stop": [1]})").param, "stop");
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "top_k": -2})").param, "top_k");
     EXPECT_EQ(parse_error(R"({"prompt": "hi", "seed": "x"})").param, "seed");
     EXPECT_EQ(parse_error(R"({"prompt": ["a", "b"]})").param, "prompt");
-    EXPECT_EQ(parse_error(R"({"prompt": [0, 300]})").param, "prompt");
-    const api_error e = parse_error(R"({"prompt": ")" + std::string(64, 'x') + "\"}");
+    EXPECT_EQ(parse_error(R"({"prompt": [0, 300]})").param, "prompt");                 // vocabulary 300: ids 0..299
+    const api_error e = parse_error(R"({"prompt": ")" + std::string(64, 'x') + "\"}");   // 64 tokens >= n_ctx 64
     EXPECT_EQ(e.code, "context_length_exceeded");
     EXPECT_EQ(parse_error(R"({"messages": []})", endpoint::chat).param, "messages");
     EXPECT_EQ(parse_error(R"({"messages": [{"role": "user", "content": 5}]})", endpoint::chat).param,

@@ -11,7 +11,8 @@ shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
 env = dict(os.environ, OMP_NUM_THREADS="1")
 HOST = "127.0.0.1"
-T = 60   # seconds, per request
+T = 60   # seconds, per request: a hang guard, not a latency bound (as are the other deadlines and timeouts below;
+         # only the two "< 1.0 s" checks are timing bounds)
 
 passed = failed = 0
 def check(name, ok, detail=""):
@@ -318,6 +319,8 @@ try:
     st, ct, b = request("POST", "/v1/embeddings", raw=b"{}")
     check("unknown POST route -> 404", is_error(st, json.loads(b), 404), (st, b))
     m2 = metrics()
+    # - 2: the /tokenize and /detokenize cases are not generation requests (only handle_generate counts); >= since the
+    # two raw bad-body requests above count too
     check("metrics: rejected requests counted", m2.get("mtp:requests_rejected_total", 0) >= len(cases) - 2, m2)
 
     # --- concurrent requests: queued on one worker, each answered as if alone
@@ -356,6 +359,7 @@ try:
     check("disconnect: nothing left processing or queued",
           m4.get("llamacpp:requests_processing") == 0 and m4.get("llamacpp:requests_deferred") == 0, m4)
     check("disconnect: the abandoned generation stopped early or finished (counted)",
+          # at most the abandoned request's max_tokens (CTX - 10) plus the 30 of the request after it
           m4["llamacpp:tokens_predicted_total"] - m3["llamacpp:tokens_predicted_total"] <= CTX - 10 + 30, m4)
     # --- hostile framing and idle clients: answered at once, /health never starved
     def raw_req(data, timeout=10):
@@ -371,8 +375,9 @@ try:
     for cl, want in (("-5", b" 400 "), ("18446744073709551616", b" 400 "), ("abc", b" 400 "), (str(1 << 30), b" 413 ")):
         dt, got = raw_req(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                            "Content-Length: %s\r\n\r\n" % cl).encode())
+        # 1 s: a server that waited for the body would answer only at its 10 s read timeout (server.cpp)
         check(f"Content-Length {cl[:12]}: answered at once", want in got.split(b"\r\n")[0] and dt < 1.0, (dt, got[:80]))
-    deep_body = b"[" * 2000 + b"]" * 2000                       # under --max-body-bytes, far past the depth limit
+    deep_body = b"[" * 2000 + b"]" * 2000                       # 4,000 B < --max-body-bytes 65,536; depth 2,000 > 64
     dt, got = raw_req(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: %d\r\n\r\n" % len(deep_body) + deep_body)
     check("a body nested 2,000 deep: 400", b" 400 " in got.split(b"\r\n")[0], got[:120])
@@ -385,6 +390,8 @@ try:
         t0 = time.time()
         st, _, _ = request("GET", "/health")
         worst = max(worst, time.time() - t0)
+    # 64 < serve_workers (256): /health gets a free worker; a starved one would wait for the 2 s keep-alive or the 10 s
+    # read timeout of an idle connection, hence 1 s
     check("64 idle connections held open: /health within 1 s", st == 200 and worst < 1.0, worst)
     for s3 in idle: s3.close()
 finally:
@@ -443,7 +450,8 @@ try:
           withc and withc[-1]["choices"][0]["finish_reason"] == "stop" and
           "".join(e["choices"][0].get("text", "") for e in withc) == want_text, withc[-2:] if withc else ev)
     # a client that leaves mid-stream: generation stops within a few rounds of the next write (20 ms rounds; the
-    # request could produce CTX - 10 tokens, i.e. ~5 s of rounds at 3 tokens each)
+    # request could produce CTX - 10 = 246 tokens, i.e. 1.6 s of rounds at 3 tokens each, ~5 s at 1 token each).
+    # 40 tokens ≤ 40 rounds (0.8 s) of slack for noticing the disconnect, against the 246 it could run on for.
     m3 = metrics()
     got = abandon_stream()
     deadline = time.time() + 20
