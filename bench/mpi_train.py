@@ -6,7 +6,7 @@ parallel), 2 ranks x 1 thread with ZeRO-1, and 2 ranks x 1 thread with expert pa
 
 The configurations run interleaved (A B C D A B C D ...) so that machine noise hits all of them alike. For each:
 median tokens/s over the steps after the first 3, and the share of the step spent in MPI collectives (metrics.jsonl
-`comm_s`). The data is the main job's (scripts/main.sh); scratch output goes to a temporary folder.
+`comm_s`), split into waiting for the slowest rank (`wait_s`, a barrier before the gradient reduction) and the rest. The data is the main job's (scripts/main.sh); scratch output goes to a temporary folder.
 """
 import argparse
 import json
@@ -42,6 +42,7 @@ def main():
     work = tempfile.mkdtemp(prefix="mtp_mpi_bench_")
     tps = {c[0]: [] for c in configs}
     comm = {c[0]: [] for c in configs}
+    wait = {c[0]: [] for c in configs}
     try:
         for rep in range(args.reps):
             for name, launcher, extra in configs:
@@ -54,17 +55,24 @@ def main():
                 recs = [r for r in recs if r["type"] == "train"][3:]
                 tps[name] += [r["tokens_per_s"] for r in recs]
                 comm[name] += [r["comm_s"] / r["step_s"] for r in recs if "comm_s" in r]
+                wait[name] += [r["wait_s"] / r["step_s"] for r in recs if "wait_s" in r]
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"  rep {rep + 1}: {name}: {statistics.median([r['tokens_per_s'] for r in recs]):.0f} tok/s",
                       flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ref = statistics.median(tps[configs[0][0]])
-    print(f"\n{'configuration':<40s} {'tokens/s':>9s} {'vs 1x2':>7s} {'comm share':>11s}")
+    print(f"\n{'configuration':<40s} {'tokens/s':>9s} {'vs 1x2':>7s} {'in MPI':>7s} {'waiting':>8s} {'moving':>7s}")
     for name, _, _ in configs:
         t = statistics.median(tps[name])
-        c = f"{100 * statistics.median(comm[name]):.1f}%" if comm[name] else "-"
-        print(f"{name:<40s} {t:9.0f} {t / ref:6.2f}x {c:>11s}")
+        if comm[name]:
+            c, w = statistics.median(comm[name]), statistics.median(wait[name])
+            cols = f"{100 * c:6.1f}% {100 * w:7.1f}% {100 * (c - w):6.1f}%"
+        else:
+            cols = f"{'-':>7s} {'-':>8s} {'-':>7s}"
+        print(f"{name:<40s} {t:9.0f} {t / ref:6.2f}x {cols}")
+    print("(shares of the step: in MPI = all collectives; waiting = the barrier before the gradient reduction, i.e.\n"
+          " time lost to the slowest rank; moving = the rest: the gradient reduction, statistics, expert all-to-alls)")
 
 
 if __name__ == "__main__":

@@ -356,6 +356,13 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             std::copy(stats.begin() + 3, stats.end(), l_mtp.begin());
             comm_allreduce_sum(load.data(), load.size());
         }
+        // Waiting for the slowest rank is timed apart from the transfer itself (wait_s vs comm_s in metrics).
+        double wait_dt = 0;
+        if (world.size > 1) {
+            const double w0 = comm_seconds();
+            comm_barrier();
+            wait_dt = comm_seconds() - w0;
+        }
         dp_reduce_gradients(dp, G);
         const double gnorm = dp_grad_norm(dp, m.layout, G);
         if (!std::isfinite(gnorm) || !std::isfinite(l_total))
@@ -385,7 +392,7 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
                     {"bal", l_bal}, {"lr", lr}, {"lambda", lam}, {"grad_norm", gnorm}, {"tokens_per_s", tok_per_s},
                     {"mfu", mfu}, {"time", seconds_since(t_start)}};
         rec["step_s"] = dt;
-        if (world.size > 1) rec["comm_s"] = comm_dt;
+        if (world.size > 1) rec["comm_s"] = comm_dt, rec["wait_s"] = wait_dt;
         if (root) metrics << rec.dump() << "\n";
         if (root && (done % tc.log_every == 0 || done == tc.max_steps)) {
             if (tty) std::fprintf(stderr, "\r\033[K");
