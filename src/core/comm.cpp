@@ -115,29 +115,24 @@ void comm_barrier() {
 #endif
 }
 
-void comm_allreduce_sum(float* x, size_t n) {
+namespace {
+template <class T>
+void allreduce_sum(T* x, size_t n) {
 #ifdef MTP_MPI
     if (g_world.size < 2) return;
     timed t;
+    const MPI_Datatype type = sizeof(T) == 4 ? MPI_FLOAT : MPI_DOUBLE;
     for (size_t o = 0; o < n; o += chunk)
-        check(MPI_Allreduce(MPI_IN_PLACE, x + o, int(std::min(chunk, n - o)), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD),
+        check(MPI_Allreduce(MPI_IN_PLACE, x + o, int(std::min(chunk, n - o)), type, MPI_SUM, MPI_COMM_WORLD),
               "MPI_Allreduce");
 #else
     (void)x, (void)n;
 #endif
 }
+} // namespace
 
-void comm_allreduce_sum(double* x, size_t n) {
-#ifdef MTP_MPI
-    if (g_world.size < 2) return;
-    timed t;
-    for (size_t o = 0; o < n; o += chunk)
-        check(MPI_Allreduce(MPI_IN_PLACE, x + o, int(std::min(chunk, n - o)), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD),
-              "MPI_Allreduce");
-#else
-    (void)x, (void)n;
-#endif
-}
+void comm_allreduce_sum(float* x, size_t n) { allreduce_sum(x, n); }
+void comm_allreduce_sum(double* x, size_t n) { allreduce_sum(x, n); }
 
 double comm_allreduce_max(double x) {
 #ifdef MTP_MPI

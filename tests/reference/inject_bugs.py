@@ -9,8 +9,8 @@ changed config key or transformed weights: the engine is untouched) and the bugg
 the binary exactly as test_parity.py compares: the bug is caught in a config when some logits/loss/gradient
 tensor is further than the tolerance (1e-4 relative). Every bug must be caught in every config it applies to.
 The table gives, per bug, the weakest catch (the smallest worst-tensor error over its configs, in units of the
-tolerance) for logits and for gradients, and the same logits figure with the old weights (N(0, 0.02) init with
-norms 1 + 0.1·N(0,1)), which is what the parity used to see.
+tolerance) for logits and for gradients, and the same logits figure with the old weights (the config's
+initializer_range, norms 1 + 0.1·N(0,1), router biases 0.05·N(0,1)), which is what the parity used to see.
 
 Part 2 (the driver). test_parity.py itself is run against fake_mtp.py (a float32 stand-in for the binary) with
 each FAKE_MTP_BUG: it must fail for every bug and pass without one.
@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import ref_model as R  # noqa: E402
 import st  # noqa: E402
+import selfcheck_ref as SC  # noqa: E402
 import test_parity as TP  # noqa: E402
 
 TOL = 1e-4  # test_parity.py's per-tensor relative tolerance
@@ -205,17 +206,6 @@ def reference(cfg, W, tokens, lam):
     return [logits.numpy()] + [m.numpy() for m in mtp], loss, grads
 
 
-def old_weights(cfg, seed):
-    W = R.init_params(cfg, seed=seed, std=0.02)
-    rng = np.random.default_rng(seed + 1)
-    for n in W:
-        if R.is_norm_name(n):
-            W[n] = (1.0 + 0.1 * rng.standard_normal(W[n].shape)).astype(np.float32)
-        elif n.endswith("e_score_correction_bias"):
-            W[n] = (0.05 * rng.standard_normal(W[n].shape)).astype(np.float32)
-    return W
-
-
 def model_terms(mtp, work):
     run = TP.Runner(mtp, 300.0, False)
     cases = []
@@ -245,7 +235,7 @@ def model_terms(mtp, work):
         # the unbugged reference must agree (otherwise the table below means nothing)
         rl, rloss, rg = reference(cfg, W, tokens, LAM)
         base = max(worst(zip(got_logits, rl)), worst((gg[n], rg[n]) for n in rg), abs(got_loss - rloss) / abs(rloss) / TOL)
-        Wold = old_weights(cfg, 4000 + j)
+        Wold = SC.perturbed_weights(cfg, 4000 + j)   # what the parity used before: init + perturbed norms/biases
         cases.append((name, cfg, W, tokens, got_logits, got_loss, gg, Wold, base))
     results = []
     for name, cfg, W, tokens, got_logits, got_loss, gg, Wold, base in cases:

@@ -30,20 +30,13 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 sys.path.insert(0, HERE)
 import st  # noqa: E402
 from markov_data import make_dataset  # noqa: E402
+from report import check, finish  # noqa: E402
 
 mtp, work = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
 V = 64
 TOL = 1e-5
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}", flush=True)
-    passed += bool(ok)
-    failed += not ok
 
 
 MODEL = {"vocab_size": V, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -232,5 +225,4 @@ errs = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
 check("batch_size < ranks: one error line per rank, non-zero", p.returncode != 0 and errs and
       all("batch_size" in e and "rank" in e for e in errs), repr(errs[:2]))
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

@@ -41,6 +41,7 @@ import ref_model as R  # noqa: E402
 import st  # noqa: E402
 import test_parity as TP  # noqa: E402
 from markov_data import make_dataset  # noqa: E402
+from report import check, finish  # noqa: E402
 
 V = 64
 MODEL = {"vocab_size": V, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -55,14 +56,6 @@ HP = {"batch_size": 2, "grad_accum": 2, "seq_len": 16, "max_steps": 12, "warmup_
       "mtp_lambda_schedule": "0:0.3,6:0.1", "bias_update_speed": 0.01, "bal_alpha": 0.01, "seed": 7}
 TOL_LOSS, TOL_GNORM, TOL_DELTA, TOL_BIAS = 1e-5, 1e-4, 1e-3, 1e-6
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    print(f"{'ok  ' if ok else 'FAIL'} {name} {detail}", flush=True)
-    passed += bool(ok)
-    failed += not ok
 
 
 # -- the reference: written from docs/user_guide.md (training options) and the spec, not from the engine -------
@@ -248,5 +241,4 @@ def main():
 
 if __name__ == "__main__":
     main()
-    print(f"{passed} passed, {failed} failed")
-    sys.exit(0 if failed == 0 and passed > 0 else 1)
+    finish()
