@@ -10,15 +10,22 @@
 
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/profile.h"
 #include "core/rng.h"
 #include "model/model.h"
 #include "train/adamw.h"
+#include "train/flops.h"
 
 int main(int argc, char** argv) {
     std::string config;
     int seq = 128, batch = 4, steps = 5, threads = 0;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        std::string k = argv[i], v = argv[i + 1];
+    bool profile = false, peak_json = false;
+    for (int i = 1; i < argc; i += 2) {
+        std::string k = argv[i];
+        if (k == "--profile") { profile = true; --i; continue; }
+        if (k == "--peak") { peak_json = true; --i; continue; }
+        if (i + 1 >= argc) { std::fprintf(stderr, "error: %s needs a value\n", k.c_str()); return 1; }
+        std::string v = argv[i + 1];
         if (k == "--config") config = v;
         else if (k == "--seq") seq = std::atoi(v.c_str());
         else if (k == "--batch") batch = std::atoi(v.c_str());
@@ -26,7 +33,11 @@ int main(int argc, char** argv) {
         else if (k == "--threads") threads = std::atoi(v.c_str());
         else { std::fprintf(stderr, "error: unknown flag %s\n", k.c_str()); return 1; }
     }
-    if (config.empty()) { std::fprintf(stderr, "usage: bench_train --config C [--seq T --batch B --steps N --threads P]\n"); return 1; }
+    if (config.empty()) {
+        std::fprintf(stderr,
+                     "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--profile] [--peak]\n");
+        return 1;
+    }
     try {
         if (threads > 0) omp_set_num_threads(threads);
         mtp::model_config c = mtp::config_load(config);
@@ -51,15 +62,49 @@ int main(int argc, char** argv) {
                 mtp::model_forward(c, L, W.data(), s, tokens.data() + size_t(b) * seq, seq, 0.0f, a);
                 loss += mtp::model_backward(c, L, W.data(), G.data(), s, 0.3f, 0.0f, 1.0f / batch, a).total / batch;
             }
+            mtp::prof_scope ps(mtp::prof::optimizer);
             mtp::adamw_step(oc, opt, L, W.data(), G.data(), 1e-3f);
         };
         for (int i = 0; i < 2; ++i) step();                      // warm-up (arena growth, BLAS init)
+        mtp::prof_enable(profile);
+        mtp::prof_take();
         auto t0 = std::chrono::steady_clock::now();
         for (int i = 0; i < steps; ++i) step();
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
+        mtp::prof_enable(false);
         std::printf("{\"impl\":\"mtp.cpp\",\"ms_per_step\":%.2f,\"tokens_per_s\":%.1f,\"params\":%zu,\"loss\":%.4f,"
-                    "\"threads\":%d}\n",
+                    "\"threads\":%d",
                     ms, batch * seq / (ms / 1000.0), n_params, loss, omp_get_max_threads());
+        if (peak_json)   // the SGEMM peak with these threads and the step's model FLOPs, for MFU
+            std::printf(",\"peak_gflops\":%.2f,\"flops_per_step\":%.6g", mtp::measure_peak_gflops(),
+                        3.0 * mtp::model_forward_flops(c, seq) * batch);
+        std::printf("}\n");
+        if (profile) {
+            // Per phase: wall ms per step (exclusive), share of the step, GEMM GFLOP/s and that rate against the
+            // SGEMM peak measured now with the same threads.
+            const double peak = mtp::measure_peak_gflops();
+            const double step_flops = 3.0 * mtp::model_forward_flops(c, seq) * batch;
+            std::printf("\nprofile: %s, seq %d x batch %d, %d threads, %.1f ms/step, SGEMM peak %.1f GFLOP/s, "
+                        "step MFU %.1f%%\n",
+                        config.c_str(), seq, batch, omp_get_max_threads(), ms, peak,
+                        100.0 * step_flops / (ms / 1000.0) / (peak * 1e9));
+            std::printf("%-30s %9s %7s %10s %9s %8s\n", "phase", "ms/step", "share", "GFLOP/step", "GFLOP/s", "of peak");
+            double attributed = 0;
+            for (const auto& r : mtp::prof_take()) {
+                const double pms = 1000.0 * r.seconds / steps;
+                attributed += pms;
+                if (r.calls == 0) continue;
+                if (r.flops > 0)
+                    std::printf("%-30s %9.2f %6.1f%% %10.3f %9.1f %7.1f%%\n", mtp::prof_name(r.phase), pms,
+                                100 * pms / ms, r.flops / steps / 1e9, r.flops / r.seconds / 1e9,
+                                100 * r.flops / r.seconds / 1e9 / peak);
+                else
+                    std::printf("%-30s %9.2f %6.1f%% %10s %9s %8s\n", mtp::prof_name(r.phase), pms, 100 * pms / ms, "-",
+                                "-", "-");
+            }
+            std::printf("%-30s %9.2f %6.1f%%   (loops, copies, residual adds, zeroing outside the phases)\n",
+                        "unattributed", ms - attributed, 100 * (ms - attributed) / ms);
+        }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "error: %s\n", e.what());
         return 1;

@@ -1,5 +1,6 @@
 // Dense fp32 kernels: GEMM through OpenBLAS, the rest as OpenMP loops over rows.
 #include "core/ops.h"
+#include "core/profile.h"
 
 #include <cblas.h>
 #include <cmath>
@@ -15,17 +16,20 @@ constexpr size_t omp_min_work = 1 << 14;
 
 void linear_forward(float* y, const float* x, const float* w, int T, int in, int out, bool accumulate) {
     if (T == 0 || out == 0) return;
+    prof_add_flops(2.0 * T * in * out);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in,
                 accumulate ? 1.0f : 0.0f, y, out);
 }
 
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int T, int in, int out) {
     if (T == 0) return;
+    prof_add_flops(2.0 * T * in * out * ((dx ? 1 : 0) + (dw ? 1 : 0)));
     if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
     if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, 1.0f, dw, in);
 }
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps) {
+    prof_scope ps(prof::norm);
 #pragma omp parallel for if (size_t(T) * n > omp_min_work)
     for (int t = 0; t < T; ++t) {
         const float* xr = x + size_t(t) * n;
@@ -40,6 +44,7 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int 
 
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,
                       int T, int n) {
+    prof_scope ps(prof::norm);
     if (dx) {
 #pragma omp parallel for if (size_t(T) * n > omp_min_work)
         for (int t = 0; t < T; ++t) {
@@ -65,6 +70,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
 
 static void rope_apply(float* x, int T, int ld, int n_heads, int head_stride, int offset, int rope,
                        const float* cos, const float* sin, float sign) {
+    prof_scope ps(prof::rope);
     int half = rope / 2;
 #pragma omp parallel for if (size_t(T) * n_heads * rope > omp_min_work)
     for (int t = 0; t < T; ++t) {
@@ -92,11 +98,13 @@ void rope_backward(float* dx, int T, int ld, int n_heads, int head_stride, int o
 }
 
 void silu_mul_forward(float* a, const float* g, const float* u, size_t n) {
+    prof_scope ps(prof::act);
 #pragma omp parallel for simd if (n > omp_min_work)
     for (size_t i = 0; i < n; ++i) a[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
 void silu_mul_backward(float* dg, float* du, const float* da, const float* g, const float* u, size_t n) {
+    prof_scope ps(prof::act);
 #pragma omp parallel for simd if (n > omp_min_work)
     for (size_t i = 0; i < n; ++i) {
         float sg = 1.0f / (1.0f + std::exp(-g[i]));
@@ -107,6 +115,7 @@ void silu_mul_backward(float* dg, float* du, const float* da, const float* g, co
 }
 
 double cross_entropy(float* dlogits, const float* logits, const int* targets, int T, int V, float scale) {
+    prof_scope ps(prof::cross_entropy);
     // Per-thread partial sums over a static schedule, added in thread order: bitwise repeatable for a given
     // thread count (an OpenMP reduction combines partials in arrival order).
     constexpr int max_threads = 256;

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/ops.h"
+#include "core/profile.h"
 
 namespace mtp {
 
@@ -71,6 +72,7 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
     const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
     const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
     const float scale = float(c.attn_scale());
+    prof_scope ps(prof::attn_proj);
     m.T = T;
     m.x = x;
     m.cos = cos;
@@ -83,6 +85,9 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
     m.k = a.alloc(size_t(H) * T * dq);
     m.p = a.alloc(size_t(H) * T * T);
     m.o = a.alloc(size_t(T) * H * dv);
+    {
+    prof_scope core(prof::attn_core);
+    prof_add_flops(2.0 * H * T * T * (dq + dv));
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; ++h) {
         float* kh = m.k + size_t(h) * T * dq;                            // [T, dq]
@@ -97,6 +102,7 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T, m.kv + size_t(h) * dkv + nope,
                     H * dkv, 0.0f, m.o + size_t(h) * dv, H * dv);
     }
+    }   // attention core
     linear_forward(y, m.o, W + l.o_proj, T, H * dv, c.hidden_size);
 }
 
@@ -105,6 +111,7 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
     const int T = m.T, d = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim;
     const int rope = c.qk_rope_head_dim, dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
     const float scale = float(c.attn_scale());
+    prof_scope ps(prof::attn_proj);
     auto mk = a.mark();
 
     float* d_o = a.alloc_zero(size_t(T) * H * dv);                       // [T, H*dv]
@@ -114,6 +121,10 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
     float* dq_ = a.alloc_zero(size_t(T) * H * dq);                       // [T, H*dq]
     float* dk = a.alloc(size_t(H) * T * dq);                             // [H, T, dq]
     float* ds = a.alloc(size_t(H) * T * T);                              // [H, T, T]
+    float* dkpe = a.alloc_zero(size_t(T) * rope);                        // [T, rope]
+    {
+    prof_scope core(prof::attn_core);
+    prof_add_flops(2.0 * H * T * T * (2 * dv + 2 * dq));
 #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; ++h) {
         const float* ph = m.p + size_t(h) * T * T;
@@ -141,7 +152,6 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
                     0.0f, dk + size_t(h) * T * dq, dq);
     }
     // Split dK into k_nope (-> dkv) and the shared k_pe (summed over heads, fixed order).
-    float* dkpe = a.alloc_zero(size_t(T) * rope);                        // [T, rope]
     for (int h = 0; h < H; ++h)
         for (int t = 0; t < T; ++t) {
             const float* src = dk + (size_t(h) * T + t) * dq;
@@ -150,6 +160,7 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
             float* dp = dkpe + size_t(t) * rope;
             for (int i = 0; i < rope; ++i) dp[i] += src[nope + i];
         }
+    }   // attention core
     rope_backward(dq_, T, H * dq, H, dq, nope, rope, m.cos, m.sin);
     rope_backward(dkpe, T, rope, 1, rope, 0, rope, m.cos, m.sin);
 

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/ops.h"
+#include "core/profile.h"
 #include "model/expert_parallel.h"
 
 namespace mtp {
@@ -95,6 +96,7 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
     m.T = T;
     m.x = x;
     m.s = a.alloc(size_t(T) * E);
+    prof_seq ph(prof::router);
     linear_forward(m.s, x, W + l.router, T, d, E);                       // router logits, then scores in place
     for (int t = 0; t < T; ++t) {
         float* r = m.s + size_t(t) * E;
@@ -113,6 +115,7 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
     for (int t = 0; t < T; ++t) moe_route(c, m.s + size_t(t) * E, bias, m.idx + size_t(t) * K, m.w + size_t(t) * K);
 
     // Gather rows by expert (counting sort keeps token order inside each expert: deterministic).
+    ph.set(prof::moe_gather);
     m.start.assign(E + 1, 0);
     for (int i = 0; i < T * K; ++i) m.start[m.idx[i] + 1]++;
     for (int e = 0; e < E; ++e) m.start[e + 1] += m.start[e];
@@ -134,6 +137,7 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
     m.xe = a.alloc(size_t(T) * K * d);
     m.ye = a.alloc(size_t(T) * K * d);
     for (int r = 0; r < T * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
+    ph.set(prof::experts);
     if (expert_parallel_active()) {
         expert_parallel_forward(c, l, W, m, a);                          // owners compute, rows travel
     } else {
@@ -144,8 +148,10 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
         }
     }
     // y = shared(x) + Σ_k w_k y_k   (summed in fixed k order per token)
+    ph.set(prof::mlp_shared);
     if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, T, d, a);
     else std::memset(y, 0, sizeof(float) * size_t(T) * d);
+    ph.set(prof::moe_gather);
     int* where = a.alloc_int(size_t(T) * K);                             // gathered row of (t, k)
     for (int r = 0; r < T * K; ++r) where[m.tok[r] * K + m.slot[r]] = r;
 #pragma omp parallel for if (size_t(T) * d > 16384)
@@ -157,6 +163,7 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
             for (int i = 0; i < d; ++i) out[i] += wk * yr[i];
         }
 
+    ph.set(prof::router);
     m.bal_loss = 0;
     if (alpha > 0) {                                                      // L_bal = α Σ_e f_e P_e
         m.f.assign(E, 0.0f);
@@ -176,8 +183,10 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
                   float* dx, const float* dy, float alpha, float bal_scale, arena& a) {
     const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, T = m.T;
     auto mk = a.mark();
+    prof_seq ph(prof::mlp_shared);
     if (l.shared.inner > 0) swiglu_backward(W, G, l.shared, m.shared, dx, dy, d, a);
 
+    ph.set(prof::moe_gather);
     float* dw = a.alloc(size_t(T) * K);                                  // dL/dw[t,k]
     float* dye = a.alloc(size_t(T) * K * d);                             // dL/dy_e rows
     for (int r = 0; r < T * K; ++r) {
@@ -191,14 +200,17 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
         dw[t * K + k] = float(dot);
     }
     float* dxe = a.alloc_zero(size_t(T) * K * d);
+    ph.set(prof::experts);
     if (expert_parallel_active())
         expert_parallel_backward(c, l, W, G, m, dye, dxe, a);
     else
         for (int e = 0; e < E; ++e)
             swiglu_backward(W, G, l.experts[e], m.experts[e], dxe + size_t(m.start[e]) * d, dye + size_t(m.start[e]) * d,
                             d, a);
+    ph.set(prof::moe_gather);
     for (int r = 0; r < T * K; ++r) add_inplace(dx + size_t(m.tok[r]) * d, dxe + size_t(r) * d, d);
 
+    ph.set(prof::router);
     // dw -> ds (through selection weights) and the balance loss -> dlogits of the router.
     float* dl = a.alloc_zero(size_t(T) * E);                             // [T, E]
     const bool norm = c.norm_topk_prob && K > 1;

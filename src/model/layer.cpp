@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/ops.h"
+#include "core/profile.h"
 
 namespace mtp {
 
@@ -31,6 +32,7 @@ double layer_forward(const model_config& c, const layer_offsets& l, const float*
         moe_forward(c, l, W, m.moe, tmp, m.xn2, T, alpha, a, load);
         bal = m.moe.bal_loss;
     } else {
+        prof_scope ps(prof::mlp_dense);
         swiglu_forward(W, l.mlp, m.mlp, tmp, m.xn2, T, d, a);
     }
     add_inplace(x, tmp, n);
@@ -44,7 +46,10 @@ void layer_backward(const model_config& c, const layer_offsets& l, const float* 
     auto mk = a.mark();
     float* dn = a.alloc_zero(n);                                          // grad of the normed FFN input
     if (l.moe) moe_backward(c, l, W, G, m.moe, dn, dx, alpha, bal_scale, a);
-    else swiglu_backward(W, G, l.mlp, m.mlp, dn, dx, d, a);
+    else {
+        prof_scope ps(prof::mlp_dense);
+        swiglu_backward(W, G, l.mlp, m.mlp, dn, dx, d, a);
+    }
     rmsnorm_backward(dx, G + l.post_norm, dn, m.x_mid, W + l.post_norm, m.rstd2, T, d);
     std::memset(dn, 0, n * sizeof(float));
     mla_backward(c, l, W, G, m.attn, dn, dx, a);

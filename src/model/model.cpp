@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/ops.h"
+#include "core/profile.h"
 #include "model/rope.h"
 
 namespace mtp {
@@ -29,28 +30,46 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
     auto load_of = [&](int layer) { return load && E > 0 ? load->data() + size_t(layer) * E : nullptr; };
 
     s.x = a.alloc(size_t(T) * d);
-    for (int t = 0; t < T; ++t) std::memcpy(s.x + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
+    {
+        prof_scope ps(prof::embed);
+        for (int t = 0; t < T; ++t)
+            std::memcpy(s.x + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
+    }
     s.layers.resize(c.num_hidden_layers);
     s.bal_loss = 0;
     for (int i = 0; i < c.num_hidden_layers; ++i)
         s.bal_loss += layer_forward(c, L.layers[i], W, s.layers[i], s.x, T, s.cos, s.sin, alpha, a, load_of(i));
-    s.h = a.alloc(size_t(T) * d);
+    // The post-norm hidden rows of the trunk and of every depth that runs, stacked [rows, d], so that the head
+    // is ONE product over all of them (rows = T + Σ_k (T - k)): a taller GEMM than one per depth.
+    const auto runs = [&](int k) { return T - k > 0 && (n_mtp_run < 0 || k <= n_mtp_run); };
+    int rows = T;
+    for (int k = 1; k <= c.n_mtp(); ++k) rows += runs(k) ? T - k : 0;
+    s.rows = rows;
+    s.h = a.alloc(size_t(rows) * d);
     s.h_rstd = a.alloc(T);
     rmsnorm_forward(s.h, s.h_rstd, s.x, W + L.final_norm, T, d, float(c.rms_norm_eps));
-    s.logits = a.alloc(size_t(T) * V);
-    linear_forward(s.logits, s.h, W + L.lm_head, T, d, V);
 
     s.mtp.resize(c.n_mtp());
     const float* hprev = s.h;
+    size_t off = size_t(T);
     for (int k = 1; k <= c.n_mtp(); ++k) {
         mtp_cache& m = s.mtp[k - 1];
         const int Tk = T - k;                       // positions 0..T-1-k, token t_{i+k}
-        if (Tk <= 0 || (n_mtp_run >= 0 && k > n_mtp_run)) { m = mtp_cache{}; continue; }
+        if (!runs(k)) { m = mtp_cache{}; continue; }
         mtp_forward(c, L, L.mtp[k - 1], W, m, hprev, s.tokens.data() + k, Tk, s.cos, s.sin, alpha, a,
-                    load_of(c.num_hidden_layers + k - 1));
+                    s.h + off * d, load_of(c.num_hidden_layers + k - 1));
+        m.head_row = off;
+        off += size_t(Tk);
         s.bal_loss += m.bal_loss;
         hprev = m.h;
     }
+    s.logits = a.alloc(size_t(rows) * V);          // [rows, V]: the main head's T rows first, then each depth's
+    {
+        prof_scope ps(prof::lm_head);
+        linear_forward(s.logits, s.h, W + L.lm_head, rows, d, V);
+    }
+    for (auto& m : s.mtp)
+        if (m.T > 0) m.logits = s.logits + m.head_row * V;
 }
 
 namespace {
@@ -91,33 +110,48 @@ loss_stats model_backward(const model_config& c, const model_layout& L, const fl
     r.mtp.assign(D, 0.0);
     std::vector<int> tgt;
     auto mk = a.mark();
-    float* dh = a.alloc_zero(size_t(T) * d);                            // dL/dh (main, post-norm)
+    // Every head's dL/dlogits in place (rows without a target: 0), then one product for dL/dh of all heads and
+    // for lm_head's gradient, over the stacked rows of the forward.
+    float* dh = a.alloc_zero(size_t(s.rows) * d);                       // [rows, d] dL/dh, main head first
     if (T >= 2) {
         fill_targets(s, 0, T, tgt);
         r.main = cross_entropy(s.logits, s.logits, tgt.data(), T, V, weight / (T - 1)) / (T - 1);
-        linear_backward(dh, G + L.lm_head, s.logits, s.h, W + L.lm_head, T, d, V);
+    } else {
+        std::memset(s.logits, 0, sizeof(float) * size_t(T) * V);
     }
-    // MTP depths, deepest first: dL/dh^k collects its own head and depth k+1's hnorm input.
-    std::vector<float*> dhk(D + 1, nullptr);
-    dhk[0] = dh;
-    for (int k = 1; k <= D; ++k)
-        if (s.mtp[k - 1].T > 0) dhk[k] = a.alloc_zero(size_t(s.mtp[k - 1].T) * d);
-    for (int k = D; k >= 1; --k) {
+    for (int k = 1; k <= D; ++k) {
         mtp_cache& m = s.mtp[k - 1];
         if (m.T <= 0) continue;
         if (T - k - 1 > 0) {
             fill_targets(s, k, m.T, tgt);
             float sc = weight * lambda / D / (T - k - 1);
             r.mtp[k - 1] = cross_entropy(m.logits, m.logits, tgt.data(), m.T, V, sc) / (T - k - 1);
-            linear_backward(dhk[k], G + L.lm_head, m.logits, m.h, W + L.lm_head, m.T, d, V);
+        } else {
+            std::memset(m.logits, 0, sizeof(float) * size_t(m.T) * V);
         }
+    }
+    {
+        prof_scope ps(prof::lm_head);
+        linear_backward(dh, G + L.lm_head, s.logits, s.h, W + L.lm_head, s.rows, d, V);
+    }
+    // MTP depths, deepest first: dL/dh^k holds its own head's part and gets depth k+1's hnorm input.
+    std::vector<float*> dhk(D + 1, nullptr);
+    dhk[0] = dh;
+    for (int k = 1; k <= D; ++k)
+        if (s.mtp[k - 1].T > 0) dhk[k] = dh + s.mtp[k - 1].head_row * d;
+    for (int k = D; k >= 1; --k) {
+        mtp_cache& m = s.mtp[k - 1];
+        if (m.T <= 0) continue;
         mtp_backward(c, L, L.mtp[k - 1], W, G, m, dhk[k], dhk[k - 1], alpha, weight, a);
     }
     float* dx = a.alloc_zero(size_t(T) * d);
     rmsnorm_backward(dx, G + L.final_norm, dh, s.x, W + L.final_norm, s.h_rstd, T, d);
     for (int i = c.num_hidden_layers - 1; i >= 0; --i)
         layer_backward(c, L.layers[i], W, G, s.layers[i], dx, alpha, weight, a);
-    for (int t = 0; t < T; ++t) add_inplace(G + L.embed + size_t(s.tokens[t]) * d, dx + size_t(t) * d, d);
+    {
+        prof_scope ps(prof::embed);
+        for (int t = 0; t < T; ++t) add_inplace(G + L.embed + size_t(s.tokens[t]) * d, dx + size_t(t) * d, d);
+    }
     a.rewind(mk);
     r.bal = s.bal_loss;
     r.total = r.main + r.bal;

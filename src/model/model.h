@@ -18,7 +18,8 @@ struct model_state {
     std::vector<layer_cache> layers;     // [num_hidden_layers]
     float* h = nullptr;                  // [T, d] main hidden state after model.norm
     float* h_rstd = nullptr;             // [T]
-    float* logits = nullptr;             // [T, V] main head
+    int rows = 0;                        // rows of the stacked heads: T + Σ over the depths that ran of (T - k)
+    float* logits = nullptr;             // [rows, V]: the main head's T rows, then each depth's (mtp[k].logits)
     std::vector<mtp_cache> mtp;          // [D]; depth k has T-k rows (0 rows: not run)
     double bal_loss = 0;                 // Σ over MoE layers of α Σ_e f_e P_e
 };

@@ -2,21 +2,26 @@
 #include "model/mtp.h"
 
 #include <cstring>
+#include <optional>
 
 #include "core/ops.h"
+#include "core/profile.h"
 
 namespace mtp {
 
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
-                 double* load) {
-    const int d = c.hidden_size, V = c.vocab_size;
+                 float* h_out, double* load) {
+    const int d = c.hidden_size;
     const float eps = float(c.rms_norm_eps);
     m.T = T;
     m.tok = tok;
     m.hprev = hprev;
     m.e = a.alloc(size_t(T) * d);
+    std::optional<prof_scope> ph(std::in_place, prof::embed);
     for (int t = 0; t < T; ++t) std::memcpy(m.e + size_t(t) * d, W + L.embed + size_t(tok[t]) * d, sizeof(float) * d);
+    ph.reset();
+    ph.emplace(prof::mtp_proj);
     float* en = a.alloc(size_t(T) * d);
     float* hn = a.alloc(size_t(T) * d);
     m.e_rstd = a.alloc(T);
@@ -30,12 +35,12 @@ void mtp_forward(const model_config& c, const model_layout& L, const layer_offse
     }
     m.y = a.alloc(size_t(T) * d);
     linear_forward(m.y, m.cat, W + l.eh_proj, T, 2 * d, d);
+    ph.reset();                                                           // the layer opens its own phases
     m.bal_loss = layer_forward(c, l, W, m.layer, m.y, T, cos, sin, alpha, a, load);
-    m.h = a.alloc(size_t(T) * d);
+    m.h = h_out;
     m.h_rstd = a.alloc(T);
     rmsnorm_forward(m.h, m.h_rstd, m.y, W + l.shared_head_norm, T, d, eps);
-    m.logits = a.alloc(size_t(T) * V);
-    linear_forward(m.logits, m.h, W + L.lm_head, T, d, V);
+    m.logits = nullptr;                                                    // set by model_forward
 }
 
 void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,
@@ -45,6 +50,7 @@ void mtp_backward(const model_config& c, const model_layout& L, const layer_offs
     float* dy = a.alloc_zero(size_t(T) * d);
     rmsnorm_backward(dy, G + l.shared_head_norm, dh, m.y, W + l.shared_head_norm, m.h_rstd, T, d);
     layer_backward(c, l, W, G, m.layer, dy, alpha, bal_scale, a);         // dy is now dL/du
+    prof_seq ph(prof::mtp_proj);
     float* dcat = a.alloc_zero(size_t(T) * 2 * d);
     linear_backward(dcat, G + l.eh_proj, dy, m.cat, W + l.eh_proj, T, 2 * d, d);
     float* den = a.alloc(size_t(T) * d);
@@ -56,7 +62,9 @@ void mtp_backward(const model_config& c, const model_layout& L, const layer_offs
     float* de = dy;                                                       // reuse: [T, d]
     std::memset(de, 0, sizeof(float) * size_t(T) * d);
     rmsnorm_backward(de, G + l.enorm, den, m.e, W + l.enorm, m.e_rstd, T, d);
+    ph.set(prof::embed);
     for (int t = 0; t < T; ++t) add_inplace(G + L.embed + size_t(m.tok[t]) * d, de + size_t(t) * d, d);
+    ph.set(prof::mtp_proj);
     rmsnorm_backward(dhprev, G + l.hnorm, dhn, m.hprev, W + l.hnorm, m.hn_rstd, T, d);
     a.rewind(mk);
 }

@@ -17,13 +17,15 @@ struct mtp_cache {
     layer_cache layer;
     float* h = nullptr;            // [T, d] h^k (post shared_head.norm)
     float* h_rstd = nullptr;       // [T]
-    float* logits = nullptr;       // [T, V]
+    float* logits = nullptr;       // [T, V] (rows of the model's stacked head product, filled by model_forward)
+    size_t head_row = 0;           // first row of this depth in model_state::h / logits
     double bal_loss = 0;
 };
 
+// h_out [T, d] receives h^k (m.h points there); the head product over it is the caller's (model_forward).
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
-                 double* load = nullptr);
+                 float* h_out, double* load = nullptr);
 // dh[T,d]: dL/dh^k (from this depth's head and the next depth), consumed (overwritten as scratch).
 // dhprev[T,d] += dL/dh^{k-1}; G accumulates (embedding rows, lm_head handled by the caller).
 void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,

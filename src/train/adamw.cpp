@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace mtp {
 
@@ -16,17 +17,31 @@ void adamw_step_range(const adamw_config& cfg, adamw_state& st, const model_layo
     const float bc1 = 1.0f - std::pow(cfg.beta1, float(st.step));
     const float bc2 = 1.0f - std::pow(cfg.beta2, float(st.step));
     const float b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
+    // The trainable part of [lo, hi) in chunks, so that one parallel loop covers every tensor, small ones included
+    // (each element's update is independent: the result does not depend on the chunking or the thread count).
+    struct chunk { size_t a, b; float decay; };
+    constexpr size_t chunk_len = 16384;
+    std::vector<chunk> chunks;
+    size_t total = 0;
     for (const auto& p : L.params) {
         if (!p.trainable) continue;
         const size_t a = std::max(p.offset, lo), b = std::min(p.offset + p.size, hi);
-        if (a >= b) continue;
         const float decay = p.decay ? 1.0f - lr * cfg.weight_decay : 1.0f;
-        float* w = W + a;
-        const float* g = G + a;
-        float* m = st.m.data() + (a - lo);
-        float* v = st.v.data() + (a - lo);
-        const long n = long(b - a);
-#pragma omp parallel for simd if (n > 32768)
+        for (size_t x = a; x < b; x += chunk_len) chunks.push_back({x, std::min(b, x + chunk_len), decay});
+        if (a < b) total += b - a;
+    }
+    float* mv = st.m.data();
+    float* vv = st.v.data();
+#pragma omp parallel for schedule(static) if (total > 2 * chunk_len)
+    for (size_t c = 0; c < chunks.size(); ++c) {
+        const chunk k = chunks[c];
+        float* w = W + k.a;
+        const float* g = G + k.a;
+        float* m = mv + (k.a - lo);
+        float* v = vv + (k.a - lo);
+        const long n = long(k.b - k.a);
+        const float decay = k.decay;
+#pragma omp simd
         for (long i = 0; i < n; ++i) {
             m[i] = b1 * m[i] + (1.0f - b1) * g[i];
             v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];

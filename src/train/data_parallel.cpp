@@ -2,6 +2,7 @@
 #include "train/data_parallel.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/comm.h"
 
@@ -35,12 +36,23 @@ void dp_reduce_gradients(const dp_plan& p, std::vector<float>& G) {
 }
 
 double dp_grad_norm(const dp_plan& p, const model_layout& L, const std::vector<float>& G) {
-    double s = 0;
+    // Partial sums over fixed chunks, added in chunk order: the same bits for any thread count.
+    constexpr size_t chunk_len = 16384;
+    std::vector<std::pair<size_t, size_t>> chunks;
     for (const auto& q : L.params) {
         if (!q.trainable) continue;
         const size_t a = std::max(q.offset, p.lo), b = std::min(q.offset + q.size, p.hi);
-        for (size_t i = a; i < b; ++i) s += double(G[i]) * G[i];
+        for (size_t x = a; x < b; x += chunk_len) chunks.push_back({x, std::min(b, x + chunk_len)});
     }
+    std::vector<double> part(chunks.size(), 0.0);
+#pragma omp parallel for schedule(static) if (chunks.size() > 2)
+    for (size_t c = 0; c < chunks.size(); ++c) {
+        double s = 0;
+        for (size_t i = chunks[c].first; i < chunks[c].second; ++i) s += double(G[i]) * G[i];
+        part[c] = s;
+    }
+    double s = 0;
+    for (double x : part) s += x;
     if (p.zero1) comm_allreduce_sum(&s, 1);
     return std::sqrt(s);
 }

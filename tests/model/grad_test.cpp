@@ -536,13 +536,14 @@ void check_mtp(const json& j0, const std::string& what, uint64_t seed, float alp
                 a.reset();
                 mtp_cache mc;
                 mtp_forward(fx.c, fx.L, l, fx.W.data(), mc, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(),
-                            alpha, a);
+                            alpha, a, a.alloc(size_t(T) * d));
                 return routing_margin(fx.c, l, fx.W.data(), mc.layer.moe, t, t + 1);
             },
             [&](int t) { for (int i = 0; i < d; ++i) hprev[size_t(t) * d + i] = float(r.normal()); });
     a.reset();
     mtp_cache m;
-    mtp_forward(fx.c, fx.L, l, fx.W.data(), m, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+    mtp_forward(fx.c, fx.L, l, fx.W.data(), m, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(), alpha, a,
+                a.alloc(size_t(T) * d));
     std::vector<int> idx0;
     if (l.moe) idx0 = selection_sets(m.layer.moe.idx, T, fx.c.num_experts_per_tok);
     std::vector<float> dh = rr, dhprev(size_t(T) * d, 0.0f);
@@ -555,7 +556,8 @@ void check_mtp(const json& j0, const std::string& what, uint64_t seed, float alp
     loss_fn loss = [&](double* abs) {
         a.reset();
         mtp_cache mc;
-        mtp_forward(fx.c, fx.L, l, fx.W.data(), mc, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(), alpha, a);
+        mtp_forward(fx.c, fx.L, l, fx.W.data(), mc, hprev.data(), tok.data(), T, rt.cos.data(), rt.sin.data(), alpha, a,
+                    a.alloc(size_t(T) * d));
         if (l.moe && selection_sets(mc.layer.moe.idx, T, fx.c.num_experts_per_tok) != idx0) ++flips;
         double L = dot_loss(rr.data(), mc.h, size_t(T) * d, abs) + bal_scale * mc.bal_loss;
         if (abs) *abs += bal_scale * std::fabs(mc.bal_loss);

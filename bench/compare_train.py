@@ -1,0 +1,82 @@
+#!/usr/bin/python3
+"""Training-step speed, mtp.cpp against PyTorch (Debian python3-torch, float32) at PyTorch's best thread count,
+side by side and interleaved in one run, with MFU against the SGEMM peak measured in the same run.
+
+  /usr/bin/python3 bench/compare_train.py [--cases CONFIG:SEQ:BATCH ...] [--threads 2] [--steps 5] [--reps 2]
+
+Default cases: bench/moe_10m.json at 128 x 4 and 256 x 4, bench/configs/model_moe_16m.json at 128 x 8 and
+256 x 8. For each case and repetition: mtp.cpp (bench_train, --threads threads), PyTorch with 1 thread and with
+`threads` threads, one after the other, so machine drift hits all alike; each implementation's best
+repetition counts. MFU = model FLOPs of the step (3 x forward matmul + attention FLOPs, train/flops.h) / time /
+peak. Prints one table row per case: ms/step of each, PyTorch's best, the ratio and the MFUs.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CASES = ["bench/moe_10m.json:128:4", "bench/moe_10m.json:256:4",
+                 "bench/configs/model_moe_16m.json:128:8", "bench/configs/model_moe_16m.json:256:8"]
+
+
+def run_json(cmd, env=None):
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)}\n{p.stderr[-1500:]}")
+    return json.loads(p.stdout.strip().splitlines()[0])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", nargs="*", default=DEFAULT_CASES)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--bench-train", default=os.path.join(ROOT, "build", "bench_train"))
+    args = ap.parse_args()
+    if not os.access(args.bench_train, os.X_OK):
+        sys.exit(f"error: {args.bench_train} not built (run scripts/build.sh)")
+    P = args.threads
+    rows = []
+    for case in args.cases:
+        cfg, seq, batch = case.rsplit(":", 2)
+        cfg = cfg if os.path.isabs(cfg) else os.path.join(ROOT, cfg)
+        common = ["--config", cfg, "--seq", seq, "--batch", batch, "--steps", str(args.steps)]
+        best = {"mtp": None, "torch1": None, f"torch{P}": None}
+        peak = flops = None
+        for rep in range(args.reps):
+            env = dict(os.environ, OMP_NUM_THREADS=str(P))
+            r = run_json([args.bench_train] + common + ["--threads", str(P), "--peak"], env)
+            peak, flops = r["peak_gflops"], r["flops_per_step"]
+            res = {"mtp": r["ms_per_step"]}
+            for t in (1, P):
+                r = run_json(["/usr/bin/python3", os.path.join(ROOT, "bench", "bench_train_torch.py")] + common +
+                             ["--threads", str(t)], dict(os.environ, OMP_NUM_THREADS=str(t)))
+                res[f"torch{t}"] = r["ms_per_step"]
+            for k, v in res.items():
+                best[k] = v if best[k] is None else min(best[k], v)
+            print(f"  {os.path.basename(cfg)} {seq}x{batch} rep {rep + 1}: " +
+                  ", ".join(f"{k} {v:.1f} ms" for k, v in res.items()), flush=True)
+        tbest = min(best["torch1"], best[f"torch{P}"])
+        tname = "1" if best["torch1"] <= best[f"torch{P}"] else str(P)
+        mfu = lambda ms: 100.0 * flops / (ms / 1000.0) / (peak * 1e9)  # noqa: E731
+        rows.append((os.path.basename(cfg), f"{seq}x{batch}", best["mtp"], best["torch1"], best[f"torch{P}"], tname,
+                     tbest / best["mtp"], mfu(best["mtp"]), mfu(tbest), peak))
+    print(f"\nmtp.cpp with {P} threads; PyTorch {torch_version()} with 1 and {P} threads; best of {args.reps} runs of "
+          f"{args.steps} steps; MFU against the SGEMM peak measured by bench_train with {P} threads")
+    print(f"{'config':<22s} {'seq x B':>8s} {'mtp ms':>8s} {'torch1 ms':>10s} {f'torch{P} ms':>10s} {'best':>5s} "
+          f"{'ratio':>6s} {'MFU mtp':>8s} {'MFU torch':>10s} {'peak':>7s}")
+    for r in rows:
+        print(f"{r[0]:<22s} {r[1]:>8s} {r[2]:8.1f} {r[3]:10.1f} {r[4]:10.1f} {r[5]:>5s} {r[6]:5.2f}x {r[7]:7.1f}% "
+              f"{r[8]:9.1f}% {r[9]:7.1f}")
+
+
+def torch_version():
+    p = subprocess.run(["/usr/bin/python3", "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return p.stdout.strip() or "?"
+
+
+if __name__ == "__main__":
+    main()
