@@ -348,6 +348,13 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
                 for (int k = 0; k < D; ++k) l_mtp[k] += ls.mtp[k] * w;
             }
         }
+        // Waiting for the slowest rank is timed apart from the transfer itself (wait_s vs comm_s in metrics).
+        double wait_dt = 0;
+        if (world.size > 1) {
+            const double w0 = comm_seconds();
+            comm_barrier();
+            wait_dt = comm_seconds() - w0;
+        }
         if (world.size > 1) {   // the step's statistics and expert loads over all ranks' sequences
             std::vector<double> stats = {l_total, l_main, l_bal};
             stats.insert(stats.end(), l_mtp.begin(), l_mtp.end());
@@ -355,13 +362,6 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             l_total = stats[0], l_main = stats[1], l_bal = stats[2];
             std::copy(stats.begin() + 3, stats.end(), l_mtp.begin());
             comm_allreduce_sum(load.data(), load.size());
-        }
-        // Waiting for the slowest rank is timed apart from the transfer itself (wait_s vs comm_s in metrics).
-        double wait_dt = 0;
-        if (world.size > 1) {
-            const double w0 = comm_seconds();
-            comm_barrier();
-            wait_dt = comm_seconds() - w0;
         }
         dp_reduce_gradients(dp, G);
         const double gnorm = dp_grad_norm(dp, m.layout, G);
