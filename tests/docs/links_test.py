@@ -3,7 +3,7 @@
 resolves, and nothing points into the development tree outside it (../shared, absolute paths)."""
 import os, re, sys
 
-root = sys.argv[1]
+root = os.path.abspath(sys.argv[1])
 files = [os.path.join(root, "README.md")] + sorted(
     os.path.join(root, "docs", f) for f in os.listdir(os.path.join(root, "docs")) if f.endswith(".md"))
 bad = []
