@@ -53,8 +53,10 @@ BASE = ["train", "--model-config", cfg, "--data", data, "--batch-size", "4", "--
         "--warmup-steps", "2", "--max-steps", "8", "--eval-every", "0", "--eval-batches", "2", "--sample-tokens", "0",
         "--ckpt-every", "0", "--threads", "1", "--plot", "false", "--progress", "false", "--seed", "3",
         "--bal-alpha", "0.01", "--bias-update-speed", "0.01"]
-# OpenMPI as root on one machine; shared-memory transport only.
-MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "btl", "self,vader", "-np"]
+# OpenMPI as root on one machine; shared-memory transport only, without the cross-process copy (CMA) that
+# containers often forbid.
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "btl", "self,vader",
+          "--mca", "btl_vader_single_copy_mechanism", "none", "-np"]
 
 
 def train(out, ranks=0, extra=(), resume=None, timeout=300):
