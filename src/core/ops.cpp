@@ -1,7 +1,9 @@
 // Dense fp32 kernels: GEMM through OpenBLAS, the rest as OpenMP loops over rows.
 #include "core/ops.h"
 #include "core/profile.h"
+#include "core/vec_math.h"
 
+#include <algorithm>
 #include <cblas.h>
 #include <cmath>
 #include <cstring>
@@ -97,22 +99,77 @@ void rope_backward(float* dx, int T, int ld, int n_heads, int head_stride, int o
     rope_apply(dx, T, ld, n_heads, head_stride, offset, rope, cos, sin, -1.0f);
 }
 
+namespace {
+
+// Blocks of 8 elements (the tail padded), so that every element takes the same instructions wherever it sits.
+template <class F>
+void by8(size_t n, F f) {
+    const size_t nb = n / 8;
+#pragma omp parallel for if (n > omp_min_work)
+    for (size_t b = 0; b < nb; ++b) f(b * 8, 8);
+    if (n % 8) f(nb * 8, int(n % 8));
+}
+
+__m256 load_n(const float* p, int k, float pad) {
+    if (k == 8) return _mm256_loadu_ps(p);
+    alignas(32) float t[8] = {pad, pad, pad, pad, pad, pad, pad, pad};
+    std::memcpy(t, p, sizeof(float) * size_t(k));
+    return _mm256_load_ps(t);
+}
+
+void store_n(float* p, __m256 v, int k) {
+    if (k == 8) return _mm256_storeu_ps(p, v);
+    alignas(32) float t[8];
+    _mm256_store_ps(t, v);
+    std::memcpy(p, t, sizeof(float) * size_t(k));
+}
+
+} // namespace
+
 void silu_mul_forward(float* a, const float* g, const float* u, size_t n) {
     prof_scope ps(prof::act);
-#pragma omp parallel for simd if (n > omp_min_work)
-    for (size_t i = 0; i < n; ++i) a[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    by8(n, [&](size_t i, int k) {                                        // a = g / (1 + exp(-g)) * u
+        const __m256 gv = load_n(g + i, k, 0.0f);
+        const __m256 e = exp8(_mm256_sub_ps(zero, gv));
+        store_n(a + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), load_n(u + i, k, 0.0f)), k);
+    });
 }
 
 void silu_mul_backward(float* dg, float* du, const float* da, const float* g, const float* u, size_t n) {
     prof_scope ps(prof::act);
-#pragma omp parallel for simd if (n > omp_min_work)
-    for (size_t i = 0; i < n; ++i) {
-        float sg = 1.0f / (1.0f + std::exp(-g[i]));
-        float silu = g[i] * sg;
-        du[i] = da[i] * silu;
-        dg[i] = da[i] * u[i] * sg * (1.0f + g[i] * (1.0f - sg));
-    }
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    by8(n, [&](size_t i, int k) {
+        const __m256 gv = load_n(g + i, k, 0.0f), dav = load_n(da + i, k, 0.0f), uv = load_n(u + i, k, 0.0f);
+        const __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
+        const __m256 silu = _mm256_mul_ps(gv, sg);
+        store_n(du + i, _mm256_mul_ps(dav, silu), k);                    // du = da · silu(g)
+        // dg = da · u · sg · (1 + g (1 - sg))
+        const __m256 t = _mm256_add_ps(one, _mm256_mul_ps(gv, _mm256_sub_ps(one, sg)));
+        store_n(dg + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dav, uv), sg), t), k);
+    });
 }
+
+namespace {
+
+// Σ_v exp(x[v] - sub) in double, in a fixed order (8 lanes, then lane by lane); e[v] gets the terms when given.
+double sum_exp(const float* x, int n, float sub, float* e) {
+    const __m256 s = _mm256_set1_ps(sub);
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    for (int i = 0; i < n; i += 8) {
+        const int k = std::min(8, n - i);
+        const __m256 v = exp8(_mm256_sub_ps(load_n(x + i, k, -INFINITY), s));   // padding: exp(-inf) = 0
+        if (e) store_n(e + i, v, k);
+        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    alignas(32) double l[8];
+    _mm256_store_pd(l, acc0);
+    _mm256_store_pd(l + 4, acc1);
+    return ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+}
+
+} // namespace
 
 double cross_entropy(float* dlogits, const float* logits, const int* targets, int T, int V, float scale) {
     prof_scope ps(prof::cross_entropy);
@@ -134,14 +191,11 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
         const float lt = l[tgt];                         // read before d (which may alias l) is written
         float mx = l[0];
         for (int v = 1; v < V; ++v) mx = l[v] > mx ? l[v] : mx;
-        double sum = 0;
+        const double sum = sum_exp(l, V, mx, d);        // d (may alias l) receives the exp terms
         if (d) {
-            for (int v = 0; v < V; ++v) { float e = std::exp(l[v] - mx); d[v] = e; sum += e; }
             const float inv = float(scale / sum);
             for (int v = 0; v < V; ++v) d[v] *= inv;
             d[tgt] -= scale;
-        } else {
-            for (int v = 0; v < V; ++v) sum += std::exp(l[v] - mx);
         }
         total += double(mx) + std::log(sum) - lt;
     }
