@@ -364,6 +364,10 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             comm_allreduce_sum(load.data(), load.size());
         }
         dp_reduce_gradients(dp, G);
+        // Test hook: the first step's summed gradient (before clipping), in the model's tensor layout, by rank 0
+        // (tests/train/mpi_test.py compares it across data / expert parallelism; not under ZeRO-1's shards).
+        if (const char* p = std::getenv("MTP_TRAIN_TEST_DUMP_GRAD"); p && *p && root && step == start_step && !dp.zero1)
+            weights_save(c, m.layout, G, p);
         const double gnorm = dp_grad_norm(dp, m.layout, G);
         if (!std::isfinite(gnorm) || !std::isfinite(l_total))
             fail("train", "diverged at step " + std::to_string(step + 1) + ": loss or gradient is not finite (lower lr?)");

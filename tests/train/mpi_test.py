@@ -10,7 +10,8 @@
 - ZeRO-1 equals plain data parallel within the same tolerance; its checkpoint (2 ranks) resumes on 1 rank and on 4
   ranks and the continued runs equal the uninterrupted one within the tolerance;
 - expert parallel over 2 ranks, and 2 x 2 ranks combined with data parallel, equals the single process: losses,
-  gradient norms and final weights within 1e-5, router biases (driven by the expert loads) exactly equal;
+  gradient norms, every tensor of the first step's gradient (the trainer's MTP_TRAIN_TEST_DUMP_GRAD hook) and the
+  final weights within 1e-5, router biases (driven by the expert loads) exactly equal;
 - a rank killed mid-run ends the job in under 30 s, non-zero, with a message naming the rank;
 - batch_size below the rank count is a one-line error.
 Prints one line per check and `N passed, M failed`; exit 1 on failure.
@@ -62,7 +63,10 @@ MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "btl", "s
 def train(out, ranks=0, extra=(), resume=None, timeout=300):
     args = ["train", "--resume", resume] + list(extra) if resume else BASE + ["--out-dir", out] + list(extra)
     cmd = ([mtp] if ranks == 0 else MPIRUN + [str(ranks), mtp]) + args
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = dict(os.environ)
+    if out and not resume:   # the first step's gradient (trainer test hook), written by rank 0
+        env["MTP_TRAIN_TEST_DUMP_GRAD"] = os.path.join(work, os.path.basename(out) + ".grad.safetensors")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if p.returncode != 0:
         print(f"  $ {' '.join(cmd)}\n{(p.stdout + p.stderr)[-1500:]}")
     return p
@@ -82,6 +86,16 @@ def worst_loss(a, b, first=1):
     common = [s for s in ra if s in rb and s >= first]
     errs = [abs(ra[s][k] - rb[s][k]) / abs(rb[s][k]) for s in common for k in ("loss", "main") if rb[s][k]]
     return (max(errs) if errs else float("inf")), len(common)
+
+
+def worst_grad(a, b):
+    """Per-tensor relative error of the first step's gradient of runs a and b (router biases get none)."""
+    ga = st.load(os.path.join(work, os.path.basename(a) + ".grad.safetensors"))
+    gb = st.load(os.path.join(work, os.path.basename(b) + ".grad.safetensors"))
+    e = {n: float(np.linalg.norm(ga[n].astype(np.float64) - gb[n]) / max(np.linalg.norm(gb[n]), 1e-30))
+         for n in gb if not n.endswith("e_score_correction_bias") and np.linalg.norm(gb[n]) > 0}
+    n = max(e, key=e.get)
+    return e[n], n, len(e)
 
 
 def worst_weight(a, b):
@@ -104,6 +118,9 @@ if pa.returncode == 0 and p1.returncode == 0 and pb.returncode == 0:
     check("data parallel (2 ranks) = 1 process: per-step losses", e <= TOL and n == 8, f"{n} steps, worst rel err {e:.2e}")
     e, name = worst_weight(dp_a, one)
     check("data parallel (2 ranks) = 1 process: final weights", e <= TOL, f"worst rel err {e:.2e} ({name})")
+    e, name, nt = worst_grad(dp_a, one)
+    check("data parallel (2 ranks) = 1 process: first-step gradient, every tensor", e <= TOL,
+          f"{nt} tensors, worst rel err {e:.2e} ({name})")
     same = open(os.path.join(dp_a, "model", "model.safetensors"), "rb").read() == \
         open(os.path.join(dp_b, "model", "model.safetensors"), "rb").read()
     ka = [(r["loss"], r["grad_norm"]) for r in steps(dp_a)]
@@ -166,6 +183,9 @@ for ranks, label in ((2, "expert parallel (2 ranks)"), (4, "expert x data parall
     check(f"{label} = 1 process: per-step losses", e <= TOL and n == 8, f"worst rel err {e:.2e}")
     e = worst_gnorm(d, one)
     check(f"{label} = 1 process: per-step gradient norms", e <= TOL, f"worst rel err {e:.2e}")
+    e, name, nt = worst_grad(d, one)
+    check(f"{label} = 1 process: first-step gradient, every tensor", e <= TOL,
+          f"{nt} tensors, worst rel err {e:.2e} ({name})")
     e, name = worst_weight(d, one)
     check(f"{label} = 1 process: final weights", e <= TOL, f"worst rel err {e:.2e} ({name})")
     wa, wb = weights(d), weights(one)
