@@ -50,27 +50,35 @@ struct plan {
     layout2 L;
 };
 
-plan make_plan(const model_config& c, const moe_cache& m) {
+// counts: [P][El] rows received from each group rank for each owned expert (the forward's all-to-all of sizes).
+plan make_plan(const model_config& c, const moe_cache& m, std::vector<size_t> counts) {
     const comm_info g = comm_expert_group();
     plan p;
     p.P = g.size;
     p.me = g.rank;
-    const int E = c.n_routed_experts;
-    if (E % p.P != 0)
-        fail("--expert-parallel", std::to_string(E) + " routed experts do not split over " + std::to_string(p.P) + " ranks");
-    p.El = E / p.P;
-    std::vector<size_t> per(static_cast<size_t>(E), 0);
-    for (int e = 0; e < E; ++e) per[size_t(e)] = size_t(m.start[size_t(e) + 1] - m.start[size_t(e)]);
-    comm_alltoall_sizes(per, p.counts);                // I send the El counts of owner q's experts to q
+    p.El = c.n_routed_experts / p.P;
+    p.counts = std::move(counts);
     p.send_rows.assign(size_t(p.P), 0);
     p.recv_rows.assign(size_t(p.P), 0);
     for (int q = 0; q < p.P; ++q)
         for (int j = 0; j < p.El; ++j) {
-            p.send_rows[size_t(q)] += per[size_t(q) * p.El + j];
+            const int e = q * p.El + j;
+            p.send_rows[size_t(q)] += size_t(m.start[size_t(e) + 1] - m.start[size_t(e)]);
             p.recv_rows[size_t(q)] += p.counts[size_t(q) * p.El + j];
         }
     p.L = make_layout(p.counts, p.P, p.El);
     return p;
+}
+
+// The forward's plan: every rank sends the El counts of owner q's experts to q.
+plan exchange_plan(const model_config& c, const moe_cache& m) {
+    const int E = c.n_routed_experts, P = comm_expert_group().size;
+    if (E % P != 0)
+        fail("--expert-parallel", std::to_string(E) + " routed experts do not split over " + std::to_string(P) + " ranks");
+    std::vector<size_t> per(static_cast<size_t>(E), 0), counts;
+    for (int e = 0; e < E; ++e) per[size_t(e)] = size_t(m.start[size_t(e) + 1] - m.start[size_t(e)]);
+    comm_alltoall_sizes(per, counts);
+    return make_plan(c, m, std::move(counts));
 }
 
 std::vector<size_t> times(const std::vector<size_t>& v, int d) {
@@ -86,7 +94,8 @@ bool expert_parallel_active() { return g_on; }
 
 void expert_parallel_forward(const model_config& c, const layer_offsets& l, const float* W, moe_cache& m, arena& a) {
     const int d = c.hidden_size;
-    plan p = make_plan(c, m);
+    plan p = exchange_plan(c, m);
+    m.ep_counts = p.counts;                                     // the backward sends along the same routes
     float* recv = a.alloc(p.L.rows * d + 1);
     comm_alltoallv(m.xe, times(p.send_rows, d), recv, times(p.recv_rows, d));
     float* xr = a.alloc(p.L.rows * d + 1);                      // [rows, d] expert-major; kept for backward
@@ -107,7 +116,7 @@ void expert_parallel_forward(const model_config& c, const layer_offsets& l, cons
 void expert_parallel_backward(const model_config& c, const layer_offsets& l, const float* W, float* G,
                               const moe_cache& m, const float* dye, float* dxe, arena& a) {
     const int d = c.hidden_size;
-    plan p = make_plan(c, m);
+    plan p = make_plan(c, m, m.ep_counts);
     auto mk = a.mark();
     float* recv = a.alloc(p.L.rows * d + 1);
     comm_alltoallv(dye, times(p.send_rows, d), recv, times(p.recv_rows, d));

@@ -36,6 +36,7 @@ struct moe_cache {
     std::vector<swiglu_cache> experts;
     swiglu_cache shared;
     std::vector<float> f;       // [E] f_e of the sequence-wise balance loss (constant for the gradient)
+    std::vector<size_t> ep_counts;   // expert parallel: [P][E/P] rows received per group rank and owned expert
     double bal_loss = 0;        // α Σ_e f_e P_e (0 when α = 0)
 };
 
