@@ -227,95 +227,110 @@ void ffn_packed(const decode_ffn& f, float* y, const float* x, int T, int d, are
     a.rewind(mk);
 }
 
-// Absorbed MLA for T rows (spec §3) over the latent cache; y[T, d] written. The rows of all heads go through the
-// multi-row kernel together: scores = [q_abs | q_pe] against the position panels of the cache, P·c_kv against the
-// cache itself. Row (t, h) attends to positions 0..n0+t; its scores past that are computed but get probability
-// exactly 0, which adds exact zeros to its P·c_kv chain, so the result is the same as with the row alone.
-void mla_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
-                mla_latent_cache& lc, latent_panels& lp, float* y, const float* x, int T, const float* cos,
-                const float* sin, arena& a, const attn_rows* tree) {
-    const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
+// Absorbed MLA (spec §3) for the rows of several sequences at once, each over its own latent cache; y[M, d]
+// written for x[M, d], the rows of seqs[0], then seqs[1], ... (cos/sin: [M, rope/2], the same order). The
+// projections and absorptions of all rows go through the multi-row kernel together; the attention of a sequence's
+// rows reads only its cache: scores = [q_abs | q_pe] against the cache's position panels, P·c_kv against the cache
+// itself. A chain row t of a sequence attends to its positions 0..n0+t; its scores past that are computed but get
+// probability exactly 0, which adds exact zeros to its P·c_kv chain, so every row's result is the same as with the
+// row alone (nothing depends on the other rows of the pass, of its sequence or of the others).
+void mla_packed(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W, int li,
+                const seq_pass* seqs, int ns, float* y, const float* x, int M, const float* cos, const float* sin,
+                arena& a) {
+    const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, half = rope / 2;
     const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, d = c.hidden_size;
     const int ql = c.q_lora_rank, qw = ql > 0 ? ql : H * dq, nin = qw + kvl + rope;
     const float scale = float(c.attn_scale()), eps = float(c.rms_norm_eps);
     auto mk = a.mark();
-    float* proj = a.alloc(size_t(T) * nin);                              // [T, qw + kvl + rope]
-    gemv_packed(proj, nin, x, d, T, lw.in_proj);
-    float* q = a.alloc(size_t(T) * H * dq);                              // [T, H*dq]
-    float* rstd = a.alloc(T);
+    float* proj = a.alloc(size_t(M) * nin);                              // [M, qw + kvl + rope]
+    gemv_packed(proj, nin, x, d, M, lw.in_proj);
+    float* q = a.alloc(size_t(M) * H * dq);                              // [M, H*dq]
+    float* rstd = a.alloc(M);
     if (ql > 0) {
-        float* qa = a.alloc(size_t(T) * ql);
-        gather_cols(qa, proj, nin, T, 0, ql);
-        rmsnorm_forward(qa, rstd, qa, W + l.q_a_norm, T, ql, eps);
-        gemv_packed(q, H * dq, qa, ql, T, lw.q_b);
+        float* qa = a.alloc(size_t(M) * ql);
+        gather_cols(qa, proj, nin, M, 0, ql);
+        rmsnorm_forward(qa, rstd, qa, W + l.q_a_norm, M, ql, eps);
+        gemv_packed(q, H * dq, qa, ql, M, lw.q_b);
     } else {
-        gather_cols(q, proj, nin, T, 0, H * dq);
+        gather_cols(q, proj, nin, M, 0, H * dq);
     }
-    rope_forward(q, T, H * dq, H, dq, nope, rope, cos, sin);
+    rope_forward(q, M, H * dq, H, dq, nope, rope, cos, sin);
+    const int R = M * H;                                                 // rows (t, h) at t*H + h
+    float* qabs = a.alloc(size_t(R) * kvl);                              // [M, H, kvl]
+    for (int h = 0; h < H; ++h) gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, M, lw.uk[h]);
+    float* olat = a.alloc(size_t(R) * kvl);                              // [M, H, kvl] = P · c_kv
 
-    const int n0 = lc.n, n = n0 + T;                                     // append the latents
-    if (lc.ckv.size() < size_t(n) * kvl + 8) {                           // + slack: gemv_panels reads whole panels
-        lc.ckv.resize(size_t(n) * kvl * 2 + 8);
-        lc.kpe.resize(size_t(n) * rope * 2 + 8);
-    }
-    float* ckv_new = lc.ckv.data() + size_t(n0) * kvl;
-    float* kpe_new = lc.kpe.data() + size_t(n0) * rope;
-    gather_cols(ckv_new, proj, nin, T, qw, kvl);
-    rmsnorm_forward(ckv_new, rstd, ckv_new, W + l.kv_a_norm, T, kvl, eps);
-    gather_cols(kpe_new, proj, nin, T, qw + kvl, rope);
-    rope_forward(kpe_new, T, rope, 1, rope, 0, rope, cos, sin);
-    lc.n = n;
-    fill_panels(lp, lc, n0, n, kvl, rope);
+    for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
+        const seq_pass& sp = seqs[si];
+        const int T = sp.m;
+        mla_latent_cache& lc = sp.kv->layers[size_t(li)];
+        latent_panels& lp = sp.kv->panels[size_t(li)];
+        const int n0 = lc.n, n = n0 + T;                                 // append the latents
+        if (lc.ckv.size() < size_t(n) * kvl + 8) {                       // + slack: gemv_panels reads whole panels
+            lc.ckv.resize(size_t(n) * kvl * 2 + 8);
+            lc.kpe.resize(size_t(n) * rope * 2 + 8);
+        }
+        float* ckv_new = lc.ckv.data() + size_t(n0) * kvl;
+        float* kpe_new = lc.kpe.data() + size_t(n0) * rope;
+        gather_cols(ckv_new, proj + size_t(r0) * nin, nin, T, qw, kvl);
+        rmsnorm_forward(ckv_new, rstd, ckv_new, W + l.kv_a_norm, T, kvl, eps);
+        gather_cols(kpe_new, proj + size_t(r0) * nin, nin, T, qw + kvl, rope);
+        rope_forward(kpe_new, T, rope, 1, rope, 0, rope, cos + size_t(r0) * half, sin + size_t(r0) * half);
+        lc.n = n;
+        fill_panels(lp, lc, n0, n, kvl, rope);
 
-    const int R = T * H;                                                 // rows (t, h) at t*H + h
-    float* qabs = a.alloc(size_t(R) * kvl);                              // [T, H, kvl]
-    for (int h = 0; h < H; ++h) gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, T, lw.uk[h]);
-    const int np = (n + 7) / 8 * 8;                                      // score row stride
-    float* sa = a.alloc(size_t(R) * np);
-    float* sb = a.alloc(size_t(R) * np);
-    gemv_panels(sa, np, qabs, kvl, R, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
-    gemv_panels(sb, np, q + nope, dq, R, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
-    // Tree rows: the same operations on the attended scores gathered in ascending order, so a row gives bitwise
-    // what it gives in a chain whose entries are its ancestors (masked entries get probability exactly 0).
-    float* g = tree ? a.alloc(size_t(n) + 8) : nullptr;
-    for (int t = 0; tree && t < T; ++t) {
-        const int* sl = tree->slots + tree->off[t];
-        const int cnt = tree->off[t + 1] - tree->off[t];
-        for (int h = 0; h < H; ++h) {
-            float* sh = sa + size_t(t * H + h) * np;
-            const float* bh = sb + size_t(t * H + h) * np;
-            float mx = -INFINITY;
-            for (int j = 0; j < cnt; ++j) {
-                g[j] = scale * (sh[sl[j]] + bh[sl[j]]);
-                mx = g[j] > mx ? g[j] : mx;
+        // Score rows in blocks of rows (the T x n score matrix of a long prompt chunk is never held at once).
+        const int np = (n + 7) / 8 * 8;                                  // score row stride
+        const int TB = std::max(1, std::min(T, 16));
+        auto mk2 = a.mark();
+        float* sa = a.alloc(size_t(TB) * H * np);
+        float* sb = a.alloc(size_t(TB) * H * np);
+        float* g = sp.rows ? a.alloc(size_t(n) + 8) : nullptr;
+        for (int b0 = 0; b0 < T; b0 += TB) {
+            const int nb = std::min(TB, T - b0), RB = nb * H;
+            const size_t q0 = size_t(r0 + b0) * H;                       // first (t, h) row of the block
+            gemv_panels(sa, np, qabs + q0 * kvl, kvl, RB, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
+            gemv_panels(sb, np, q + size_t(r0 + b0) * H * dq + nope, dq, RB, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
+            for (int tb = 0; tb < nb; ++tb) {
+                const int t = b0 + tb;
+                for (int h = 0; h < H; ++h) {
+                    float* sh = sa + size_t(tb * H + h) * np;
+                    const float* bh = sb + size_t(tb * H + h) * np;
+                    if (sp.rows) {
+                        // Tree rows: the same operations on the attended scores gathered in ascending order, so a
+                        // row gives bitwise what it gives in a chain whose entries are its ancestors.
+                        const int* sl = sp.rows->slots + sp.rows->off[t];
+                        const int cnt = sp.rows->off[t + 1] - sp.rows->off[t];
+                        float mx = -INFINITY;
+                        for (int j = 0; j < cnt; ++j) {
+                            g[j] = scale * (sh[sl[j]] + bh[sl[j]]);
+                            mx = g[j] > mx ? g[j] : mx;
+                        }
+                        exp_sub(g, cnt, mx);
+                        const float inv = 1.0f / sum_fixed(g, cnt);
+                        std::memset(sh, 0, sizeof(float) * size_t(n));
+                        for (int j = 0; j < cnt; ++j) sh[sl[j]] = g[j] * inv;
+                    } else {
+                        const int lim = n0 + t;                          // attends to 0..lim
+                        float mx = -INFINITY;
+                        for (int j = 0; j <= lim; ++j) {
+                            sh[j] = scale * (sh[j] + bh[j]);
+                            mx = sh[j] > mx ? sh[j] : mx;
+                        }
+                        exp_sub(sh, lim + 1, mx);
+                        const float inv = 1.0f / sum_fixed(sh, lim + 1);
+                        for (int j = 0; j <= lim; ++j) sh[j] *= inv;
+                        for (int j = lim + 1; j < n; ++j) sh[j] = 0.0f;
+                    }
+                }
             }
-            exp_sub(g, cnt, mx);
-            const float inv = 1.0f / sum_fixed(g, cnt);
-            std::memset(sh, 0, sizeof(float) * size_t(n));
-            for (int j = 0; j < cnt; ++j) sh[sl[j]] = g[j] * inv;
+            gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 8, kvl);
         }
+        a.rewind(mk2);
     }
-    for (int t = 0; !tree && t < T; ++t) {
-        const int lim = n0 + t;                                           // attends to 0..lim
-        for (int h = 0; h < H; ++h) {
-            float* sh = sa + size_t(t * H + h) * np;
-            const float* bh = sb + size_t(t * H + h) * np;
-            float mx = -INFINITY;
-            for (int j = 0; j <= lim; ++j) {
-                sh[j] = scale * (sh[j] + bh[j]);
-                mx = sh[j] > mx ? sh[j] : mx;
-            }
-            exp_sub(sh, lim + 1, mx);
-            const float inv = 1.0f / sum_fixed(sh, lim + 1);
-            for (int j = 0; j <= lim; ++j) sh[j] *= inv;
-            for (int j = lim + 1; j < n; ++j) sh[j] = 0.0f;
-        }
-    }
-    float* olat = a.alloc(size_t(R) * kvl);                              // [T, H, kvl] = P · c_kv
-    gemv_panels(olat, kvl, sa, np, R, lc.ckv.data(), kvl, n, 8, kvl);
-    float* o = a.alloc(size_t(T) * H * dv);                              // [T, H*dv]
-    for (int h = 0; h < H; ++h) gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, T, lw.uv[h]);
-    gemv_packed(y, d, o, H * dv, T, lw.o_proj);
+    float* o = a.alloc(size_t(M) * H * dv);                              // [M, H*dv]
+    for (int h = 0; h < H; ++h) gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, M, lw.uv[h]);
+    gemv_packed(y, d, o, H * dv, M, lw.o_proj);
     a.rewind(mk);
 }
 
@@ -375,70 +390,149 @@ int moe_packed(const model_config& c, const layer_offsets& l, const decode_layer
     return used;
 }
 
-// x[T,d] += MLA(norm(x)); x += FFN(norm(x)): packed rows, or the BLAS kernels for long chunks.
+// x[M,d] += MLA(norm(x)); x += FFN(norm(x)) for the rows of every sequence of the pass.
 void decode_layer(const model_config& c, const layer_offsets& l, const decode_layer_weights& lw, const float* W,
-                  mla_latent_cache& lc, latent_panels& lp, moe_cache& moe, swiglu_cache& mlp, float* x, int T,
-                  const float* cos, const float* sin, int64_t& experts, arena& a, const attn_rows* tree) {
+                  int li, const seq_pass* seqs, int ns, float* x, int M, const float* cos, const float* sin,
+                  int64_t& experts, arena& a) {
     const int d = c.hidden_size;
-    const size_t n = size_t(T) * d;
+    const size_t n = size_t(M) * d;
     const float eps = float(c.rms_norm_eps);
-    const bool packed = T <= decode_rows_max || lw.in_proj.type != wtype::f32 || tree;
     auto mk = a.mark();
     float* xn = a.alloc(n);
-    float* rstd = a.alloc(T);
+    float* rstd = a.alloc(M);
     float* tmp = a.alloc(n);
-    rmsnorm_forward(xn, rstd, x, W + l.input_norm, T, d, eps);
-    if (packed) {
-        mla_packed(c, l, lw, W, lc, lp, tmp, xn, T, cos, sin, a, tree);
-    } else {
-        const int n0 = lc.n;
-        mla_absorbed_forward(c, l, W, lc, tmp, xn, T, cos, sin, a);
-        fill_panels(lp, lc, n0, lc.n, c.kv_lora_rank, c.qk_rope_head_dim);
-    }
+    rmsnorm_forward(xn, rstd, x, W + l.input_norm, M, d, eps);
+    mla_packed(c, l, lw, W, li, seqs, ns, tmp, xn, M, cos, sin, a);
     add_inplace(x, tmp, n);
-    rmsnorm_forward(xn, rstd, x, W + l.post_norm, T, d, eps);
-    if (packed) {
-        if (l.moe) experts += moe_packed(c, l, lw, W, tmp, xn, T, a);
-        else ffn_packed(lw.mlp, tmp, xn, T, d, a);
-    } else {
-        if (l.moe) moe_forward(c, l, W, moe, tmp, xn, T, 0.0f, a);
-        else swiglu_forward(W, l.mlp, mlp, tmp, xn, T, d, a);
-    }
+    rmsnorm_forward(xn, rstd, x, W + l.post_norm, M, d, eps);
+    if (l.moe) experts += moe_packed(c, l, lw, W, tmp, xn, M, a);
+    else ffn_packed(lw.mlp, tmp, xn, M, d, a);
     add_inplace(x, tmp, n);
     a.rewind(mk);
 }
 
-void head(const decode_weights& dw, const float* h, int d, int m, float* logits, int logits_from, head_kind kind) {
-    if (!logits || logits_from >= m) return;
-    const packed_weight& w = kind == head_kind::draft ? dw.draft_head : dw.lm_head;
-    gemv_packed(logits, w.out, h + size_t(logits_from) * d, d, m - logits_from, w);
+// Logits of the rows logits_from..m-1 of each sequence (h: [M, d], the sequences' rows in order): one product per
+// head kind over the rows of every sequence that asks for it, then copied out.
+void heads(const decode_weights& dw, const seq_pass* seqs, int ns, const float* h, int d, arena& a) {
+    for (int kind = 0; kind < 2; ++kind) {
+        const head_kind hk = kind ? head_kind::draft : head_kind::full;
+        const packed_weight& w = hk == head_kind::draft ? dw.draft_head : dw.lm_head;
+        int rows = 0, users = 0;
+        for (int si = 0; si < ns; ++si)
+            if (seqs[si].logits && seqs[si].head == hk && seqs[si].logits_from < seqs[si].m) {
+                rows += seqs[si].m - seqs[si].logits_from;
+                ++users;
+            }
+        if (rows == 0) continue;
+        if (users == 1 && ns == 1) {                                     // one sequence: straight into its buffer
+            const seq_pass& sp = seqs[0];
+            gemv_packed(sp.logits, w.out, h + size_t(sp.logits_from) * d, d, sp.m - sp.logits_from, w);
+            continue;
+        }
+        auto mk = a.mark();
+        float* hx = a.alloc(size_t(rows) * d);
+        float* lg = a.alloc(size_t(rows) * w.out);
+        int r = 0;
+        for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
+            const seq_pass& sp = seqs[si];
+            if (!sp.logits || sp.head != hk || sp.logits_from >= sp.m) continue;
+            const int k = sp.m - sp.logits_from;
+            std::memcpy(hx + size_t(r) * d, h + size_t(r0 + sp.logits_from) * d, sizeof(float) * size_t(k) * d);
+            r += k;
+        }
+        gemv_packed(lg, w.out, hx, d, rows, w);
+        r = 0;
+        for (int si = 0; si < ns; ++si) {
+            const seq_pass& sp = seqs[si];
+            if (!sp.logits || sp.head != hk || sp.logits_from >= sp.m) continue;
+            const int k = sp.m - sp.logits_from;
+            std::memcpy(sp.logits, lg + size_t(r) * w.out, sizeof(float) * size_t(k) * w.out);
+            r += k;
+        }
+        a.rewind(mk);
+    }
 }
 
-void ensure_scratch(decode_scratch& s, size_t n) {
-    if (s.moe.size() < n) s.moe.resize(n);
-    if (s.mlp.size() < n) s.mlp.resize(n);
+// Rows of all sequences: total count, embeddings x[M, d], and cos/sin [M, rope/2] concatenated.
+int gather_rows(const model_config& c, const model_layout& L, const float* W, const seq_pass* seqs, int ns,
+                float*& x, float*& cos, float*& sin, arena& a) {
+    const int d = c.hidden_size, half = c.qk_rope_head_dim / 2;
+    int M = 0;
+    for (int si = 0; si < ns; ++si) M += seqs[si].m;
+    x = a.alloc(size_t(M) * d);
+    cos = a.alloc(size_t(M) * half + 1);
+    sin = a.alloc(size_t(M) * half + 1);
+    for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
+        const seq_pass& sp = seqs[si];
+        for (int t = 0; t < sp.m; ++t)
+            std::memcpy(x + size_t(r0 + t) * d, W + L.embed + size_t(sp.tokens[t]) * d, sizeof(float) * d);
+        std::memcpy(cos + size_t(r0) * half, sp.cos, sizeof(float) * size_t(sp.m) * half);
+        std::memcpy(sin + size_t(r0) * half, sp.sin, sizeof(float) * size_t(sp.m) * half);
+    }
+    return M;
 }
 
 } // namespace
+
+void decode_trunk_batch(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw,
+                        const seq_pass* seqs, int ns, decode_scratch& s, arena& a) {
+    const int d = c.hidden_size;
+    auto mk = a.mark();
+    float *x, *cos, *sin;
+    const int M = gather_rows(c, L, W, seqs, ns, x, cos, sin, a);
+    s.experts = 0;
+    if (M == 0) return a.rewind(mk);
+    for (int i = 0; i < c.num_hidden_layers; ++i)
+        decode_layer(c, L.layers[i], dw.layers[i], W, i, seqs, ns, x, M, cos, sin, s.experts, a);
+    float* rstd = a.alloc(M);
+    float* h = a.alloc(size_t(M) * d);
+    rmsnorm_forward(h, rstd, x, W + L.final_norm, M, d, float(c.rms_norm_eps));
+    heads(dw, seqs, ns, h, d, a);
+    for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
+        std::memcpy(seqs[si].h, h + size_t(r0) * d, sizeof(float) * size_t(seqs[si].m) * d);
+        seqs[si].kv->n += seqs[si].m;
+    }
+    a.rewind(mk);
+}
+
+void decode_mtp_batch(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
+                      const seq_pass* seqs, int ns, decode_scratch& s, arena& a) {
+    const int d = c.hidden_size;
+    const float eps = float(c.rms_norm_eps);
+    const layer_offsets& l = L.mtp[k - 1];
+    auto mk = a.mark();
+    float *e, *cos, *sin;
+    const int M = gather_rows(c, L, W, seqs, ns, e, cos, sin, a);
+    s.experts = 0;
+    if (M == 0) return a.rewind(mk);
+    float* rstd = a.alloc(M);
+    float* cat = a.alloc(size_t(M) * 2 * d);                             // [enorm(e) | hnorm(h^{k-1})]
+    float* tmp = a.alloc(size_t(M) * d);
+    rmsnorm_forward(tmp, rstd, e, W + l.enorm, M, d, eps);
+    for (int t = 0; t < M; ++t) std::memcpy(cat + size_t(t) * 2 * d, tmp + size_t(t) * d, sizeof(float) * d);
+    for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si)
+        std::memcpy(tmp + size_t(r0) * d, seqs[si].hprev, sizeof(float) * size_t(seqs[si].m) * d);
+    rmsnorm_forward(tmp, rstd, tmp, W + l.hnorm, M, d, eps);
+    for (int t = 0; t < M; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
+    float* y = e;                                                        // reuse: [M, d]
+    gemv_packed(y, d, cat, 2 * d, M, dw.eh_proj[k - 1]);
+    decode_layer(c, l, dw.mtp[k - 1], W, 0, seqs, ns, y, M, cos, sin, s.experts, a);
+    float* h = tmp;
+    rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, M, d, eps);
+    heads(dw, seqs, ns, h, d, a);
+    for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
+        std::memcpy(seqs[si].h, h + size_t(r0) * d, sizeof(float) * size_t(seqs[si].m) * d);
+        seqs[si].kv->n += seqs[si].m;
+    }
+    a.rewind(mk);
+}
 
 void decode_trunk(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, kv_cache& kv,
                   decode_scratch& s, const int* tokens, int m, const float* cos, const float* sin, float* h,
                   float* logits, int logits_from, head_kind head_k, arena& a, const attn_rows* tree) {
     if (m <= 0) return;
-    const int d = c.hidden_size;
-    ensure_scratch(s, kv.layers.size());
-    auto mk = a.mark();
-    float* x = a.alloc(size_t(m) * d);
-    for (int t = 0; t < m; ++t) std::memcpy(x + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
-    s.experts = 0;
-    for (int i = 0; i < c.num_hidden_layers; ++i)
-        decode_layer(c, L.layers[i], dw.layers[i], W, kv.layers[i], kv.panels[i], s.moe[i], s.mlp[i], x, m, cos, sin,
-                     s.experts, a, tree);
-    float* rstd = a.alloc(m);
-    rmsnorm_forward(h, rstd, x, W + L.final_norm, m, d, float(c.rms_norm_eps));
-    head(dw, h, d, m, logits, logits_from, head_k);
-    kv.n += m;
-    a.rewind(mk);
+    const seq_pass sp{&kv, m, tokens, nullptr, cos, sin, tree, h, logits, logits_from, head_k};
+    decode_trunk_batch(c, L, W, dw, &sp, 1, s, a);
 }
 
 void decode_mtp(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
@@ -446,30 +540,8 @@ void decode_mtp(const model_config& c, const model_layout& L, const float* W, co
                 const float* sin, float* h, float* logits, int logits_from, head_kind head_k, arena& a,
                 const attn_rows* tree) {
     if (m <= 0) return;
-    const int d = c.hidden_size;
-    const float eps = float(c.rms_norm_eps);
-    const layer_offsets& l = L.mtp[k - 1];
-    ensure_scratch(s, 1);
-    auto mk = a.mark();
-    float* e = a.alloc(size_t(m) * d);
-    for (int t = 0; t < m; ++t) std::memcpy(e + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
-    float* rstd = a.alloc(m);
-    float* cat = a.alloc(size_t(m) * 2 * d);                             // [enorm(e) | hnorm(h^{k-1})]
-    float* tmp = a.alloc(size_t(m) * d);
-    rmsnorm_forward(tmp, rstd, e, W + l.enorm, m, d, eps);
-    for (int t = 0; t < m; ++t) std::memcpy(cat + size_t(t) * 2 * d, tmp + size_t(t) * d, sizeof(float) * d);
-    rmsnorm_forward(tmp, rstd, hprev, W + l.hnorm, m, d, eps);
-    for (int t = 0; t < m; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
-    float* y = e;                                                        // reuse: [m, d]
-    if (m <= decode_rows_max || dw.type != wtype::f32 || tree) gemv_packed(y, d, cat, 2 * d, m, dw.eh_proj[k - 1]);
-    else linear_forward(y, cat, W + l.eh_proj, m, 2 * d, d);
-    s.experts = 0;
-    decode_layer(c, l, dw.mtp[k - 1], W, kv.layers[0], kv.panels[0], s.moe[0], s.mlp[0], y, m, cos, sin, s.experts, a,
-                 tree);
-    rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, m, d, eps);
-    head(dw, h, d, m, logits, logits_from, head_k);
-    kv.n += m;
-    a.rewind(mk);
+    const seq_pass sp{&kv, m, tokens, hprev, cos, sin, tree, h, logits, logits_from, head_k};
+    decode_mtp_batch(c, L, W, dw, k, &sp, 1, s, a);
 }
 
 void kv_cache::keep(int from, const std::vector<int>& slots, int kvl, int rope) {

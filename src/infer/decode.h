@@ -2,16 +2,14 @@
 // over m new tokens appended at positions n..n+m-1 of their caches. Same math as model_forward (the KV-cache test
 // compares them at every position); the attention is the absorbed form reading the cache.
 //
-// Two paths:
-//  - m <= decode_rows_max (every decode step: a plain token, a verify pass over m+1 <= 65 positions, an MTP
-//    module's refill + draft rows, short prompts): every projection, the absorptions W_UK / W_UV, the experts and the
-//    lm_head go through gemv_packed (src/core/gemv.h) on weights packed once (decode_weights), which reads each
-//    weight once for all rows; attention, norms, RoPE, routing and activations are computed row by row in a fixed
-//    order. A row's hidden state, cache entries and logits are therefore bitwise the same whether it is computed
-//    alone or together with other rows (tested), so speculative greedy decoding reproduces plain greedy decoding
-//    exactly, and does so for any thread count.
-//  - m > decode_rows_max (long prompt chunks) at f32: the BLAS kernels of the training forward (GEMMs win there).
-//    With bf16 / q8_0 weights every pass uses the packed kernels, so the prompt sees the same served model.
+// Every pass, from one plain token to a long prompt chunk, goes through gemv_packed (src/core/gemv.h) on weights
+// packed once (decode_weights), which reads each weight once for all rows; attention, norms, RoPE, routing and
+// activations are computed row by row in a fixed order. A row's hidden state, cache entries and logits are
+// therefore bitwise the same whether it is computed alone, together with other rows of its sequence, or together
+// with the rows of other sequences (a batched pass, decode_trunk_batch) (tested). So a cache entry depends only on
+// the tokens up to it, never on how the passes were split: speculative greedy decoding reproduces plain greedy
+// decoding exactly, a prompt reused from a cache continues exactly as if it had been computed again, and a server
+// batching many requests gives each the output it would get alone, for any thread count.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -62,11 +60,9 @@ struct attn_rows {
     const int* slots = nullptr;
 };
 
-// Per-layer scratch reused across calls (MoE bookkeeping vectors of the BLAS path), so steps do not reallocate.
+// What a pass reports.
 struct decode_scratch {
-    std::vector<moe_cache> moe;
-    std::vector<swiglu_cache> mlp;
-    int64_t experts = 0;                         // distinct routed experts the last packed pass read (all layers)
+    int64_t experts = 0;                         // distinct routed experts the last pass read (all layers)
 };
 
 // Decode-time copies of the weights in the packed layout (built once per model; ~the size of the weights the
@@ -109,8 +105,32 @@ void decode_weights_set_draft_vocab(decode_weights& dw, const model_config& c, c
 // Which head computes logits.
 enum class head_kind { full, draft };
 
+// One sequence's rows in a batched pass: m tokens appended as entries kv->n.. of its cache. cos/sin: rows for their
+// positions [m, rope/2]; rows: a token tree (null: the causal chain). Writes h[m, d] and, when logits is non-null,
+// logits[m - logits_from, V] for rows logits_from..m-1 (V = the draft vocabulary size with head_kind::draft).
+struct seq_pass {
+    kv_cache* kv = nullptr;
+    int m = 0;
+    const int* tokens = nullptr;                 // [m]
+    const float* hprev = nullptr;                // [m, d]: h^{k-1} (MTP module k only)
+    const float* cos = nullptr;
+    const float* sin = nullptr;
+    const attn_rows* rows = nullptr;
+    float* h = nullptr;
+    float* logits = nullptr;
+    int logits_from = 0;
+    head_kind head = head_kind::full;
+};
+
+// The trunk, or MTP module k, over the rows of ns sequences in one pass (each row's result as if it were alone; the
+// weights are read once for all of them). All temporaries come from `a`.
+void decode_trunk_batch(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw,
+                        const seq_pass* seqs, int ns, decode_scratch& s, arena& a);
+void decode_mtp_batch(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, int k,
+                      const seq_pass* seqs, int ns, decode_scratch& s, arena& a);
+
 // Trunk over tokens[0..m) appended as cache entries kv.n..kv.n+m-1 (cos/sin: rows for their positions, which are
-// kv.n.. unless `rows` makes them a tree; a tree needs m <= decode_rows_max). Writes h[m, d]
+// kv.n.. unless `rows` makes them a tree; a tree needs m <= decode_rows_max, the most rows a tree may have). Writes h[m, d]
 // (post model.norm) and, when logits is non-null, logits[m - logits_from, V] for rows logits_from..m-1
 // (V = the draft vocabulary size with head_kind::draft). All temporaries come from `a`.
 void decode_trunk(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw, kv_cache& kv,
