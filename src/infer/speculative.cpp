@@ -123,7 +123,7 @@ std::string gen_stats::summary() const {
     return s;
 }
 
-generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), s_(s), p_(p) {
+generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), sp_(&s), p_(p) {
     D_ = m.n_mtp();
     d_ = m.n_embd();
     V_ = m.n_vocab();
@@ -170,16 +170,16 @@ void generator::run_module(int k, int n, int end, bool want_logits) {
 // over the full vocabulary (zero outside the draft vocabulary); conf = q(d).
 int generator::draft_token(int j, double& conf) {
     const int hn = int(toks_.size());
-    const bool greedy = s_.greedy();
+    const bool greedy = sp_->greedy();
     if (!dv_) {
         if (greedy) {
-            const int d = s_.argmax(dlog_.data(), V_, toks_.data(), hn);
-            conf = p_.p_min > 0 ? s_.prob_t1(dlog_.data(), V_, toks_.data(), hn, d) : 1.0;
+            const int d = sp_->argmax(dlog_.data(), V_, toks_.data(), hn);
+            conf = p_.p_min > 0 ? sp_->prob_t1(dlog_.data(), V_, toks_.data(), hn, d) : 1.0;
             return d;
         }
         if (q_.size() < size_t(j)) q_.resize(j);
-        s_.dist(dlog_.data(), V_, toks_.data(), hn, q_[j - 1]);
-        const int d = s_.draw(q_[j - 1]);
+        sp_->dist(dlog_.data(), V_, toks_.data(), hn, q_[j - 1]);
+        const int d = sp_->draw(q_[j - 1]);
         conf = q_[j - 1][d];
         return d;
     }
@@ -188,16 +188,16 @@ int generator::draft_token(int j, double& conf) {
     if (p_.test_broken_rule == 4)                  // restricted logits gathered from the full ones
         for (int i = 0; i < N; ++i) dlog_[i] = flog_[ids[i]];
     if (greedy) {
-        const int i = s_.argmax(dlog_.data(), N, toks_.data(), hn, ids.data());
-        conf = p_.p_min > 0 ? s_.prob_t1(dlog_.data(), N, toks_.data(), hn, i, ids.data()) : 1.0;
+        const int i = sp_->argmax(dlog_.data(), N, toks_.data(), hn, ids.data());
+        conf = p_.p_min > 0 ? sp_->prob_t1(dlog_.data(), N, toks_.data(), hn, i, ids.data()) : 1.0;
         return ids[i];
     }
     if (q_.size() < size_t(j)) q_.resize(j);
-    s_.dist(dlog_.data(), N, toks_.data(), hn, qs_, ids.data());
-    const int i = s_.draw(qs_);
+    sp_->dist(dlog_.data(), N, toks_.data(), hn, qs_, ids.data());
+    const int i = sp_->draw(qs_);
     std::vector<double>& q = q_[j - 1];
     if (p_.test_broken_rule == 4) {                // WRONG on purpose: q of the unrestricted head
-        s_.dist(flog_.data(), V_, toks_.data(), hn, q);
+        sp_->dist(flog_.data(), V_, toks_.data(), hn, q);
     } else {
         q.assign(V_, 0.0);
         for (int t = 0; t < N; ++t) q[ids[t]] = qs_[t];
@@ -206,14 +206,27 @@ int generator::draft_token(int j, double& conf) {
     return ids[i];
 }
 
-int generator::start(const std::vector<int>& prompt) {
+int generator::start(const std::vector<int>& prompt, bool reuse_prefix) {
     auto t0 = clk::now();
     const int P = int(prompt.size());
     if (P == 0) fail("prompt", "empty");
     if (P > m_.n_ctx())
         fail("prompt", std::to_string(P) + " tokens exceed the context of " + std::to_string(m_.n_ctx()));
-    for (int k = 0; k <= D_; ++k) m_.truncate(k, 0);
-    std::fill(v_.begin(), v_.end(), 0);
+    // Kept: main positions 0..keep-1 (their h rows in hist_[0] too) and, for module k, its valid entries whose
+    // inputs t_{j+k} lie in the common prefix c (j < c - k).
+    int c = 0;
+    if (reuse_prefix) {
+        const int n_main = std::min(m_.n_cached(0), int(toks_.size()));
+        while (c < n_main && c < P && toks_[size_t(c)] == prompt[size_t(c)]) ++c;
+    }
+    const int keep = std::min(c, P - 1);
+    m_.truncate(0, keep);
+    v_[0] = 0;
+    for (int k = 1; k <= D_; ++k) {
+        v_[size_t(k)] = spec_ ? std::max(0, std::min({v_[size_t(k)], m_.n_cached(k), c - k})) : 0;
+        m_.truncate(k, v_[size_t(k)]);
+    }
+    reused_ = keep;
     st_ = gen_stats{};
     st_.reached.assign(K_, 0);
     st_.accepted_at.assign(K_, 0);
@@ -222,12 +235,12 @@ int generator::start(const std::vector<int>& prompt) {
     dlog_.resize(V_);
     if (dv_ && p_.test_broken_rule == 4) flog_.resize(V_);
     ensure_rows(0, P);
-    for (int j0 = 0; j0 < P; j0 += p_.n_batch) {
+    for (int j0 = keep; j0 < P; j0 += p_.n_batch) {
         const int cnt = std::min(p_.n_batch, P - j0);
         const bool last = j0 + cnt == P;
         m_.eval(0, j0, cnt, toks_.data() + j0, nullptr, hrow(0, j0), last ? vlog_.data() : nullptr, cnt - 1);
     }
-    const int first = s_.sample(vlog_.data(), V_, toks_.data(), P);
+    const int first = sp_->sample(vlog_.data(), V_, toks_.data(), P);
     toks_.push_back(first);
     const int n = P;
     // MTP modules over the positions whose inputs are all committed, except the one at n-k that the first
@@ -243,11 +256,11 @@ int generator::start(const std::vector<int>& prompt) {
 int generator::step(int max_new, std::vector<int>& out) {
     const int n = int(toks_.size()) - 1;          // t_n committed, not yet fed
     if (max_new <= 0 || n < 0 || n >= m_.n_ctx()) return 0;
-    if (spec_ && !p_.tree.empty() && s_.greedy()) return step_tree(max_new, out);
+    if (spec_ && !p_.tree.empty() && sp_->greedy() && cap_ >= K_) return step_tree(max_new, out);
     auto t0 = clk::now();
     const int ctx = m_.n_ctx();
-    const int m_max = spec_ ? std::max(0, std::min({K_, ctx - 1 - n, max_new - 1})) : 0;
-    const bool greedy = s_.greedy();
+    const int m_max = spec_ ? std::max(0, std::min({K_, cap_, ctx - 1 - n, max_new - 1})) : 0;
+    const bool greedy = sp_->greedy();
     const bool full_too = dv_ && p_.test_broken_rule == 4;
 
     // Draft: drafts are appended to toks_ as they are made (so toks_[n+j] = d_{n+j}) and removed before commit.
@@ -307,26 +320,26 @@ int generator::step(int max_new, std::vector<int>& out) {
             continue;
         }
         if (greedy) {
-            const int target = s_.argmax(row, V_, toks_.data(), hn);
+            const int target = sp_->argmax(row, V_, toks_.data(), hn);
             if (target == dj) ++a;
             else next = target;
         } else {
-            s_.dist(row, V_, toks_.data(), hn, pd_);
+            sp_->dist(row, V_, toks_.data(), hn, pd_);
             const std::vector<double>& q = q_[j];
-            if (s_.uniform() * q[dj] < pd_[dj]) {
+            if (sp_->uniform() * q[dj] < pd_[dj]) {
                 ++a;
             } else {                               // residual distribution normalize(max(0, p - q))
                 rd_.resize(V_);
                 double mass = 0;
                 for (int i = 0; i < V_; ++i) mass += rd_[i] = std::max(0.0, pd_[i] - q[i]);
-                next = s_.draw(mass > 0 && p_.test_broken_rule != 2 ? rd_ : pd_);
+                next = sp_->draw(mass > 0 && p_.test_broken_rule != 2 ? rd_ : pd_);
             }
         }
     }
     if (next < 0) {                                // every draft accepted: bonus token from the last slot
         const float* row = vlog_.data() + size_t(m) * V_;
-        next = greedy ? s_.argmax(row, V_, toks_.data(), n + 1 + m)
-                      : (s_.dist(row, V_, toks_.data(), n + 1 + m, pd_), s_.draw(pd_));
+        next = greedy ? sp_->argmax(row, V_, toks_.data(), n + 1 + m)
+                      : (sp_->dist(row, V_, toks_.data(), n + 1 + m, pd_), sp_->draw(pd_));
     }
     auto tr = clk::now();
     st_.t_sample += std::chrono::duration<double>(tr - ts).count();

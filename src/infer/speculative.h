@@ -82,9 +82,18 @@ class generator {
 public:
     generator(infer_model& m, sampler& s, const spec_params& p);
 
-    // Clears every cache, runs the prompt (chunks of n_batch; the MTP modules over its committed positions too
-    // when speculating) and samples the first new token, which it returns.
-    int start(const std::vector<int>& prompt);
+    // Runs the prompt (chunks of n_batch; the MTP modules over its committed positions too when speculating) and
+    // samples the first new token, which it returns. reuse_prefix false: every cache is cleared first. true (a
+    // prompt cache): the entries of the longest common prefix of the prompt and the tokens this generator holds are
+    // kept (all but the prompt's last position, which gives the first token's logits) and only the rest is run; the
+    // result is bitwise what a fresh start gives, since a cache entry depends only on the tokens up to it.
+    int start(const std::vector<int>& prompt, bool reuse_prefix = false);
+    int n_reused() const { return reused_; }                     // prompt positions the last start kept
+    // The sampler of the next rounds (a new request on a kept generator); its state is the caller's.
+    void set_sampler(sampler& s) { sp_ = &s; }
+    // At most k draft tokens per round from now on (0: plain rounds; capped at draft_max()). Below the tree's
+    // depth, rounds draft the chain. Used by the server to adapt the draft length to its load.
+    void set_draft_cap(int k) { cap_ = k < 0 ? 0 : k; }
     // One decode round; appends the newly committed tokens (at most max_new) to out and returns how many.
     // Returns 0 when max_new <= 0 or the context is full.
     int step(int max_new, std::vector<int>& out);
@@ -106,10 +115,12 @@ private:
     int draft_token(int j, double& conf);    // picks d_{n+j} from dlog_ (fills q_[j-1] when sampling)
 
     infer_model& m_;
-    sampler& s_;
+    sampler* sp_;
     spec_params p_;
     bool spec_ = false;
     int D_ = 0, K_ = 0, d_ = 0, V_ = 0;
+    int cap_ = 1 << 30;                      // set_draft_cap
+    int reused_ = 0;
     std::vector<int> toks_;
     std::vector<std::vector<float>> hist_;   // [stage][pos * d]: h (stage 0) and h^k of the latest computation;
                                              // grows with the context: (D+1)·n·d floats (could be windowed)

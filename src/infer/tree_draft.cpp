@@ -141,8 +141,8 @@ int generator::step_tree(int max_new, std::vector<int>& out) {
         const int b = p_.tree[j - 1];
         for (int r = 0; r < with_logits; ++r) {
             const float* lg = tlog_.data() + size_t(r) * nv;
-            const int top = dv_ ? s_.argmax(lg, nv, toks_.data(), hn, p_.draft_vocab.data())
-                                : s_.argmax(lg, nv, toks_.data(), hn);
+            const int top = dv_ ? sp_->argmax(lg, nv, toks_.data(), hn, p_.draft_vocab.data())
+                                : sp_->argmax(lg, nv, toks_.data(), hn);
             top_b(lg, nv, b, top, best);
             const int parent = trow_node_[tfrom_ + r];
             for (int i : best) tn_.push_back(tree_node{dv_ ? p_.draft_vocab[i] : i, parent, j});
@@ -172,7 +172,7 @@ int generator::step_tree(int max_new, std::vector<int>& out) {
     std::vector<int> path{0};
     int cur = 0, next = -1;
     while (next < 0) {
-        const int target = s_.argmax(vlog_.data() + size_t(cur) * V_, V_, toks_.data(), int(toks_.size()));
+        const int target = sp_->argmax(vlog_.data() + size_t(cur) * V_, V_, toks_.data(), int(toks_.size()));
         int child = -1;
         for (int x = cur + 1; x < N && child < 0; ++x)
             if (tn_[x].parent == cur && tn_[x].tok == target) child = x;
