@@ -22,6 +22,19 @@ void add_serve(CLI::App& app) {
     cmd->add_option("--weights", o->weights, "weight type decoding reads: f32, bf16 or q8_0 (default: as the file stores them)");
     cmd->add_option("--max-body-bytes", o->max_body_bytes, "largest request body accepted (default 1048576; larger: 413)")
         ->check(CLI::Range(size_t(1), size_t(1) << 30));
+    cmd->add_option("--parallel", o->parallel, "slots: requests generated together in one batch (default 4)");
+    cmd->add_option("--queue", o->queue, "requests that may wait for a free slot (default 64; beyond: 503 + Retry-After)");
+    cmd->add_option("--request-timeout", o->request_timeout_s,
+                    "seconds a request may take from arrival (default 600; 0: none): queued -> 503, running -> stops");
+    cmd->add_option("--shutdown-timeout", o->shutdown_timeout_s,
+                    "on SIGTERM, seconds running requests get to finish before they end with an error (default 10)");
+    cmd->add_option("--prefill-chunk", o->prefill_chunk,
+                    "prompt tokens per pass, interleaved with the other slots' decoding (default 64)");
+    cmd->add_flag("!--no-draft-adapt", o->draft_adapt,
+                  "draft the fixed --draft length every step instead of adapting it to the load");
+    cmd->add_flag("!--no-cache-prompt", o->cache_prompt, "never reuse a slot's cached prompt prefix");
+    cmd->add_option("--api-key", o->api_keys, "require 'Authorization: Bearer KEY' on every endpoint but /health (repeatable)");
+    cmd->add_option("--api-key-file", o->api_key_file, "file with one accepted API key per line");
     cmd->callback([o] { serve::serve_run(*o); });
 }
 

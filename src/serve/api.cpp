@@ -284,6 +284,7 @@ gen_request parse_request(const json& b, endpoint kind, const tokenizer& t, int 
     }
     if (const json* v = field(b, "stream")) r.stream = get_bool(*v, "stream");
     if (const json* v = field(b, "ignore_eos")) r.ignore_eos = get_bool(*v, "ignore_eos");
+    if (const json* v = field(b, "cache_prompt")) r.cache_prompt = get_bool(*v, "cache_prompt");
     if (const json* v = field(b, "stream_options")) {
         if (!v->is_object()) throw_api(400, "'stream_options' must be an object", "stream_options");
         if (v->contains("include_usage") && !(*v)["include_usage"].is_null())
@@ -354,7 +355,11 @@ json timings_json(const timings& t) {
                 {"predicted_per_token_ms", t.predicted_n > 0 ? t.predicted_ms / t.predicted_n : 0.0},
                 {"predicted_per_second", t.predicted_ms > 0 ? 1e3 * t.predicted_n / t.predicted_ms : 0.0},
                 {"draft_n", t.draft_n},
-                {"draft_n_accepted", t.draft_n_accepted}};
+                {"draft_n_accepted", t.draft_n_accepted},
+                {"tokens_cached", t.tokens_cached},
+                {"queue_ms", t.queue_ms},
+                {"slot", t.slot},
+                {"time_limit_reached", t.time_limit_reached}};
 }
 
 json usage_json(int prompt_tokens, int completion_tokens) {
@@ -399,6 +404,28 @@ void metrics::request_rejected() {
     ++rejected_;
 }
 
+void metrics::request_overloaded() {
+    std::lock_guard<std::mutex> l(mu_);
+    ++overloaded_;
+}
+
+void metrics::request_left_queue() {
+    std::lock_guard<std::mutex> l(mu_);
+    --waiting_;
+}
+
+void metrics::prompt_cached(int n) {
+    std::lock_guard<std::mutex> l(mu_);
+    cached_tokens_ += n;
+}
+
+void metrics::draft_chosen(int k) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (k < 0) return;
+    if (draft_len_.size() <= size_t(k)) draft_len_.resize(size_t(k) + 1, 0);
+    ++draft_len_[size_t(k)];
+}
+
 std::string metrics::prometheus() const {
     std::lock_guard<std::mutex> l(mu_);
     std::ostringstream o;
@@ -427,6 +454,14 @@ std::string metrics::prometheus() const {
       << "vllm:request_success_total{finished_reason=\"error\"} " << failed_ << "\n";
     one("mtp:requests_rejected_total", "counter", "Requests refused with a 4xx error before generation.",
         double(rejected_));
+    one("mtp:requests_overloaded_total", "counter", "Requests refused with 503 because the queue was full.",
+        double(overloaded_));
+    one("mtp:prompt_tokens_cached_total", "counter", "Prompt tokens reused from a slot's cache (not recomputed).",
+        double(cached_tokens_));
+    o << "# HELP mtp:draft_length_chosen_total Decode rounds by the draft length the load-adaptive policy chose.\n"
+      << "# TYPE mtp:draft_length_chosen_total counter\n";
+    for (size_t k = 0; k < draft_len_.size(); ++k)
+        o << "mtp:draft_length_chosen_total{draft=\"" << k << "\"} " << draft_len_[k] << "\n";
     one("vllm:spec_decode_num_drafts", "counter", "Speculative rounds that drafted at least one token.",
         double(drafts_));
     one("vllm:spec_decode_num_draft_tokens", "counter", "Draft tokens proposed.", double(draft_tokens_));

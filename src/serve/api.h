@@ -40,6 +40,7 @@ struct gen_request {
     bool stream = false;
     bool include_usage = false;
     bool ignore_eos = false;             // extension (llama-server): do not stop at eos_token_id
+    bool cache_prompt = true;            // extension (llama-server): reuse a slot's cached prefix
 };
 
 // Chat prompts: the DeepSeek-V3 format when the tokenizer has <｜User｜> and <｜Assistant｜> (BOS
@@ -92,6 +93,10 @@ struct timings {
     double predicted_ms = 0;
     int64_t draft_n = 0;
     int64_t draft_n_accepted = 0;
+    int tokens_cached = 0;               // prompt positions reused from the slot's cache
+    double queue_ms = 0;                 // waiting for a slot
+    int slot = -1;
+    bool time_limit_reached = false;     // stopped by --request-timeout
 };
 json timings_json(const timings& t);
 json usage_json(int prompt_tokens, int completion_tokens);
@@ -105,11 +110,16 @@ public:
                           int64_t n_draft_tokens, int64_t n_accepted, const std::vector<int64_t>& accepted_at,
                           int64_t n_decode);
     void request_rejected();                      // failed validation (4xx)
+    void request_overloaded();                    // refused with 503: the queue was full
+    void request_left_queue();                    // left the queue without running (cancelled, timed out, shutdown)
+    void prompt_cached(int n);                    // prompt positions a request reused
+    void draft_chosen(int k);                     // a decode round's draft length (load-adaptive policy)
     std::string prometheus() const;               // text exposition format 0.0.4
 
 private:
     mutable std::mutex mu_;
-    int64_t waiting_ = 0, running_ = 0, ok_ = 0, failed_ = 0, rejected_ = 0;
+    int64_t waiting_ = 0, running_ = 0, ok_ = 0, failed_ = 0, rejected_ = 0, overloaded_ = 0, cached_tokens_ = 0;
+    std::vector<int64_t> draft_len_;
     int64_t prompt_tokens_ = 0, gen_tokens_ = 0, n_decode_ = 0;
     double prompt_s_ = 0, gen_s_ = 0;
     int64_t drafts_ = 0, draft_tokens_ = 0, accepted_ = 0;

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <httplib.h>
@@ -24,10 +25,13 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "infer/batcher.h"
 #include "infer/cpu_model.h"
+#include "infer/draft_policy.h"
 #include "infer/speculative.h"
 #include "model/weights.h"
 #include "serve/api.h"
+#include "serve/peer.h"
 
 namespace mtp::serve {
 
@@ -45,7 +49,8 @@ namespace {
 using clk = std::chrono::steady_clock;
 double secs(clk::time_point a, clk::time_point b) { return std::chrono::duration<double>(b - a).count(); }
 
-// One request on its way through the queue: the worker appends text pieces, the HTTP thread takes them.
+// One request on its way through the queue and a slot: the slot thread appends text pieces, the HTTP thread takes
+// them.
 struct job {
     gen_request req;
     std::mutex mu;
@@ -53,12 +58,15 @@ struct job {
     std::deque<std::string> pieces;
     bool done = false;
     std::atomic<bool> cancelled{false};
+    clk::time_point arrived = clk::now();
+    clk::time_point deadline = clk::time_point::max();
     // results (valid once done)
     std::string text;              // everything generated (after stop-string handling)
     std::string finish_reason = "length";
     int n_prompt = 0, n_gen = 0;
     timings tm;
     std::string error;             // non-empty: generation failed
+    int error_status = 500;        // 503: not started (shutdown, timed out in the queue)
 
     void push(std::string s) {
         if (s.empty()) return;
@@ -73,54 +81,196 @@ struct job {
     }
 };
 
-// The model and the single generation worker.
+enum class admit { ok, full, stopping };
+
+// The model, the slots and the pass runner.
 class engine {
 public:
-    engine(model_files m, tokenizer t, spec_params sp, int threads, metrics& met, const std::string& weights)
-        : m_(std::move(m)), tok_(std::move(t)), sp_(sp), threads_(threads), met_(met),
-          cm_(m_, 0, weights_type_for(weights, m_)) {
-        th_ = std::thread([this] { loop(); });
+    engine(model_files m, tokenizer t, spec_params sp, const serve_options& o, metrics& met)
+        : m_(std::move(m)), tok_(std::move(t)), sp_(sp), o_(o), met_(met),
+          b_(m_, o.parallel, 0, weights_type_for(o.weights, m_), pass_rows(o, sp, m_.config.n_mtp())) {
+        if (!sp_.draft_vocab.empty()) b_.engine().set_draft_vocab(sp_.draft_vocab);
+        sp_.n_batch = o.prefill_chunk;
+        runner_ = std::thread([this] { runner_loop(); });
+        {
+            std::unique_lock<std::mutex> l(mu_);
+            cv_.wait(l, [&] { return runner_ready_; });
+        }
+        if (!runner_error_.empty()) {
+            shutdown();
+            fail("serve", runner_error_);
+        }
+        slots_.resize(size_t(o.parallel));
+        for (int i = 0; i < o.parallel; ++i) {
+            slot& s = slots_[size_t(i)];
+            s.smp = std::make_unique<sampler>(sampler_params{});
+            s.g = std::make_unique<generator>(b_.seq(i), *s.smp, sp_);
+        }
+        for (int i = 0; i < o.parallel; ++i) slots_[size_t(i)].th = std::thread([this, i] { slot_loop(i); });
     }
-    ~engine() {
+    ~engine() { shutdown(); }
+
+    const model_config& config() const { return m_.config; }
+    const tokenizer& tok() const { return tok_; }
+    bool speculating() const { return sp_.enabled && m_.config.n_mtp() > 0; }
+    const draft_policy* policy() const { return pol_.get(); }
+    double cost_seconds() const { return cost_s_; }
+
+    admit submit(const std::shared_ptr<job>& j) {
+        std::lock_guard<std::mutex> l(mu_);
+        if (draining_ || stopping_) return admit::stopping;
+        // A free slot whose cached tokens share the longest prefix with the prompt (then the least recently used).
+        int best = -1;
+        size_t best_lcp = 0;
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            const slot& s = slots_[i];
+            if (s.cur || s.next) continue;
+            size_t c = 0;
+            if (j->req.cache_prompt && o_.cache_prompt)
+                while (c < s.cached.size() && c < j->req.prompt.size() && s.cached[c] == j->req.prompt[c]) ++c;
+            if (best < 0 || c > best_lcp || (c == best_lcp && s.last_used < slots_[size_t(best)].last_used)) {
+                best = int(i);
+                best_lcp = c;
+            }
+        }
+        if (best < 0 && int(q_.size()) >= o_.queue) return admit::full;
+        met_.request_started();
+        if (best >= 0) slots_[size_t(best)].next = j;
+        else q_.push_back(j);
+        cv_.notify_all();
+        return admit::ok;
+    }
+
+    int busy() const { return n_busy_.load(); }
+    int queued() const {
+        std::lock_guard<std::mutex> l(mu_);
+        return int(q_.size());
+    }
+    int parallel() const { return int(slots_.size()); }
+    batch_stats stats() const { return b_.stats(); }
+
+    // SIGTERM: no new requests; queued ones end with 503; running ones get `grace` seconds, then are cancelled
+    // with an error. Returns when no slot is busy.
+    void drain(double grace) {
+        std::deque<std::shared_ptr<job>> q;
+        {
+            std::lock_guard<std::mutex> l(mu_);
+            draining_ = true;
+            q.swap(q_);
+            for (auto& s : slots_)
+                if (s.next) {
+                    q.push_back(s.next);
+                    s.next.reset();
+                }
+        }
+        for (auto& j : q) fail_unstarted(*j, "the server is shutting down");
+        const auto until = clk::now() + std::chrono::duration_cast<clk::duration>(std::chrono::duration<double>(grace));
+        while (n_busy_ > 0 && clk::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (n_busy_ > 0) {
+            std::lock_guard<std::mutex> l(mu_);
+            for (auto& s : slots_)
+                if (s.cur) {
+                    s.cur->error = "the server is shutting down";
+                    s.cur->cancelled = true;
+                }
+        }
+        while (n_busy_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+
+private:
+    struct slot {
+        std::thread th;
+        std::shared_ptr<job> cur, next;
+        std::unique_ptr<sampler> smp;      // the generator's initial sampler (each request sets its own)
+        std::unique_ptr<generator> g;
+        std::vector<int> cached;           // tokens its caches hold (for choosing a slot), under mu_
+        uint64_t last_used = 0;
+    };
+
+    static int pass_rows(const serve_options& o, const spec_params& sp, int D) {
+        const int K = sp.enabled && D > 0 ? std::max({sp.n_draft > 0 ? sp.n_draft : D, int(sp.tree.size()),
+                                                      sp.tree.empty() ? 0 : draft_tree_nodes(sp.tree)})
+                                          : 0;
+        return std::max(16, o.parallel * (K + 1) + o.prefill_chunk);
+    }
+
+    void shutdown() {
         {
             std::lock_guard<std::mutex> l(mu_);
             stopping_ = true;
             cv_.notify_all();
         }
-        th_.join();
-    }
-    const model_config& config() const { return m_.config; }
-    const tokenizer& tok() const { return tok_; }
-    bool speculating() const { return sp_.enabled; }
-
-    void submit(const std::shared_ptr<job>& j) {
-        met_.request_started();
-        std::lock_guard<std::mutex> l(mu_);
-        q_.push_back(j);
-        cv_.notify_all();
+        for (auto& s : slots_)
+            if (s.th.joinable()) s.th.join();
+        b_.stop();
+        if (runner_.joinable()) runner_.join();
     }
 
-private:
-    void loop() {
-        if (threads_ > 0) omp_set_num_threads(threads_);   // per-thread ICV: set on the worker itself
+    void fail_unstarted(job& j, const std::string& why) {
+        met_.request_left_queue();
+        j.error = why;
+        j.error_status = 503;
+        j.finish();
+    }
+
+    void runner_loop() {
+        if (o_.threads > 0) omp_set_num_threads(o_.threads);   // per-thread ICV: set on the runner itself
+        try {
+            const int D = m_.config.n_mtp();
+            if (speculating() && o_.draft_adapt) {
+                const auto t0 = clk::now();
+                const int K = sp_.n_draft > 0 ? sp_.n_draft : (sp_.reuse ? D + 1 : D);
+                const int Kt = std::max(K, int(sp_.tree.size()));
+                pol_ = std::make_unique<draft_policy>(
+                    measure_pass_costs(b_.engine(), std::min(256, o_.parallel * (Kt + 1)), 64), Kt, D);
+                cost_s_ = secs(t0, clk::now());
+            }
+        } catch (const std::exception& e) {
+            runner_error_ = e.what();
+        }
+        {
+            std::lock_guard<std::mutex> l(mu_);
+            runner_ready_ = true;
+            cv_.notify_all();
+        }
+        if (!runner_error_.empty()) return;
+        while (b_.run_round()) {}
+    }
+
+    void slot_loop(int i) {
+        slot& s = slots_[size_t(i)];
         for (;;) {
             std::shared_ptr<job> j;
             {
                 std::unique_lock<std::mutex> l(mu_);
-                cv_.wait(l, [&] { return stopping_ || !q_.empty(); });
-                if (q_.empty()) return;
-                j = q_.front();
-                q_.pop_front();
-                if (stopping_) {   // shutting down: answer the rest without generating
-                    met_.request_running();
-                    met_.request_finished(false, 0, 0, 0, 0, 0, 0, 0, {}, 0);
-                    j->error = "the server is shutting down";
-                    j->finish();
-                    continue;
+                cv_.wait(l, [&] { return stopping_ || s.next || (!q_.empty() && !draining_); });
+                if (stopping_ && !s.next) return;
+                if (s.next) {
+                    j = std::move(s.next);
+                    s.next.reset();
+                } else {
+                    j = q_.front();
+                    q_.pop_front();
                 }
+                s.cur = j;
+                s.last_used = ++use_clock_;
             }
-            met_.request_running();
-            run(*j);
+            const auto now = clk::now();
+            j->tm.queue_ms = 1e3 * secs(j->arrived, now);
+            j->tm.slot = i;
+            if (j->cancelled) {
+                fail_unstarted(*j, "cancelled before it started");
+            } else if (now >= j->deadline) {
+                fail_unstarted(*j, "timed out waiting for a free slot (--request-timeout)");
+            } else {
+                met_.request_running();
+                ++n_busy_;
+                run(i, s, *j);
+                --n_busy_;
+            }
+            std::lock_guard<std::mutex> l(mu_);
+            s.cached = s.g->tokens();
+            s.cur.reset();
         }
     }
 
@@ -133,18 +283,20 @@ private:
         }
     }
 
-    void run(job& j) {
+    void run(int i, slot& sl, job& j) {
         const gen_request& r = j.req;
+        generator& g = *sl.g;
         gen_stats st;
         const auto t0 = clk::now();
         auto t1 = t0;
         bool ok = true;
+        b_.attach(i);
         try {
-            if (j.cancelled) throw error("cancelled before it started");
             sampler s(r.sampling);
-            generator g(cm_, s, sp_);
+            g.set_sampler(s);
+            g.set_draft_cap(1 << 30);
             text_stream ts(r.stop);
-            const int n_ctx = cm_.n_ctx();
+            const int n_ctx = b_.seq(i).n_ctx();
             const int limit = r.max_tokens > 0 ? r.max_tokens : n_ctx - int(r.prompt.size());
             const int eos = r.ignore_eos ? -1 : m_.config.eos_token_id;
             int n_gen = 0;
@@ -162,15 +314,27 @@ private:
                 }
                 return n_gen >= limit;
             };
-            bool end = take(g.start(r.prompt));
+            bool end = take(g.start(r.prompt, r.cache_prompt && o_.cache_prompt));
+            j.tm.tokens_cached = g.n_reused();
+            met_.prompt_cached(g.n_reused());
             t1 = clk::now();
             std::vector<int> buf;
             while (!end && !j.cancelled) {
+                if (clk::now() >= j.deadline) {
+                    j.tm.time_limit_reached = true;
+                    break;
+                }
                 buf.clear();
                 if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
+                if (pol_) {
+                    const int k = pol_->next(n_busy_.load());
+                    g.set_draft_cap(k);
+                    met_.draft_chosen(k);
+                }
                 const int k = g.step(limit - n_gen, buf);
                 if (k == 0) break;   // context full
-                for (int i = 0; i < k && !end; ++i) end = take(buf[size_t(i)]);
+                if (pol_) pol_->observe(int(g.last_drafts().size()), k - 1);
+                for (int t = 0; t < k && !end; ++t) end = take(buf[size_t(t)]);
             }
             if (j.cancelled) j.finish_reason = "cancelled";
             j.push(ts.flush());
@@ -182,6 +346,7 @@ private:
             ok = false;
             j.error = e.what();
         }
+        b_.detach(i);
         const auto t2 = clk::now();
         j.tm.prompt_n = j.n_prompt;
         j.tm.prompt_ms = 1e3 * secs(t0, t1);
@@ -197,15 +362,21 @@ private:
     model_files m_;
     tokenizer tok_;
     spec_params sp_;
-    int threads_;
+    serve_options o_;
     int step_delay_ms_ = test_delay_ms("MTP_SERVE_TEST_STEP_DELAY_MS");
     metrics& met_;
-    cpu_model cm_;
-    std::mutex mu_;
+    batcher b_;
+    std::unique_ptr<draft_policy> pol_;
+    double cost_s_ = 0;
+    std::vector<slot> slots_;
+    mutable std::mutex mu_;
     std::condition_variable cv_;
     std::deque<std::shared_ptr<job>> q_;
-    bool stopping_ = false;
-    std::thread th_;
+    bool stopping_ = false, draining_ = false, runner_ready_ = false;
+    std::string runner_error_;
+    std::atomic<int> n_busy_{0};
+    uint64_t use_clock_ = 0;
+    std::thread runner_;
 };
 
 std::atomic<bool> g_stop{false};
@@ -265,8 +436,23 @@ void handle_generate(state& S, endpoint kind, const httplib::Request& req, httpl
     }
     auto j = std::make_shared<job>();
     j->req = std::move(gr);
+    if (S.opt.request_timeout_s > 0)
+        j->deadline = j->arrived + std::chrono::duration_cast<clk::duration>(
+                                       std::chrono::duration<double>(S.opt.request_timeout_s));
     const bool stream = j->req.stream, include_usage = j->req.include_usage;
-    S.eng->submit(j);
+    switch (S.eng->submit(j)) {
+        case admit::ok: break;
+        case admit::full:
+            S.met.request_overloaded();
+            res.set_header("Retry-After", "1");
+            throw_api(503,
+                      "the server is busy: all " + std::to_string(S.eng->parallel()) + " slots are generating and " +
+                          std::to_string(S.opt.queue) + " requests are waiting (--queue); retry later",
+                      "", "server_overloaded");
+        case admit::stopping:
+            res.set_header("Retry-After", "5");
+            throw_api(503, "the server is shutting down", "", "server_shutting_down");
+    }
 
     const std::string id = random_id(kind == endpoint::chat ? "chatcmpl-" : "cmpl-");
     const std::string object = kind == endpoint::chat ? "chat.completion" : "text_completion";
@@ -274,11 +460,20 @@ void handle_generate(state& S, endpoint kind, const httplib::Request& req, httpl
     const std::string model = S.model_name;
 
     if (!stream) {
+        // Wait for the result; a client that closes its connection meanwhile cancels the request (its slot is free
+        // after the current step).
+        const int fd = find_connection_fd(req.local_addr, req.local_port, req.remote_addr, req.remote_port);
         {
             std::unique_lock<std::mutex> l(j->mu);
-            j->cv.wait(l, [&] { return j->done; });
+            while (!j->done) {
+                j->cv.wait_for(l, std::chrono::milliseconds(20));
+                if (!j->done && !j->cancelled && peer_closed(fd)) j->cancelled = true;
+            }
         }
-        if (!j->error.empty()) throw_api(500, "generation failed: " + j->error);
+        if (!j->error.empty()) {
+            if (j->error_status == 503) res.set_header("Retry-After", "1");
+            throw_api(j->error_status, (j->error_status == 503 ? "" : "generation failed: ") + j->error);
+        }
         json out = {{"id", id},
                     {"object", object},
                     {"created", created},
@@ -336,9 +531,9 @@ void handle_generate(state& S, endpoint kind, const httplib::Request& req, httpl
             if (!done) return true;
             if (!j->error.empty()) {   // headers are out: report the failure in-band
                 api_error e;
-                e.status = 500;
+                e.status = j->error_status;
                 e.type = "server_error";
-                e.message = "generation failed: " + j->error;
+                e.message = (j->error_status == 503 ? "" : "generation failed: ") + j->error;
                 send(error_json(e));
             } else {
                 json d = kind == endpoint::chat ? (rest.empty() ? json::object() : json{{"content", rest}}) : json(rest);
@@ -407,8 +602,79 @@ void check_listen_address(const std::string& host, int port) {
 }
 } // namespace
 
+namespace {
+// Equal without an early exit: the time taken depends on the lengths only, not on where the strings differ.
+bool equal_ct(const std::string& a, const std::string& b) {
+    const size_t n = std::max(a.size(), b.size());
+    unsigned char diff = a.size() == b.size() ? 0 : 1;
+    for (size_t i = 0; i < n; ++i)
+        diff |= (unsigned char)((i < a.size() ? a[i] : 0) ^ (i < b.size() ? b[i] : 0));
+    return diff == 0;
+}
+
+bool key_ok(const std::vector<std::string>& keys, const std::string& header) {
+    static const std::string bearer = "Bearer ";
+    if (header.size() <= bearer.size() || header.compare(0, bearer.size(), bearer) != 0) return false;
+    const std::string given = header.substr(bearer.size());
+    bool ok = false;
+    for (const auto& k : keys) ok |= equal_ct(k, given);   // every key compared, whichever matches
+    return ok;
+}
+
+void check_key(const std::string& k, const std::string& where) {
+    if (k.empty()) fail(where, "an API key must not be empty");
+    for (unsigned char c : k)
+        if (c <= ' ' || c >= 127) fail(where, "an API key must be printable ASCII without spaces");
+}
+
+// --api-key values and the lines of --api-key-file (blank lines and lines starting with # skipped).
+std::vector<std::string> load_keys(const serve_options& o) {
+    std::vector<std::string> keys;
+    for (const auto& k : o.api_keys) {
+        check_key(k, "--api-key");
+        keys.push_back(k);
+    }
+    if (!o.api_key_file.empty()) {
+        std::FILE* f = std::fopen(o.api_key_file.c_str(), "rb");
+        if (!f) fail(o.api_key_file, std::string("cannot read the API key file: ") + std::strerror(errno));
+        std::string all;
+        char buf[4096];
+        for (size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0 && all.size() < (1u << 20);) all.append(buf, n);
+        std::fclose(f);
+        size_t added = 0, line = 0;
+        for (size_t i = 0; i <= all.size();) {
+            size_t e = all.find('\n', i);
+            if (e == std::string::npos) e = all.size();
+            std::string k = all.substr(i, e - i);
+            ++line;
+            while (!k.empty() && (k.back() == '\r' || k.back() == ' ' || k.back() == '\t')) k.pop_back();
+            size_t b = k.find_first_not_of(" \t");
+            k = b == std::string::npos ? "" : k.substr(b);
+            if (!k.empty() && k[0] != '#') {
+                check_key(k, o.api_key_file + ": line " + std::to_string(line));
+                keys.push_back(k);
+                ++added;
+            }
+            i = e + 1;
+        }
+        if (added == 0) fail(o.api_key_file, "no API key in the file");
+    }
+    return keys;
+}
+
+bool is_loopback(const std::string& host) {
+    return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+} // namespace
+
 void serve_run(const serve_options& o) {
     if (o.port < 0 || o.port > 65535) fail("--port", "must be in [0, 65535]");
+    if (o.parallel < 1 || o.parallel > 256) fail("--parallel", "must be in [1, 256]");
+    if (o.queue < 0 || o.queue > 100000) fail("--queue", "must be in [0, 100000]");
+    if (!(o.request_timeout_s >= 0) || o.request_timeout_s > 1e7) fail("--request-timeout", "must be >= 0 seconds");
+    if (!(o.shutdown_timeout_s >= 0) || o.shutdown_timeout_s > 3600) fail("--shutdown-timeout", "must be in [0, 3600] seconds");
+    if (o.prefill_chunk < 1 || o.prefill_chunk > 4096) fail("--prefill-chunk", "must be in [1, 4096]");
+    const std::vector<std::string> keys = load_keys(o);
     if (!o.spec.empty() && o.spec != "mtp" && o.spec != "none")
         fail("--spec", "expected mtp or none, got '" + o.spec + "'");
     if (o.n_draft < 0) fail("--draft", "must be >= 1");
@@ -441,7 +707,19 @@ void serve_run(const serve_options& o) {
     svr.set_write_timeout(60);
     // Malformed framing is answered before any body is read: a Content-Length that is not a plain decimal
     // number, or one beyond --max-body-bytes (413 at once instead of after the read timeout).
-    svr.set_pre_routing_handler([&S](const httplib::Request& req, httplib::Response& res) {
+    svr.set_pre_routing_handler([&S, keys](const httplib::Request& req, httplib::Response& res) {
+        // With keys set, everything but /health needs one (checked before the body is looked at).
+        if (!keys.empty() && req.path != "/health" && !key_ok(keys, req.get_header_value("Authorization"))) {
+            api_error e;
+            e.status = 401;
+            e.message = req.has_header("Authorization")
+                            ? "invalid API key (expected 'Authorization: Bearer <key>' with a key the server accepts)"
+                            : "missing API key: send 'Authorization: Bearer <key>'";
+            e.code = "invalid_api_key";
+            res.set_header("WWW-Authenticate", "Bearer");
+            send_error(res, e);
+            return httplib::Server::HandlerResponse::Handled;
+        }
         if (!req.has_header("Content-Length")) return httplib::Server::HandlerResponse::Unhandled;
         const std::string v = req.get_header_value("Content-Length");
         api_error e;
@@ -490,6 +768,7 @@ void serve_run(const serve_options& o) {
                          {"n_ctx", c.max_position_embeddings},
                          {"n_mtp", c.n_mtp()},
                          {"speculative", S.eng->speculating()},
+                         {"parallel", S.eng->parallel()},
                          {"chat_template", chat_template_is_deepseek(S.eng->tok()) ? "deepseek-v3" : "plain"}};
         }
         send_json(res, 200, {{"object", "list"}, {"data", json::array({m})}});
@@ -532,7 +811,34 @@ void serve_run(const serve_options& o) {
         send_json(res, 200, {{"content", tokenizer_decode(S.eng->tok(), ids)}});
     }));
     svr.Get("/metrics", guarded([&S](const httplib::Request&, httplib::Response& res) {
-        res.set_content(S.met.prometheus(), "text/plain; version=0.0.4");
+        std::string out = S.met.prometheus();
+        if (S.ready) {
+            std::ostringstream o;
+            o.precision(17);
+            auto one = [&](const char* name, const char* type, const char* help, double v) {
+                o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << v
+                  << "\n";
+            };
+            const batch_stats bs = S.eng->stats();
+            one("mtp:slots", "gauge", "Slots (--parallel).", S.eng->parallel());
+            one("mtp:slots_busy", "gauge", "Slots generating a request.", S.eng->busy());
+            one("mtp:queue_length", "gauge", "Requests waiting for a slot.", S.eng->queued());
+            one("mtp:batch_passes_total", "counter", "Shared forward passes run.", double(bs.passes));
+            one("mtp:batch_rows_total", "counter", "Rows over all passes.", double(bs.rows));
+            one("mtp:batch_calls_total", "counter", "Per-slot model calls served by the passes.", double(bs.calls));
+            if (const draft_policy* p = S.eng->policy()) {
+                const std::vector<double> a = p->acceptance();
+                o << "# HELP mtp:draft_acceptance Running acceptance per draft depth (the adaptive policy's estimate).\n"
+                  << "# TYPE mtp:draft_acceptance gauge\n";
+                for (size_t k = 0; k < a.size(); ++k) o << "mtp:draft_acceptance{depth=\"" << k + 1 << "\"} " << a[k] << "\n";
+                o << "# HELP mtp:draft_length_now Draft length the policy would choose at this many busy slots.\n"
+                  << "# TYPE mtp:draft_length_now gauge\n";
+                for (int b = 1; b <= S.eng->parallel(); b = b < 4 ? b + 1 : b * 2)
+                    o << "mtp:draft_length_now{slots_busy=\"" << b << "\"} " << p->choose(b) << "\n";
+            }
+            out += o.str();
+        }
+        res.set_content(out, "text/plain; version=0.0.4");
     }));
 
     std::signal(SIGPIPE, SIG_IGN);
@@ -540,6 +846,9 @@ void serve_run(const serve_options& o) {
     std::signal(SIGTERM, on_signal);
 
     check_listen_address(o.host, o.port);
+    if (keys.empty() && !is_loopback(o.host))
+        std::fprintf(stderr, "warning: listening on %s without an API key: anyone who can reach this address can use "
+                             "the server (give --api-key or --api-key-file)\n", o.host.c_str());
     int port = o.port;
     if (port == 0) {
         port = svr.bind_to_any_port(o.host);
@@ -572,19 +881,28 @@ void serve_run(const serve_options& o) {
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
         spec_params_check(sp, m.config.n_mtp());
         const int D = m.config.n_mtp();
-        S.eng = std::make_unique<engine>(std::move(m), std::move(t), sp, o.threads, S.met, o.weights);
+        S.eng = std::make_unique<engine>(std::move(m), std::move(t), sp, o, S.met);
         S.ready = true;
-        std::fprintf(stderr, "serve: model %s loaded (%d MTP modules, speculation %s); ready\n", S.model_name.c_str(), D,
-                     sp.enabled ? "on" : "off");
+        std::fprintf(stderr, "serve: model %s loaded (%d MTP modules, speculation %s%s); %d slots, queue %d; ready\n",
+                     S.model_name.c_str(), D, sp.enabled ? "on" : "off",
+                     S.eng->policy() ? ", draft length adapted to the load" : "", o.parallel, o.queue);
+        if (S.eng->policy())
+            std::fprintf(stderr, "serve: pass costs measured in %.2f s: 1 row %.3f ms, %d rows %.3f ms\n",
+                         S.eng->cost_seconds(), 1e3 * S.eng->policy()->costs().main(1),
+                         S.eng->policy()->costs().rows.back(),
+                         1e3 * S.eng->policy()->costs().main(S.eng->policy()->costs().rows.back()));
         std::fflush(stderr);
     } catch (...) {
         stop_listener();
         throw;
     }
     while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    std::fprintf(stderr, "serve: shutting down\n");
+    std::fprintf(stderr, "serve: shutting down (running requests get %.0f s to finish)\n", o.shutdown_timeout_s);
+    std::fflush(stderr);
+    S.eng->drain(o.shutdown_timeout_s);   // queued: 503; running: finish, or end with an error after the timeout
     stop_listener();
-    S.eng.reset();   // finishes the running request, answers the queued ones with an error
+    S.eng.reset();
+    std::fprintf(stderr, "serve: stopped\n");
 }
 
 } // namespace mtp::serve

@@ -1,10 +1,14 @@
 // `mtp serve`: an OpenAI-compatible HTTP server (cpp-httplib) in front of the KV-cached generator with MTP
-// speculative decoding. One generation worker thread owns the model and serves requests one at a time from a FIFO
-// queue (queued, not batched); HTTP threads parse, validate, enqueue and stream. A streaming client that goes away
-// is noticed when a write fails and its generation stops at the next decode round.
+// speculative decoding and continuous batching. --parallel slots each hold one request and their own KV caches
+// (kept after the request: the prompt cache); every engine step runs the rows of all busy slots (their frontier
+// token, draft rows, a prompt chunk) as shared passes (src/infer/batcher.h), so each response is exactly what the
+// request would get alone. Requests beyond the slots wait in a bounded queue (503 + Retry-After past it). HTTP
+// threads parse, authenticate, validate, enqueue and stream; a client that goes away (a failed write, or a closed
+// socket while a non-streaming request waits) frees its slot at the next step.
 #pragma once
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace mtp::serve {
 
@@ -22,6 +26,15 @@ struct serve_options {
     int threads = 0;                     // OpenMP threads of the worker (0: OMP_NUM_THREADS / all cores)
     size_t max_body_bytes = 1 << 20;     // larger bodies -> 413
     std::string weights;                 // f32 | bf16 | q8_0 | "" (as the file stores them)
+    int parallel = 4;                    // slots: requests generated together
+    int queue = 64;                      // requests that may wait for a slot; more -> 503
+    double request_timeout_s = 600;      // per request, from arrival (0: none): queued -> 503, running -> stops
+    double shutdown_timeout_s = 10;      // SIGTERM: running requests get this long to finish, then end with an error
+    int prefill_chunk = 64;              // prompt tokens per pass (interleaved with the other slots' decoding)
+    bool draft_adapt = true;             // draft length per step from the measured pass costs and the load
+    bool cache_prompt = true;            // reuse a slot's cached prefix (requests may opt out: cache_prompt false)
+    std::vector<std::string> api_keys;   // --api-key (repeatable)
+    std::string api_key_file;            // one key per line
 };
 
 // Checks the options (mtp::error naming the flag), binds the listener (it answers /health with 503 "loading"

@@ -52,7 +52,7 @@ MAX_BODY = 65536
 port = None
 lines = []
 # The load is held back 1.5 s (a test hook of the server) so that the loading state is observed for sure.
-proc = subprocess.Popen([mtp, "serve", "--model", model, "--host", HOST, "--port", "0", "-t", "1",
+proc = subprocess.Popen([mtp, "serve", "--model", model, "--host", HOST, "--port", "0", "-t", "1", "--no-draft-adapt",
                          "--max-body-bytes", str(MAX_BODY)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace",
                         env=dict(env, MTP_SERVE_TEST_LOAD_DELAY_MS="1500"))

@@ -1,0 +1,139 @@
+// Draft-length choice for batched speculation: measured pass costs and running acceptance.
+#include "infer/draft_policy.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace mtp {
+
+namespace {
+double interp(const std::vector<int>& x, const std::vector<double>& y, double r) {
+    if (x.empty()) return 0;
+    if (r <= x.front()) return y.front() * std::max(0.0, r) / x.front();
+    for (size_t i = 1; i < x.size(); ++i)
+        if (r <= x[i]) return y[i - 1] + (y[i] - y[i - 1]) * (r - x[i - 1]) / (x[i] - x[i - 1]);
+    const size_t n = x.size();
+    if (n == 1) return y[0] * r / x[0];
+    const double slope = (y[n - 1] - y[n - 2]) / (x[n - 1] - x[n - 2]);
+    return y[n - 1] + std::max(0.0, slope) * (r - x[n - 1]);
+}
+} // namespace
+
+double pass_cost_table::main(double r) const { return interp(rows, main_s, r); }
+double pass_cost_table::mtp(double r) const { return interp(rows, mtp_s, r); }
+
+pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context) {
+    using clk = std::chrono::steady_clock;
+    const model_config& c = e.config();
+    const int D = c.n_mtp(), d = c.hidden_size, V = c.vocab_size;
+    max_rows = std::max(1, max_rows);
+    context = std::max(1, std::min(context, e.n_ctx() - max_rows - 1));
+    if (context < 1) fail("pass costs", "the context is too short to time a pass");
+    pass_cost_table t;
+    for (int r : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256})
+        if (r <= max_rows) t.rows.push_back(r);
+    if (t.rows.back() != max_rows && max_rows < 256) t.rows.push_back(max_rows);
+    cpu_seq s(e);
+    std::vector<int> tok(size_t(context + max_rows + 1));
+    for (size_t i = 0; i < tok.size(); ++i) tok[i] = int((i * 7919 + 13) % size_t(V));
+    std::vector<float> h0(size_t(context + max_rows) * d), h1(h0.size()), lg(size_t(max_rows) * V);
+    s.eval(0, 0, context, tok.data(), nullptr, h0.data(), nullptr);
+    if (D > 0) s.eval(1, 0, context, tok.data() + 1, h0.data(), h1.data(), nullptr);
+    auto time = [&](int stage, int r) {
+        double best = 1e30;
+        for (int rep = 0; rep < 3; ++rep) {
+            s.truncate(stage, context);
+            const auto t0 = clk::now();
+            s.eval(stage, context, r, tok.data() + context + stage, stage ? h0.data() + size_t(context) * d : nullptr,
+                   (stage ? h1.data() : h0.data()) + size_t(context) * d, lg.data(), stage ? r - 1 : 0);
+            best = std::min(best, std::chrono::duration<double>(clk::now() - t0).count());
+        }
+        s.truncate(stage, context);
+        return best;
+    };
+    s.eval(0, context, 1, tok.data() + context, nullptr, h0.data() + size_t(context) * d, lg.data());   // warm-up
+    s.truncate(0, context);
+    for (int r : t.rows) {
+        t.main_s.push_back(time(0, r));
+        t.mtp_s.push_back(D > 0 ? time(1, r) : 0.0);
+    }
+    // A pass never costs less with more rows: smooth timing noise into a non-decreasing curve.
+    for (size_t i = 1; i < t.rows.size(); ++i) {
+        t.main_s[i] = std::max(t.main_s[i], t.main_s[i - 1]);
+        t.mtp_s[i] = std::max(t.mtp_s[i], t.mtp_s[i - 1]);
+    }
+    return t;
+}
+
+draft_policy::draft_policy(pass_cost_table costs, int K, int D) : c_(std::move(costs)), K_(std::max(0, K)), D_(D) {
+    reached_.assign(size_t(K_), 2.0);            // prior: acceptance 0.5 at every depth, worth two rounds
+    accepted_.assign(size_t(K_), 1.0);
+}
+
+void draft_policy::observe(int drafted, int accepted) {
+    constexpr double keep = 0.995;               // ~200 rounds of memory
+    std::lock_guard<std::mutex> l(mu_);
+    for (int j = 0; j < std::min(drafted, K_); ++j) {
+        reached_[size_t(j)] = reached_[size_t(j)] * keep + 1.0;
+        accepted_[size_t(j)] = accepted_[size_t(j)] * keep + (j < accepted ? 1.0 : 0.0);
+    }
+}
+
+std::vector<double> draft_policy::acceptance() const {
+    std::lock_guard<std::mutex> l(mu_);
+    std::vector<double> a(static_cast<size_t>(K_));
+    for (int j = 0; j < K_; ++j) a[size_t(j)] = accepted_[size_t(j)] / reached_[size_t(j)];
+    return a;
+}
+
+double draft_policy::expected_tokens_locked(int k) const {
+    double e = 1.0;
+    for (int j = 0; j < std::min(k, K_); ++j) e += accepted_[size_t(j)] / reached_[size_t(j)];
+    return e;
+}
+
+double draft_policy::expected_tokens(int k) const {
+    std::lock_guard<std::mutex> l(mu_);
+    return expected_tokens_locked(k);
+}
+
+// One round of B sequences drafting k: the verify pass over B(k+1) rows; module j (j <= D) over B·r rows, r ≈ the
+// tokens a round commits (the module refills the accepted positions and drafts at the frontier); reuse drafts past
+// D one row per sequence each.
+double draft_policy::round_seconds(int batch, int k) const {
+    const double B = std::max(1, batch);
+    double t = c_.main(B * (k + 1));
+    if (k > 0) {
+        const double r = [&] {
+            std::lock_guard<std::mutex> l(mu_);
+            return expected_tokens_locked(k);
+        }();
+        for (int j = 1; j <= std::min(k, D_); ++j) t += c_.mtp(B * r);
+        for (int j = D_ + 1; j <= k; ++j) t += c_.mtp(B);
+    }
+    return t;
+}
+
+int draft_policy::next(int batch) {
+    const int k = choose(batch);
+    std::lock_guard<std::mutex> l(mu_);
+    return ++rounds_ % probe_every == 0 ? K_ : k;
+}
+
+int draft_policy::choose(int batch) const {
+    int best = 0;
+    double best_tps = 0;
+    for (int k = 0; k <= K_; ++k) {
+        const double s = round_seconds(batch, k);
+        const double tps = s > 0 ? expected_tokens(k) / s : 0;
+        if (k == 0 || tps > best_tps * 1.02) {   // a longer draft must win by 2% (timing noise) to be taken
+            best = k;
+            best_tps = tps;
+        }
+    }
+    return best;
+}
+
+} // namespace mtp

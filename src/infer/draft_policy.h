@@ -1,0 +1,54 @@
+// How many tokens to draft per round when B sequences decode together: the k that maximises expected tokens per
+// second, B · E[tokens | k] / time(B, k), from pass costs measured on this machine and the running acceptance per
+// draft depth. With few sequences a decode pass is memory-bound and extra verify rows are nearly free, so drafting
+// pays; with many, the pass is compute-bound and every draft row costs what a real row costs, so k falls to 0 by
+// itself (plain batching) rather than letting speculation take throughput away.
+#pragma once
+#include <mutex>
+#include <vector>
+
+#include "infer/cpu_model.h"
+
+namespace mtp {
+
+// Seconds per pass by row count, for the trunk + lm_head and for one MTP module (+ its head).
+struct pass_cost_table {
+    std::vector<int> rows;                       // ascending, rows[0] = 1
+    std::vector<double> main_s, mtp_s;
+    double main(double r) const;                 // linear in between, linear past the last entry
+    double mtp(double r) const;
+};
+
+// Times passes of 1..max_rows rows (a ladder of row counts, best of 3 each) on a fresh sequence of `e` after a
+// `context`-token prompt. Runs on the caller's thread (before any runner starts).
+pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context = 64);
+
+class draft_policy {
+public:
+    // K: the most drafts per round; D: the model's MTP modules (drafts past D reuse module D, one row each).
+    draft_policy(pass_cost_table costs, int K, int D);
+
+    int choose(int batch) const;                 // 0..K: the best k for the current estimates
+    // The draft length of a decode round: choose(batch), except that every probe_every-th round drafts K, so that
+    // the acceptance of depths the choice no longer drafts is still measured (a stale estimate could keep
+    // speculation off for good after a bad start).
+    int next(int batch);
+    static constexpr int probe_every = 16;
+    // One round of one sequence: it drafted `drafted` tokens and `accepted` of them were accepted.
+    void observe(int drafted, int accepted);
+    std::vector<double> acceptance() const;      // [K]: running P(at least j+1 drafts accepted | j+1 drafted)
+    // Model of the choice (for tests and /metrics).
+    double expected_tokens(int k) const;         // per sequence and round: 1 + Σ_{j<k} acceptance[j]
+    double round_seconds(int batch, int k) const;
+    const pass_cost_table& costs() const { return c_; }
+
+private:
+    double expected_tokens_locked(int k) const;
+    pass_cost_table c_;
+    int K_, D_;
+    mutable std::mutex mu_;
+    std::vector<double> reached_, accepted_;     // exponentially decayed counts per depth
+    long long rounds_ = 0;
+};
+
+} // namespace mtp

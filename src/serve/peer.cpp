@@ -1,0 +1,68 @@
+// Client-gone detection for waiting handlers: the connection's socket by its address pair, and an EOF peek.
+#include "serve/peer.h"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstdlib>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+namespace mtp::serve {
+
+namespace {
+bool addr_of(const sockaddr_storage& ss, std::string& host, int& port) {
+    char b[INET6_ADDRSTRLEN] = {};
+    if (ss.ss_family == AF_INET) {
+        const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+        if (!inet_ntop(AF_INET, &a->sin_addr, b, sizeof b)) return false;
+        port = ntohs(a->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+        if (!inet_ntop(AF_INET6, &a->sin6_addr, b, sizeof b)) return false;
+        port = ntohs(a->sin6_port);
+    } else {
+        return false;
+    }
+    host = b;
+    return true;
+}
+} // namespace
+
+int find_connection_fd(const std::string& local_addr, int local_port, const std::string& remote_addr, int remote_port) {
+    DIR* d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int found = -1;
+    while (dirent* e = readdir(d)) {
+        char* end = nullptr;
+        const long fd = std::strtol(e->d_name, &end, 10);
+        if (!end || *end || fd < 0) continue;
+        struct stat st;
+        if (fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+        sockaddr_storage ls{}, rs{};
+        socklen_t ll = sizeof ls, rl = sizeof rs;
+        if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&ls), &ll) != 0) continue;
+        if (getpeername(int(fd), reinterpret_cast<sockaddr*>(&rs), &rl) != 0) continue;
+        std::string lh, rh;
+        int lp = 0, rp = 0;
+        if (!addr_of(ls, lh, lp) || !addr_of(rs, rh, rp)) continue;
+        if (lp == local_port && rp == remote_port && lh == local_addr && rh == remote_addr) {
+            found = int(fd);
+            break;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+bool peer_closed(int fd) {
+    if (fd < 0) return false;
+    char c;
+    const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) return true;
+    if (n > 0) return false;
+    return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+} // namespace mtp::serve
