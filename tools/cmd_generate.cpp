@@ -80,24 +80,6 @@ std::vector<int> rank_from_shard(const std::string& path, int vocab, const std::
     return vocab_rank_by_frequency(ts.ids, vocab);
 }
 
-// Ranking from DIR/draft_vocab.json (written by `mtp draft-vocab`): "ids", most frequent first.
-std::vector<int> rank_from_json(const std::string& path, int vocab, const std::string& flag) {
-    nlohmann::json j = json_parse(read_text(path, flag), flag + ": " + path);
-    if (!j.is_object() || !j.contains("ids") || !j["ids"].is_array() || j["ids"].empty())
-        fail(flag, path + ": expected an object with a non-empty \"ids\" array");
-    std::vector<int> rank;
-    std::vector<char> seen(vocab, 0);
-    for (const auto& v : j["ids"]) {
-        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
-            fail(flag, path + ": ids must be integers in [0, " + std::to_string(vocab) + ")");
-        const int id = v.get<int>();
-        if (seen[id]) fail(flag, path + ": id " + std::to_string(id) + " listed twice");
-        seen[id] = 1;
-        rank.push_back(id);
-    }
-    return rank;
-}
-
 // The frequency ranking for --draft-vocab: --draft-vocab-from SHARD, else MODEL/draft_vocab.json.
 std::vector<int> draft_rank(const std::string& from, const std::string& model_dir, int vocab) {
     if (!from.empty()) return rank_from_shard(from, vocab, "--draft-vocab-from");
@@ -105,7 +87,7 @@ std::vector<int> draft_rank(const std::string& from, const std::string& model_di
     if (!fs::exists(p))
         fail("--draft-vocab", "needs token frequencies: --draft-vocab-from SHARD, or " + p.string() +
                                   " (mtp draft-vocab --data DATA_DIR --out " + p.string() + ")");
-    return rank_from_json(p.string(), vocab, "--draft-vocab");
+    return draft_rank_from_json(p.string(), vocab, "--draft-vocab");
 }
 
 struct sampling_flags {
@@ -200,7 +182,7 @@ void add_generate_cmd(CLI::App& app) {
         if (o->draft_vocab < 0) {                 // default: MODEL/draft_vocab.json when present
             const fs::path f = fs::path(o->model) / "draft_vocab.json";
             if (sp.enabled && c.n_mtp() > 0 && fs::exists(f)) {
-                const std::vector<int> rank = rank_from_json(f.string(), c.vocab_size, "--draft-vocab");
+                const std::vector<int> rank = draft_rank_from_json(f.string(), c.vocab_size, "--draft-vocab");
                 sp.draft_vocab = draft_vocab_from_rank(rank, int(rank.size()));
             }
         } else if (o->draft_vocab > 0) {
@@ -332,7 +314,7 @@ void add_bench_cmd(CLI::App& app) {
         } else if (!o->dv_from.empty()) {
             fail("--draft-vocab-from", "needs --draft-vocab N...");
         } else if (fs::exists(fs::path(o->model) / "draft_vocab.json")) {   // default: full and the file's vocabulary
-            bp.vocab_rank = rank_from_json((fs::path(o->model) / "draft_vocab.json").string(), c.vocab_size,
+            bp.vocab_rank = draft_rank_from_json((fs::path(o->model) / "draft_vocab.json").string(), c.vocab_size,
                                            "--draft-vocab");
             bp.draft_vocabs = {0, int(bp.vocab_rank.size())};
         }

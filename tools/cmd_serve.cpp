@@ -32,6 +32,9 @@ void add_serve(CLI::App& app) {
                     "prompt tokens per pass, interleaved with the other slots' decoding (default 64)");
     cmd->add_flag("!--no-draft-adapt", o->draft_adapt,
                   "draft the fixed --draft length every step instead of adapting it to the load");
+    cmd->add_option("--draft-vocab", o->draft_vocab,
+                    "drafts consider only the N most frequent tokens of MODEL/draft_vocab.json (FR-Spec; 0: the full "
+                    "vocabulary; default: all of its tokens when the file is present)");
     cmd->add_flag("!--no-cache-prompt", o->cache_prompt, "never reuse a slot's cached prompt prefix");
     cmd->add_option("--api-key", o->api_keys, "require 'Authorization: Bearer KEY' on every endpoint but /health (repeatable)");
     cmd->add_option("--api-key-file", o->api_key_file, "file with one accepted API key per line");

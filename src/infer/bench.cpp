@@ -6,10 +6,13 @@
 #include <numeric>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "io/json_read.h"
 
 namespace mtp {
 
@@ -445,6 +448,28 @@ std::string bench_json(const bench_result& res) {
                        {"forward_costs", {{"context", res.cost_context}, {"draft_vocab", res.cost_draft_vocab},
                                           {"rows", costs}}}};
     return out.dump(2);
+}
+
+// Ranking from DIR/draft_vocab.json (written by `mtp draft-vocab`): "ids", most frequent first.
+std::vector<int> draft_rank_from_json(const std::string& path, int vocab, const std::string& flag) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) fail(flag, "cannot open " + path);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    nlohmann::json j = json_parse(ss.str(), flag + ": " + path);
+    if (!j.is_object() || !j.contains("ids") || !j["ids"].is_array() || j["ids"].empty())
+        fail(flag, path + ": expected an object with a non-empty \"ids\" array");
+    std::vector<int> rank;
+    std::vector<char> seen(vocab, 0);
+    for (const auto& v : j["ids"]) {
+        if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
+            fail(flag, path + ": ids must be integers in [0, " + std::to_string(vocab) + ")");
+        const int id = v.get<int>();
+        if (seen[id]) fail(flag, path + ": id " + std::to_string(id) + " listed twice");
+        seen[id] = 1;
+        rank.push_back(id);
+    }
+    return rank;
 }
 
 } // namespace mtp

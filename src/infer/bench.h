@@ -62,6 +62,9 @@ struct bench_result {
 std::vector<int> vocab_rank_by_frequency(const std::vector<uint32_t>& ids, int V);
 // The N most frequent of a ranking, ascending (a draft vocabulary).
 std::vector<int> draft_vocab_from_rank(const std::vector<int>& rank, int N);
+// The ranking in a draft_vocab.json (written by `mtp draft-vocab`: "ids", most frequent first); errors name `flag`
+// and the file.
+std::vector<int> draft_rank_from_json(const std::string& path, int vocab, const std::string& flag);
 
 bench_result bench_run(infer_model& m, const bench_params& p,
                        const std::function<void(const std::string&)>& progress = {});

@@ -19,7 +19,7 @@ struct pass_cost_table {
     double mtp(double r) const;
 };
 
-// Times passes of 1..max_rows rows (a ladder of row counts, best of 3 each) on a fresh sequence of `e` after a
+// Times passes of 1..max_rows rows (a ladder of row counts, best of 5 sweeps) on a fresh sequence of `e` after a
 // `context`-token prompt. Runs on the caller's thread (before any runner starts).
 pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context = 64);
 
@@ -29,9 +29,9 @@ public:
     draft_policy(pass_cost_table costs, int K, int D);
 
     int choose(int batch) const;                 // 0..K: the best k for the current estimates
-    // The draft length of a decode round: choose(batch), except that every probe_every-th round drafts K, so that
-    // the acceptance of depths the choice no longer drafts is still measured (a stale estimate could keep
-    // speculation off for good after a bad start).
+    // The draft length of a decode round: choose(batch), except that every probe_every-th round drafts K when
+    // drafting could pay at this load if every draft were accepted, so that the acceptance of depths the choice no
+    // longer drafts is still measured (a stale estimate could keep speculation off for good after a bad start).
     int next(int batch);
     static constexpr int probe_every = 16;
     // One round of one sequence: it drafted `drafted` tokens and `accepted` of them were accepted.

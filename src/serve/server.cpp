@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "infer/batcher.h"
+#include "infer/bench.h"
 #include "infer/cpu_model.h"
 #include "infer/draft_policy.h"
 #include "infer/speculative.h"
@@ -674,6 +675,7 @@ void serve_run(const serve_options& o) {
     if (!(o.request_timeout_s >= 0) || o.request_timeout_s > 1e7) fail("--request-timeout", "must be >= 0 seconds");
     if (!(o.shutdown_timeout_s >= 0) || o.shutdown_timeout_s > 3600) fail("--shutdown-timeout", "must be in [0, 3600] seconds");
     if (o.prefill_chunk < 1 || o.prefill_chunk > 4096) fail("--prefill-chunk", "must be in [1, 4096]");
+    if (o.draft_vocab < -1) fail("--draft-vocab", "must be >= 0");
     const std::vector<std::string> keys = load_keys(o);
     if (!o.spec.empty() && o.spec != "mtp" && o.spec != "none")
         fail("--spec", "expected mtp or none, got '" + o.spec + "'");
@@ -877,6 +879,19 @@ void serve_run(const serve_options& o) {
         sp.n_draft = o.n_draft;
         sp.reuse = o.draft_reuse;
         if (!o.draft_tree.empty()) sp.tree = parse_draft_tree(o.draft_tree);
+        if (o.draft_vocab != 0 && sp.enabled) {   // FR-Spec: the model's draft_vocab.json ranking
+            const fs::path f = fs::path(o.model_dir) / "draft_vocab.json";
+            if (fs::exists(f)) {
+                const std::vector<int> rank = draft_rank_from_json(f.string(), m.config.vocab_size, "--draft-vocab");
+                const int n = o.draft_vocab < 0 ? int(rank.size()) : o.draft_vocab;
+                if (n > int(rank.size()))
+                    fail("--draft-vocab", std::to_string(n) + " exceeds the " + std::to_string(rank.size()) +
+                                              " tokens ranked in " + f.string());
+                sp.draft_vocab = draft_vocab_from_rank(rank, n);
+            } else if (o.draft_vocab > 0) {
+                fail("--draft-vocab", "needs " + f.string() + " (mtp draft-vocab --data DATA_DIR --out " + f.string() + ")");
+            }
+        }
         if (o.spec == "mtp" && m.config.n_mtp() == 0)
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
         spec_params_check(sp, m.config.n_mtp());

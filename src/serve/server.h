@@ -32,6 +32,7 @@ struct serve_options {
     double shutdown_timeout_s = 10;      // SIGTERM: running requests get this long to finish, then end with an error
     int prefill_chunk = 64;              // prompt tokens per pass (interleaved with the other slots' decoding)
     bool draft_adapt = true;             // draft length per step from the measured pass costs and the load
+    int draft_vocab = -1;                // FR-Spec draft head: -1 MODEL/draft_vocab.json when present, 0 off, N: top N
     bool cache_prompt = true;            // reuse a slot's cached prefix (requests may opt out: cache_prompt false)
     std::vector<std::string> api_keys;   // --api-key (repeatable)
     std::string api_key_file;            // one key per line

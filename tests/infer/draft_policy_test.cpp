@@ -1,0 +1,85 @@
+// The load-adaptive draft length (src/infer/draft_policy.h): on a cost curve where extra rows are nearly free it
+// drafts at every batch size; where rows cost what they cost (compute-bound) it drafts alone and stops drafting in a
+// batch; with no acceptance it never drafts; it still probes every probe_every-th round; measured costs are sane.
+#include <gtest/gtest.h>
+
+#include "infer/draft_policy.h"
+#include "infer_test_util.h"
+
+using namespace mtp;
+using namespace mtp::test;
+
+namespace {
+pass_cost_table table(double main0, double main_slope, double mtp0, double mtp_slope) {
+    pass_cost_table t;
+    for (int r : {1, 2, 4, 8, 16, 32, 64}) {
+        t.rows.push_back(r);
+        t.main_s.push_back(main0 + main_slope * (r - 1));
+        t.mtp_s.push_back(mtp0 + mtp_slope * (r - 1));
+    }
+    return t;
+}
+void accept_all(draft_policy& p, int K, double rate, int rounds) {
+    for (int i = 0; i < rounds; ++i) {
+        // accepted prefix: depth j accepted with probability rate^(j+1), deterministic pattern
+        int a = 0;
+        while (a < K && double((i * 7919 + a * 104729) % 1000) / 1000.0 < rate) ++a;
+        p.observe(K, a);
+    }
+}
+} // namespace
+
+TEST(DraftPolicy, MemoryBoundDraftsAtEveryBatch) {
+    draft_policy p(table(1.0, 0.01, 0.1, 0.001), 2, 2);
+    accept_all(p, 2, 0.8, 2000);
+    EXPECT_NEAR(p.acceptance()[0], 0.8, 0.05);
+    for (int b : {1, 2, 4, 8, 16}) EXPECT_EQ(p.choose(b), 2) << "batch " << b;
+}
+
+TEST(DraftPolicy, ComputeBoundStopsDraftingInABatch) {
+    // the default model's shape: 3 rows cost 1.5 plain steps
+    draft_policy p(table(1.0, 0.25, 0.2, 0.05), 2, 2);
+    accept_all(p, 2, 0.8, 2000);
+    EXPECT_GT(p.choose(1), 0);
+    EXPECT_EQ(p.choose(8), 0);
+    EXPECT_EQ(p.choose(16), 0);
+    // expected tokens and round time as documented
+    const double e1 = p.expected_tokens(1);
+    EXPECT_NEAR(e1, 1.0 + p.acceptance()[0], 1e-12);
+    EXPECT_NEAR(p.round_seconds(4, 1), p.costs().main(8) + p.costs().mtp(4 * e1), 1e-12);
+    EXPECT_NEAR(p.round_seconds(4, 0), p.costs().main(4), 1e-12);
+}
+
+TEST(DraftPolicy, NoAcceptanceNoDraftsButProbes) {
+    draft_policy p(table(1.0, 0.01, 0.1, 0.001), 3, 2);
+    for (int i = 0; i < 3000; ++i) p.observe(3, 0);
+    EXPECT_EQ(p.choose(1), 0);
+    int probes = 0;
+    for (int i = 0; i < 10 * draft_policy::probe_every; ++i) probes += p.next(1) == 3;
+    EXPECT_EQ(probes, 10);
+    // where drafting cannot pay even with every draft accepted (rows cost what they cost), no probes
+    draft_policy q(table(1.0, 1.0, 0.5, 0.5), 3, 2);
+    for (int i = 0; i < 3000; ++i) q.observe(3, 0);
+    probes = 0;
+    for (int i = 0; i < 10 * draft_policy::probe_every; ++i) probes += q.next(8) != 0;
+    EXPECT_EQ(probes, 0);
+}
+
+TEST(DraftPolicy, MeasuredCostsAreOrdered) {
+    single_thread_scope one_thread;
+    const model_files m = random_model(small_config(2, true, true, false, 40, 160), 3);
+    cpu_engine e(m);
+    const pass_cost_table t = measure_pass_costs(e, 24, 32);
+    ASSERT_GE(t.rows.size(), 5u);
+    EXPECT_EQ(t.rows.front(), 1);
+    EXPECT_EQ(t.rows.back(), 24);
+    for (size_t i = 0; i < t.rows.size(); ++i) {
+        EXPECT_GT(t.main_s[i], 0);
+        EXPECT_GT(t.mtp_s[i], 0);
+        if (i) {
+            EXPECT_GT(t.rows[i], t.rows[i - 1]);
+            EXPECT_GE(t.main_s[i], t.main_s[i - 1]);
+        }
+    }
+    EXPECT_GE(t.main(48), t.main(24));   // extrapolated past the last entry, never down
+}
