@@ -2,6 +2,7 @@
 #include "infer/batcher.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "core/error.h"
 
@@ -67,7 +68,7 @@ batcher::batcher(const model_files& m, int n_seqs, int n_ctx, wtype type, int ma
         seqs_.push_back(std::make_unique<cpu_seq>(engine_));
         members_.push_back(std::make_unique<member>(*this, i, *seqs_.back()));
     }
-    calls_.resize(size_t(n_seqs));
+    calls_ = std::vector<call_slot>(size_t(n_seqs));
     attached_.assign(size_t(n_seqs), false);
 }
 
@@ -96,7 +97,7 @@ void batcher::stop() {
     std::lock_guard<std::mutex> l(mu_);
     stopping_ = true;
     cv_runner_.notify_all();
-    cv_members_.notify_all();
+    for (auto& c : calls_) c.cv.notify_all();
 }
 
 batch_stats batcher::stats() const {
@@ -113,8 +114,8 @@ void batcher::submit(int i, const eval_call& x) {
     c.err = nullptr;
     c.pending = true;
     ++n_pending_;
-    cv_runner_.notify_all();
-    cv_members_.wait(l, [&] { return !c.pending || stopping_; });
+    if (n_pending_ == n_attached_) cv_runner_.notify_one();   // the runner waits for every attached sequence
+    c.cv.wait(l, [&] { return !c.pending || stopping_; });
     if (c.pending) {                                   // stopped before the call ran
         c.pending = false;
         --n_pending_;
@@ -165,7 +166,10 @@ bool batcher::run_round() {
         std::exception_ptr run_err;
         if (!pass_.empty()) {
             try {
+                const auto t0 = std::chrono::steady_clock::now();
                 engine_.run(stage, pass_.data(), int(pass_.size()));
+                if (on_pass_)
+                    on_pass_(stage, rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
                 for (int i : in_pass) seqs_[size_t(i)]->commit(calls_[size_t(i)].x);
             } catch (...) {
                 run_err = std::current_exception();
@@ -174,13 +178,15 @@ bool batcher::run_round() {
         l.lock();
         if (run_err)
             for (int i : in_pass) calls_[size_t(i)].err = run_err;
-        for (int i : chosen_) calls_[size_t(i)].pending = false;
+        for (int i : chosen_) {
+            calls_[size_t(i)].pending = false;
+            calls_[size_t(i)].cv.notify_one();
+        }
         n_pending_ -= int(chosen_.size());
         ++st_.passes;
         st_.rows += rows;
         st_.calls += int64_t(chosen_.size());
         st_.max_seqs = std::max<int64_t>(st_.max_seqs, int64_t(chosen_.size()));
-        cv_members_.notify_all();
         // The woken callers have not posted yet: give the rest of this stage order a chance only when every
         // attached sequence is still pending (the loop condition).
     }

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -47,6 +48,8 @@ public:
     bool run_round();
     void stop();
     batch_stats stats() const;
+    // Called on the runner thread after every pass: stage, rows, seconds (the draft policy's live cost table).
+    void set_on_pass(std::function<void(int, int, double)> f) { on_pass_ = std::move(f); }
 
 private:
     struct member;
@@ -54,6 +57,7 @@ private:
         eval_call x;
         bool pending = false;
         std::exception_ptr err;
+        std::condition_variable cv;      // its caller waits here (woken alone, not with every other caller)
     };
     void submit(int i, const eval_call& x);
 
@@ -66,8 +70,9 @@ private:
     bool stopping_ = false;
     int max_rows_;
     mutable std::mutex mu_;
-    std::condition_variable cv_runner_, cv_members_;
+    std::condition_variable cv_runner_;
     batch_stats st_;
+    std::function<void(int, int, double)> on_pass_;
     std::vector<seq_pass> pass_;
     std::vector<int> chosen_;
 };

@@ -85,6 +85,21 @@ void draft_policy::observe(int drafted, int accepted) {
     }
 }
 
+void draft_policy::observe_pass(int stage, int rows, double seconds) {
+    constexpr double w = 0.05;                   // ~20 passes of memory
+    std::lock_guard<std::mutex> l(mu_);
+    const auto it = std::lower_bound(c_.rows.begin(), c_.rows.end(), rows);
+    if (it == c_.rows.end() || *it != rows || !(seconds >= 0)) return;
+    std::vector<double>& v = stage == 0 ? c_.main_s : c_.mtp_s;
+    double& x = v[size_t(it - c_.rows.begin())];
+    x = (1 - w) * x + w * seconds;
+}
+
+pass_cost_table draft_policy::costs() const {
+    std::lock_guard<std::mutex> l(mu_);
+    return c_;
+}
+
 std::vector<double> draft_policy::acceptance() const {
     std::lock_guard<std::mutex> l(mu_);
     std::vector<double> a(static_cast<size_t>(K_));
@@ -107,44 +122,52 @@ double draft_policy::expected_tokens(int k) const {
 // tokens a round commits (the module refills the accepted positions and drafts at the frontier); reuse drafts past
 // D one row per sequence each.
 double draft_policy::round_seconds(int batch, int k) const {
+    std::lock_guard<std::mutex> l(mu_);
+    return round_seconds_locked(batch, k);
+}
+
+double draft_policy::round_seconds_locked(int batch, int k) const {
     const double B = std::max(1, batch);
     double t = c_.main(B * (k + 1));
     if (k > 0) {
-        const double r = [&] {
-            std::lock_guard<std::mutex> l(mu_);
-            return expected_tokens_locked(k);
-        }();
+        const double r = expected_tokens_locked(k);
         for (int j = 1; j <= std::min(k, D_); ++j) t += c_.mtp(B * r);
         for (int j = D_ + 1; j <= k; ++j) t += c_.mtp(B);
     }
     return t;
 }
 
-int draft_policy::next(int batch) {
-    const int k = choose(batch);
-    {
-        std::lock_guard<std::mutex> l(mu_);
-        if (++rounds_ % probe_every != 0 || k == K_) return k;
-    }
-    // A probe is worth its cost (the modules refill the positions they skipped) only when drafting could pay at
-    // this load with every draft accepted.
+int draft_policy::next(int batch, int refill, int remaining) {
+    int k = choose(batch);
+    std::lock_guard<std::mutex> l(mu_);
     const double B = std::max(1, batch);
+    if (k > 0 && refill > 0) {
+        // seconds per token of this sequence at k and at 0 (a round serves B sequences)
+        const double per_k = round_seconds_locked(batch, k) / (B * expected_tokens_locked(k));
+        const double per_0 = c_.main(B) / B;
+        const double saving = std::max(0.0, per_0 - per_k) * std::max(0, remaining);
+        const double backlog = std::min(k, D_) * c_.mtp(double(refill) / std::max(1, std::min(k, D_)));
+        if (saving < backlog) k = 0;
+    }
+    if (++rounds_ % probe_every != 0 || k == K_ || refill > 2 * K_) return k;
+    // A probe is worth its cost only when drafting could pay at this load with every draft accepted.
     const double plain = B / c_.main(B);
     for (int j = 1; j <= K_; ++j) {
         double t = c_.main(B * (j + 1));
         for (int i = 1; i <= j; ++i) t += i <= D_ ? c_.mtp(B * (j + 1)) : c_.mtp(B);
-        if (B * (j + 1) / t > plain * 1.02) return K_;
+        if (B * (j + 1) / t > plain * margin) return K_;
     }
     return k;
 }
 
 int draft_policy::choose(int batch) const {
+    std::lock_guard<std::mutex> l(mu_);
     int best = 0;
     double best_tps = 0;
     for (int k = 0; k <= K_; ++k) {
-        const double s = round_seconds(batch, k);
-        const double tps = s > 0 ? expected_tokens(k) / s : 0;
-        if (k == 0 || tps > best_tps * 1.02) {   // a longer draft must win by 2% (timing noise) to be taken
+        const double s = round_seconds_locked(batch, k);
+        const double tps = s > 0 ? expected_tokens_locked(k) / s : 0;
+        if (k == 0 || tps > best_tps * margin) {   // a longer draft must win by the margin (timing noise) to be taken
             best = k;
             best_tps = tps;
         }

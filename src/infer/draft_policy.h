@@ -32,18 +32,26 @@ public:
     // The draft length of a decode round: choose(batch), except that every probe_every-th round drafts K when
     // drafting could pay at this load if every draft were accepted, so that the acceptance of depths the choice no
     // longer drafts is still measured (a stale estimate could keep speculation off for good after a bad start).
-    int next(int batch);
+    // refill: the sequence's refill_rows(K) (its modules' backlog); remaining: tokens it may still produce. A
+    // sequence that is not caught up drafts only when the time drafting saves over its remaining tokens exceeds
+    // the time of the backlog's module passes (which the whole batch waits for), and is not probed.
+    int next(int batch, int refill = 0, int remaining = 1 << 20);
     static constexpr int probe_every = 16;
     // One round of one sequence: it drafted `drafted` tokens and `accepted` of them were accepted.
     void observe(int drafted, int accepted);
     std::vector<double> acceptance() const;      // [K]: running P(at least j+1 drafts accepted | j+1 drafted)
+    // A pass timed while serving (stage 0: trunk, >= 1: a module): moves the table entry for that row count (when
+    // the ladder has it) toward it, so the costs follow the machine's load rather than the start-up measurement.
+    void observe_pass(int stage, int rows, double seconds);
     // Model of the choice (for tests and /metrics).
     double expected_tokens(int k) const;         // per sequence and round: 1 + Σ_{j<k} acceptance[j]
     double round_seconds(int batch, int k) const;
-    const pass_cost_table& costs() const { return c_; }
+    pass_cost_table costs() const;
 
 private:
     double expected_tokens_locked(int k) const;
+    double round_seconds_locked(int batch, int k) const;
+    static constexpr double margin = 1.05;       // a longer draft must promise 5% more tokens/s to be chosen
     pass_cost_table c_;
     int K_, D_;
     mutable std::mutex mu_;

@@ -143,6 +143,14 @@ generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), 
     v_.assign(D_ + 1, 0);
 }
 
+int generator::refill_rows(int k) const {
+    if (!spec_) return 0;
+    const int n = int(toks_.size()) - 1;
+    int r = 0;
+    for (int j = 1; j <= std::min(k, D_); ++j) r += std::max(0, n - v_[size_t(j)] - 1);
+    return r;
+}
+
 void generator::ensure_rows(int k, int rows) {
     if (hist_[k].size() < size_t(rows) * d_) hist_[k].resize(std::max(hist_[k].size() * 2, size_t(rows) * d_));
 }
@@ -245,7 +253,8 @@ int generator::start(const std::vector<int>& prompt, bool reuse_prefix) {
     const int n = P;
     // MTP modules over the positions whose inputs are all committed, except the one at n-k that the first
     // round's draft computes (it yields that depth's frontier logits): positions 0..n-k-1.
-    if (spec_)
+    // With a draft cap of 0 (a server under load) this waits: the first round that drafts catches up.
+    if (spec_ && cap_ > 0)
         for (int k = 1; k <= D_; ++k) run_module(k, n, std::max(0, n - k), false);
     st_.n_prompt = P;
     st_.t_prompt = since(t0);

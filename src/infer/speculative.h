@@ -94,6 +94,9 @@ public:
     // At most k draft tokens per round from now on (0: plain rounds; capped at draft_max()). Below the tree's
     // depth, rounds draft the chain. Used by the server to adapt the draft length to its load.
     void set_draft_cap(int k) { cap_ = k < 0 ? 0 : k; }
+    // Rows the MTP modules would recompute before a round drafting k tokens could draft (positions they skipped
+    // while rounds did not draft), beyond the one frontier row per module.
+    int refill_rows(int k) const;
     // One decode round; appends the newly committed tokens (at most max_new) to out and returns how many.
     // Returns 0 when max_new <= 0 or the context is full.
     int step(int max_new, std::vector<int>& out);

@@ -225,6 +225,7 @@ private:
                 pol_ = std::make_unique<draft_policy>(
                     measure_pass_costs(b_.engine(), std::min(256, o_.parallel * (Kt + 1)), 64), Kt, D);
                 cost_s_ = secs(t0, clk::now());
+                b_.set_on_pass([this](int stage, int rows, double sec) { pol_->observe_pass(stage, rows, sec); });
             }
         } catch (const std::exception& e) {
             runner_error_ = e.what();
@@ -295,7 +296,7 @@ private:
         try {
             sampler s(r.sampling);
             g.set_sampler(s);
-            g.set_draft_cap(1 << 30);
+            g.set_draft_cap(pol_ ? pol_->choose(n_busy_.load()) : 1 << 30);   // 0: the MTP prefill waits
             text_stream ts(r.stop);
             const int n_ctx = b_.seq(i).n_ctx();
             const int limit = r.max_tokens > 0 ? r.max_tokens : n_ctx - int(r.prompt.size());
@@ -328,7 +329,7 @@ private:
                 buf.clear();
                 if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
                 if (pol_) {
-                    const int k = pol_->next(n_busy_.load());
+                    const int k = pol_->next(n_busy_.load(), g.refill_rows(g.draft_max()), limit - n_gen);
                     g.set_draft_cap(k);
                     met_.draft_chosen(k);
                 }
