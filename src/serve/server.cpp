@@ -526,9 +526,14 @@ void handle_generate(state& S, endpoint kind, const httplib::Request& req, httpl
                 rest = std::move(got.back());
                 got.pop_back();
             }
+            std::string events;                // one write for every piece that arrived together
             for (auto& p : got) {
                 json d = kind == endpoint::chat ? json{{"content", p}} : json(p);
-                if (!send(chunk(json::array({choice_delta(kind, d, nullptr)})))) return false;
+                events += "data: " + dump(chunk(json::array({choice_delta(kind, d, nullptr)}))) + "\n\n";
+            }
+            if (!events.empty() && !sink.write(events.data(), events.size())) {
+                j->cancelled = true;
+                return false;
             }
             if (!done) return true;
             if (!j->error.empty()) {   // headers are out: report the failure in-band
