@@ -176,7 +176,8 @@ try:
     check("disconnect (streaming): the slot is free at once and the queued request runs",
           wait_for(lambda: len(queued) == 1, 5) and queued[0][0] == 200, queued)
     dt = time.time() - t0
-    check("disconnect (streaming): noticed within a few 20 ms rounds", dt < 0.5, dt)
+    # noticed at the write after the one that found the peer gone: about 2 rounds of 20 ms (+ this polling)
+    check("disconnect (streaming): noticed within a few 20 ms rounds", dt < 0.25, dt)
     tq.join(10)
     m0 = srv.metrics()
     # non-streaming client gone: it waits without writing; the server watches its socket
@@ -192,7 +193,7 @@ try:
     m1 = srv.metrics()
     gen = m1["llamacpp:tokens_predicted_total"] - m0["llamacpp:tokens_predicted_total"]
     check("disconnect (not streaming): slot freed within a few rounds, generation stopped early",
-          freed and dt < 0.5 and gen < 200, (dt, gen))
+          freed and dt < 0.25 and gen < 200, (dt, gen))   # the socket is polled every 20 ms, rounds take 20 ms
     # time limit: 200 rounds would take 4 s; --request-timeout 2 stops it with what it has
     t0 = time.time()
     st, j = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 200, "temperature": 0, "ignore_eos": True})
@@ -228,7 +229,8 @@ t0 = time.time()
 rc = srv.stop(timeout=20)
 dt = time.time() - t0
 for t in ths: t.join(30)
-check("SIGTERM under load: exit 0 within the 1 s grace + a little", rc == 0 and dt < 5, (rc, dt))
+# the long requests would need 4 s more (200 rounds of 20 ms): ending them after the 1 s grace is what keeps this short
+check("SIGTERM under load: exit 0 within the 1 s grace + a little", rc == 0 and dt < 3, (rc, dt))
 def outcome(r):
     if r is None or r[0] == "exception": return "lost"
     if r[0] == "plain":
