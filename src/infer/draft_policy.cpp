@@ -149,7 +149,10 @@ int draft_policy::next(int batch, int refill, int remaining) {
         const double backlog = std::min(k, D_) * c_.mtp(double(refill) / std::max(1, std::min(k, D_)));
         if (saving < backlog) k = 0;
     }
-    if (++rounds_ % probe_every != 0 || k == K_ || refill > 2 * K_) return k;
+    // Probe rounds come for all sequences together (about `batch` calls per round): a sequence probing alone would
+    // make the whole batch wait for module passes that nobody else shares.
+    const long long round = rounds_++ / std::max(1, batch);
+    if (round % probe_every != probe_every - 1 || k == K_ || refill > 2 * K_) return k;
     // A probe is worth its cost only when drafting could pay at this load with every draft accepted.
     const double plain = B / c_.main(B);
     for (int j = 1; j <= K_; ++j) {

@@ -29,7 +29,8 @@ public:
     draft_policy(pass_cost_table costs, int K, int D);
 
     int choose(int batch) const;                 // 0..K: the best k for the current estimates
-    // The draft length of a decode round: choose(batch), except that every probe_every-th round drafts K when
+    // The draft length of a decode round: choose(batch), except that every probe_every-th round (of all sequences
+    // at once) drafts K when
     // drafting could pay at this load if every draft were accepted, so that the acceptance of depths the choice no
     // longer drafts is still measured (a stale estimate could keep speculation off for good after a bad start).
     // refill: the sequence's refill_rows(K) (its modules' backlog); remaining: tokens it may still produce. A
