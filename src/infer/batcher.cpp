@@ -2,7 +2,6 @@
 #include "infer/batcher.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "core/error.h"
 
@@ -166,10 +165,7 @@ bool batcher::run_round() {
         std::exception_ptr run_err;
         if (!pass_.empty()) {
             try {
-                const auto t0 = std::chrono::steady_clock::now();
                 engine_.run(stage, pass_.data(), int(pass_.size()));
-                if (on_pass_)
-                    on_pass_(stage, rows, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
                 for (int i : in_pass) seqs_[size_t(i)]->commit(calls_[size_t(i)].x);
             } catch (...) {
                 run_err = std::current_exception();

@@ -7,7 +7,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -48,8 +47,6 @@ public:
     bool run_round();
     void stop();
     batch_stats stats() const;
-    // Called on the runner thread after every pass: stage, rows, seconds (the draft policy's live cost table).
-    void set_on_pass(std::function<void(int, int, double)> f) { on_pass_ = std::move(f); }
 
 private:
     struct member;
@@ -72,7 +69,6 @@ private:
     mutable std::mutex mu_;
     std::condition_variable cv_runner_;
     batch_stats st_;
-    std::function<void(int, int, double)> on_pass_;
     std::vector<seq_pass> pass_;
     std::vector<int> chosen_;
 };

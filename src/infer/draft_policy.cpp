@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <thread>
 
 #include "core/error.h"
 
@@ -21,8 +23,36 @@ double interp(const std::vector<int>& x, const std::vector<double>& y, double r)
 }
 } // namespace
 
-double pass_cost_table::main(double r) const { return interp(rows, main_s, r); }
-double pass_cost_table::mtp(double r) const { return interp(rows, mtp_s, r); }
+double pass_cost_table::main(double r) const { return interp(rows, main_s, r) + pass_overhead_s; }
+double pass_cost_table::mtp(double r) const { return interp(rows, mtp_s, r) + pass_overhead_s; }
+
+double measure_handoff_seconds() {
+    using clk = std::chrono::steady_clock;
+    std::mutex mu;
+    std::condition_variable cv;
+    int turn = 0;                                // even: main thread's turn, odd: the other's
+    constexpr int n = 200;
+    std::thread other([&] {
+        for (int i = 0; i < n; ++i) {
+            std::unique_lock<std::mutex> l(mu);
+            cv.wait(l, [&] { return turn % 2 == 1; });
+            ++turn;
+            cv.notify_all();
+        }
+    });
+    std::vector<double> rt;
+    for (int i = 0; i < n; ++i) {
+        const auto t0 = clk::now();
+        std::unique_lock<std::mutex> l(mu);
+        ++turn;
+        cv.notify_all();
+        cv.wait(l, [&] { return turn % 2 == 0; });
+        rt.push_back(std::chrono::duration<double>(clk::now() - t0).count());
+    }
+    other.join();
+    std::sort(rt.begin(), rt.end());
+    return rt[rt.size() / 2] / 2;
+}
 
 pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context) {
     using clk = std::chrono::steady_clock;
@@ -71,7 +101,23 @@ pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context) {
     return t;
 }
 
+int draft_policy::bucket(int batch) {
+    return batch <= 1 ? 0 : batch <= 2 ? 1 : batch <= 4 ? 2 : batch <= 8 ? 3 : batch <= 16 ? 4 : 5;
+}
+
+void draft_policy::observe_round(int batch, int k, int produced, double seconds) {
+    if (k < 0 || k > K_ || !(seconds > 0) || produced <= 0) return;
+    std::lock_guard<std::mutex> l(mu_);
+    double& t = meas_tps_[size_t(bucket(batch))][size_t(k)];
+    double& n = meas_n_[size_t(bucket(batch))][size_t(k)];
+    const double x = produced / seconds, w = n < 20 ? 1.0 / (n + 1) : 0.05;   // mean of the first 20, then EMA
+    t = n == 0 ? x : (1 - w) * t + w * x;
+    n += 1;
+}
+
 draft_policy::draft_policy(pass_cost_table costs, int K, int D) : c_(std::move(costs)), K_(std::max(0, K)), D_(D) {
+    meas_tps_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
+    meas_n_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
     reached_.assign(size_t(K_), 2.0);            // prior: acceptance 0.5 at every depth, worth two rounds
     accepted_.assign(size_t(K_), 1.0);
 }
@@ -83,16 +129,6 @@ void draft_policy::observe(int drafted, int accepted) {
         reached_[size_t(j)] = reached_[size_t(j)] * keep + 1.0;
         accepted_[size_t(j)] = accepted_[size_t(j)] * keep + (j < accepted ? 1.0 : 0.0);
     }
-}
-
-void draft_policy::observe_pass(int stage, int rows, double seconds) {
-    constexpr double w = 0.05;                   // ~20 passes of memory
-    std::lock_guard<std::mutex> l(mu_);
-    const auto it = std::lower_bound(c_.rows.begin(), c_.rows.end(), rows);
-    if (it == c_.rows.end() || *it != rows || !(seconds >= 0)) return;
-    std::vector<double>& v = stage == 0 ? c_.main_s : c_.mtp_s;
-    double& x = v[size_t(it - c_.rows.begin())];
-    x = (1 - w) * x + w * seconds;
 }
 
 pass_cost_table draft_policy::costs() const {
@@ -152,7 +188,8 @@ int draft_policy::next(int batch, int refill, int remaining) {
     // Probe rounds come for all sequences together (about `batch` calls per round): a sequence probing alone would
     // make the whole batch wait for module passes that nobody else shares.
     const long long round = rounds_++ / std::max(1, batch);
-    if (round % probe_every != probe_every - 1 || k == K_ || refill > 2 * K_) return k;
+    if (round % probe_every != probe_every - 1 || refill > 2 * K_) return k;
+    if (k == K_) return 0;                       // drafting fully: the probe measures a plain round instead
     // A probe is worth its cost only when drafting could pay at this load with every draft accepted.
     const double plain = B / c_.main(B);
     for (int j = 1; j <= K_; ++j) {
@@ -175,6 +212,10 @@ int draft_policy::choose(int batch) const {
             best_tps = tps;
         }
     }
+    // Measured veto: rounds at this load drafting `best` were slower than rounds not drafting.
+    const auto& mt = meas_tps_[size_t(bucket(batch))];
+    const auto& mn = meas_n_[size_t(bucket(batch))];
+    if (best > 0 && mn[size_t(best)] >= 8 && mn[0] >= 8 && mt[size_t(best)] < mt[0] * margin) return 0;
     return best;
 }
 

@@ -15,9 +15,14 @@ namespace mtp {
 struct pass_cost_table {
     std::vector<int> rows;                       // ascending, rows[0] = 1
     std::vector<double> main_s, mtp_s;
-    double main(double r) const;                 // linear in between, linear past the last entry
+    double pass_overhead_s = 0;                  // added to every pass: handing the calls to the runner thread and back
+    double main(double r) const;                 // linear in between, linear past the last entry (+ the overhead)
     double mtp(double r) const;
 };
+
+// Seconds one hand-off between two threads through a condition variable takes here (median of a ping-pong): what
+// a pass of the batcher adds over a direct call, twice (calls in, results out).
+double measure_handoff_seconds();
 
 // Times passes of 1..max_rows rows (a ladder of row counts, best of 5 sweeps) on a fresh sequence of `e` after a
 // `context`-token prompt. Runs on the caller's thread (before any runner starts).
@@ -30,7 +35,7 @@ public:
 
     int choose(int batch) const;                 // 0..K: the best k for the current estimates
     // The draft length of a decode round: choose(batch), except that every probe_every-th round (of all sequences
-    // at once) drafts K when
+    // at once) is a probe: a plain round when the choice is K (for observe_round's comparison), else it drafts K when
     // drafting could pay at this load if every draft were accepted, so that the acceptance of depths the choice no
     // longer drafts is still measured (a stale estimate could keep speculation off for good after a bad start).
     // refill: the sequence's refill_rows(K) (its modules' backlog); remaining: tokens it may still produce. A
@@ -40,10 +45,12 @@ public:
     static constexpr int probe_every = 16;
     // One round of one sequence: it drafted `drafted` tokens and `accepted` of them were accepted.
     void observe(int drafted, int accepted);
+    // One round of one sequence as it went: `batch` sequences were decoding, the cap was k, the round produced
+    // `produced` tokens in `seconds` of wall time. Per batch-size bucket and k, the running tokens/s of such rounds
+    // veto a draft length that the cost model favours but that has measured slower than not drafting (costs the
+    // model does not see: sampling, thread hand-offs, caches shared with other processes).
+    void observe_round(int batch, int k, int produced, double seconds);
     std::vector<double> acceptance() const;      // [K]: running P(at least j+1 drafts accepted | j+1 drafted)
-    // A pass timed while serving (stage 0: trunk, >= 1: a module): moves the table entry for that row count (when
-    // the ladder has it) toward it, so the costs follow the machine's load rather than the start-up measurement.
-    void observe_pass(int stage, int rows, double seconds);
     // Model of the choice (for tests and /metrics).
     double expected_tokens(int k) const;         // per sequence and round: 1 + Σ_{j<k} acceptance[j]
     double round_seconds(int batch, int k) const;
@@ -58,6 +65,9 @@ private:
     mutable std::mutex mu_;
     std::vector<double> reached_, accepted_;     // exponentially decayed counts per depth
     long long rounds_ = 0;
+    static constexpr int n_buckets = 6;          // batch 1, 2, 3-4, 5-8, 9-16, 17+
+    static int bucket(int batch);
+    std::vector<std::vector<double>> meas_tps_, meas_n_;   // [bucket][k]
 };
 
 } // namespace mtp

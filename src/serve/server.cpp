@@ -136,8 +136,12 @@ public:
         }
         if (best < 0 && int(q_.size()) >= o_.queue) return admit::full;
         met_.request_started();
-        if (best >= 0) slots_[size_t(best)].next = j;
-        else q_.push_back(j);
+        if (best >= 0) {
+            slots_[size_t(best)].next = j;
+            ++n_load_;
+        } else {
+            q_.push_back(j);
+        }
         cv_.notify_all();
         return admit::ok;
     }
@@ -162,6 +166,7 @@ public:
                 if (s.next) {
                     q.push_back(s.next);
                     s.next.reset();
+                    --n_load_;
                 }
         }
         for (auto& j : q) fail_unstarted(*j, "the server is shutting down");
@@ -222,10 +227,10 @@ private:
                 const auto t0 = clk::now();
                 const int K = sp_.n_draft > 0 ? sp_.n_draft : (sp_.reuse ? D + 1 : D);
                 const int Kt = std::max(K, int(sp_.tree.size()));
-                pol_ = std::make_unique<draft_policy>(
-                    measure_pass_costs(b_.engine(), std::min(256, o_.parallel * (Kt + 1)), 64), Kt, D);
+                pass_cost_table costs = measure_pass_costs(b_.engine(), std::min(256, o_.parallel * (Kt + 1)), 64);
+                costs.pass_overhead_s = 2 * measure_handoff_seconds();   // calls to the runner and results back
+                pol_ = std::make_unique<draft_policy>(std::move(costs), Kt, D);
                 cost_s_ = secs(t0, clk::now());
-                b_.set_on_pass([this](int stage, int rows, double sec) { pol_->observe_pass(stage, rows, sec); });
             }
         } catch (const std::exception& e) {
             runner_error_ = e.what();
@@ -253,6 +258,7 @@ private:
                 } else {
                     j = q_.front();
                     q_.pop_front();
+                    ++n_load_;
                 }
                 s.cur = j;
                 s.last_used = ++use_clock_;
@@ -273,6 +279,7 @@ private:
             std::lock_guard<std::mutex> l(mu_);
             s.cached = s.g->tokens();
             s.cur.reset();
+            --n_load_;
         }
     }
 
@@ -296,7 +303,7 @@ private:
         try {
             sampler s(r.sampling);
             g.set_sampler(s);
-            g.set_draft_cap(pol_ ? pol_->choose(n_busy_.load()) : 1 << 30);   // 0: the MTP prefill waits
+            g.set_draft_cap(pol_ ? pol_->choose(n_load_.load()) : 1 << 30);   // 0: the MTP prefill waits
             text_stream ts(r.stop);
             const int n_ctx = b_.seq(i).n_ctx();
             const int limit = r.max_tokens > 0 ? r.max_tokens : n_ctx - int(r.prompt.size());
@@ -328,14 +335,19 @@ private:
                 }
                 buf.clear();
                 if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
+                int cap = 0;
                 if (pol_) {
-                    const int k = pol_->next(n_busy_.load(), g.refill_rows(g.draft_max()), limit - n_gen);
-                    g.set_draft_cap(k);
-                    met_.draft_chosen(k);
+                    cap = pol_->next(n_load_.load(), g.refill_rows(g.draft_max()), limit - n_gen);
+                    g.set_draft_cap(cap);
+                    met_.draft_chosen(cap);
                 }
+                const auto ts = clk::now();
                 const int k = g.step(limit - n_gen, buf);
                 if (k == 0) break;   // context full
-                if (pol_) pol_->observe(int(g.last_drafts().size()), k - 1);
+                if (pol_) {
+                    pol_->observe(int(g.last_drafts().size()), k - 1);
+                    pol_->observe_round(n_load_.load(), cap, k, secs(ts, clk::now()));
+                }
                 for (int t = 0; t < k && !end; ++t) end = take(buf[size_t(t)]);
             }
             if (j.cancelled) j.finish_reason = "cancelled";
@@ -377,6 +389,7 @@ private:
     bool stopping_ = false, draining_ = false, runner_ready_ = false;
     std::string runner_error_;
     std::atomic<int> n_busy_{0};
+    std::atomic<int> n_load_{0};             // slots holding a request, started or about to (the policy's batch size)
     uint64_t use_clock_ = 0;
     std::thread runner_;
 };
@@ -908,10 +921,12 @@ void serve_run(const serve_options& o) {
                      S.model_name.c_str(), D, sp.enabled ? "on" : "off",
                      S.eng->policy() ? ", draft length adapted to the load" : "", o.parallel, o.queue);
         if (S.eng->policy())
-            std::fprintf(stderr, "serve: pass costs measured in %.2f s: 1 row %.3f ms, %d rows %.3f ms\n",
+            std::fprintf(stderr, "serve: pass costs measured in %.2f s: 1 row %.3f ms, %d rows %.3f ms (each with a "
+                                 "%.3f ms hand-off)\n",
                          S.eng->cost_seconds(), 1e3 * S.eng->policy()->costs().main(1),
                          S.eng->policy()->costs().rows.back(),
-                         1e3 * S.eng->policy()->costs().main(S.eng->policy()->costs().rows.back()));
+                         1e3 * S.eng->policy()->costs().main(S.eng->policy()->costs().rows.back()),
+                         1e3 * S.eng->policy()->costs().pass_overhead_s);
         std::fflush(stderr);
     } catch (...) {
         stop_listener();

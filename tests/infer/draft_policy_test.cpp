@@ -34,6 +34,9 @@ TEST(DraftPolicy, MemoryBoundDraftsAtEveryBatch) {
     accept_all(p, 2, 0.8, 2000);
     EXPECT_NEAR(p.acceptance()[0], 0.8, 0.05);
     for (int b : {1, 2, 4, 8, 16}) EXPECT_EQ(p.choose(b), 2) << "batch " << b;
+    int plain = 0;                                // probes: one plain round in probe_every
+    for (int i = 0; i < 10 * draft_policy::probe_every; ++i) plain += p.next(1) == 0;
+    EXPECT_EQ(plain, 10);
 }
 
 TEST(DraftPolicy, ComputeBoundStopsDraftingInABatch) {
@@ -48,6 +51,21 @@ TEST(DraftPolicy, ComputeBoundStopsDraftingInABatch) {
     EXPECT_NEAR(e1, 1.0 + p.acceptance()[0], 1e-12);
     EXPECT_NEAR(p.round_seconds(4, 1), p.costs().main(8) + p.costs().mtp(4 * e1), 1e-12);
     EXPECT_NEAR(p.round_seconds(4, 0), p.costs().main(4), 1e-12);
+}
+
+// Rounds measured slower with drafts than without at this load veto the model's choice (and only at that load).
+TEST(DraftPolicy, MeasuredRoundsVetoDrafting) {
+    draft_policy p(table(1.0, 0.01, 0.1, 0.001), 2, 2);
+    accept_all(p, 2, 0.8, 2000);
+    ASSERT_EQ(p.choose(1), 2);
+    for (int i = 0; i < 10; ++i) {
+        p.observe_round(1, 0, 1, 1.0);            // 1 token/s without drafts
+        p.observe_round(1, 2, 2, 2.5);            // 0.8 token/s with them
+    }
+    EXPECT_EQ(p.choose(1), 0);
+    EXPECT_EQ(p.choose(8), 2);                    // another load bucket: nothing measured there
+    for (int i = 0; i < 40; ++i) p.observe_round(1, 2, 3, 1.0);   // drafting got faster: 3 tokens/s
+    EXPECT_EQ(p.choose(1), 2);
 }
 
 TEST(DraftPolicy, NoAcceptanceNoDraftsButProbes) {
