@@ -151,7 +151,7 @@ with open(dat, "w") as f:
 png = os.path.join(a.out, "serve_load.png")
 gp = f"""set terminal pngcairo size 1100,420 font ',10' noenhanced
 set output '{png}'
-set multiplot layout 1,2 title '{os.path.basename(a.model.rstrip("/"))}: mtp serve under load ({a.threads} threads)'
+set multiplot layout 1,2 title '{"/".join(a.model.rstrip("/").split("/")[-2:])}: mtp serve under load ({a.threads} threads)'
 set logscale x 2
 set xlabel 'concurrent clients'
 set ylabel 'aggregate tokens/s'
