@@ -22,32 +22,11 @@ struct batcher::member final : infer_model {
     void truncate(int stage, int n) override { s.truncate(stage, n); }
     void eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
               int logits_from, bool draft_vocab) override {
-        eval_call x;
-        x.stage = stage;
-        x.pos0 = pos0;
-        x.m = m;
-        x.tokens = tokens;
-        x.hprev = hprev;
-        x.h = h;
-        x.logits = logits;
-        x.logits_from = logits_from;
-        x.draft_vocab = draft_vocab;
-        b.submit(i, x);
+        b.submit(i, eval_call::chain(stage, pos0, m, tokens, hprev, h, logits, logits_from, draft_vocab));
     }
     void eval_tree(int stage, int m, const int* tokens, const int* parent, const float* hprev, float* h,
                    float* logits, int logits_from, bool draft_vocab) override {
-        eval_call x;
-        x.stage = stage;
-        x.tree = true;
-        x.m = m;
-        x.tokens = tokens;
-        x.parent = parent;
-        x.hprev = hprev;
-        x.h = h;
-        x.logits = logits;
-        x.logits_from = logits_from;
-        x.draft_vocab = draft_vocab;
-        b.submit(i, x);
+        b.submit(i, eval_call::tree_rows(stage, m, tokens, parent, hprev, h, logits, logits_from, draft_vocab));
     }
     void keep_path(int stage, int from, const std::vector<int>& slots) override { s.keep_path(stage, from, slots); }
     int tree_rows_max() const override { return s.tree_rows_max(); }

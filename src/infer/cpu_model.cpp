@@ -215,38 +215,18 @@ void cpu_seq::commit(const eval_call& x) {
 
 void cpu_seq::eval(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
                    int logits_from, bool draft_vocab) {
-    eval_call x;
-    x.stage = stage;
-    x.pos0 = pos0;
-    x.m = m;
-    x.tokens = tokens;
-    x.hprev = hprev;
-    x.h = h;
-    x.logits = logits;
-    x.logits_from = logits_from;
-    x.draft_vocab = draft_vocab;
-    const seq_pass sp = prepare(x);
-    if (m <= 0) return;
-    e_.run(stage, &sp, 1);
-    commit(x);
+    run_one(eval_call::chain(stage, pos0, m, tokens, hprev, h, logits, logits_from, draft_vocab));
 }
 
 void cpu_seq::eval_tree(int stage, int m, const int* tokens, const int* parent, const float* hprev, float* h,
                         float* logits, int logits_from, bool draft_vocab) {
-    eval_call x;
-    x.stage = stage;
-    x.tree = true;
-    x.m = m;
-    x.tokens = tokens;
-    x.parent = parent;
-    x.hprev = hprev;
-    x.h = h;
-    x.logits = logits;
-    x.logits_from = logits_from;
-    x.draft_vocab = draft_vocab;
+    run_one(eval_call::tree_rows(stage, m, tokens, parent, hprev, h, logits, logits_from, draft_vocab));
+}
+
+void cpu_seq::run_one(const eval_call& x) {
     const seq_pass sp = prepare(x);
-    if (m <= 0) return;
-    e_.run(stage, &sp, 1);
+    if (x.m <= 0) return;
+    e_.run(x.stage, &sp, 1);
     commit(x);
 }
 

@@ -61,6 +61,16 @@ struct eval_call {
     float* logits = nullptr;
     int logits_from = 0;
     bool draft_vocab = false;
+
+    // The call of infer_model::eval / eval_tree with these arguments.
+    static eval_call chain(int stage, int pos0, int m, const int* tokens, const float* hprev, float* h, float* logits,
+                           int logits_from, bool draft_vocab) {
+        return eval_call{stage, false, pos0, m, tokens, nullptr, hprev, h, logits, logits_from, draft_vocab};
+    }
+    static eval_call tree_rows(int stage, int m, const int* tokens, const int* parent, const float* hprev, float* h,
+                               float* logits, int logits_from, bool draft_vocab) {
+        return eval_call{stage, true, 0, m, tokens, parent, hprev, h, logits, logits_from, draft_vocab};
+    }
 };
 
 // One sequence: the caches of the trunk and of every MTP module, on a shared engine.
@@ -94,6 +104,7 @@ public:
     size_t cache_bytes() const;
 
 private:
+    void run_one(const eval_call& x);     // prepare, a pass of this sequence alone, commit
     void check_eval(int stage, int m, const int* tokens, const float* hprev, bool draft_vocab, const float* logits,
                     const char* who) const;
     int pos_of(int stage, int s) const;   // position of cache entry s
