@@ -10,10 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-CC=clang-14 CXX=clang++-14 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
-  -DCMAKE_CXX_FLAGS_DEBUG=-gline-tables-only \
-  -DMTP_SANITIZE=ON -DMTP_FUZZ=ON >/dev/null
-ninja -C build-san mtp mtp_tests $(ls tests/fuzz/fuzz_*.cpp | xargs -n1 basename | sed "s/\.cpp$//")
+bash scripts/sanitize_build.sh
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_WAIT_POLICY=PASSIVE MTP_SANITIZED=1   # serve_soak run by hand here: memory reported, not judged
 (cd build-san && ctest --output-on-failure --timeout 900 -j2 \
