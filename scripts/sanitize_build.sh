@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds the checking build (clang 14, ASan + UBSan, libFuzzer targets) into build-san/. Used by
-# scripts/sanitize.sh, and started early in the background by scripts/test.sh.
+# scripts/sanitize.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CC=clang-14 CXX=clang++-14 cmake -S . -B build-san -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-O1 \
