@@ -59,7 +59,7 @@ pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context) {
     const model_config& c = e.config();
     const int D = c.n_mtp(), d = c.hidden_size, V = c.vocab_size;
     max_rows = std::max(1, max_rows);
-    context = std::max(1, std::min(context, e.n_ctx() - max_rows - 1));
+    context = std::min(context, e.n_ctx() - max_rows - 1);   // the prompt + the timed rows fit the context
     if (context < 1) fail("pass costs", "the context is too short to time a pass");
     pass_cost_table t;
     for (int r : {1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256})
