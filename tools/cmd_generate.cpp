@@ -195,7 +195,7 @@ void add_generate_cmd(CLI::App& app) {
                                           " ranked tokens available");
             sp.draft_vocab = draft_vocab_from_rank(rank, o->draft_vocab);
         }
-        spec_params_check(sp, c.n_mtp());
+        spec_params_check(sp, c.n_mtp(), c.mtp_parallel);
 
         cpu_model cm(m, 0, weights_type_for(o->weights, m));
         sampler s(o->sf.s);

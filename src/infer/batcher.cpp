@@ -17,6 +17,7 @@ struct batcher::member final : infer_model {
     int n_vocab() const override { return s.n_vocab(); }
     int n_embd() const override { return s.n_embd(); }
     int n_mtp() const override { return s.n_mtp(); }
+    bool mtp_parallel() const override { return s.mtp_parallel(); }
     int n_ctx() const override { return s.n_ctx(); }
     int n_cached(int stage) const override { return s.n_cached(stage); }
     void truncate(int stage, int n) override { s.truncate(stage, n); }

@@ -153,14 +153,19 @@ bench_result bench_run(infer_model& m, const bench_params& p,
         vocabs.push_back(N > 0 ? draft_vocab_from_rank(p.vocab_rank, N) : std::vector<int>{});
     }
     std::vector<spec_cfg> cfgs;
+    const bool par = D > 0 && m.mtp_parallel();    // parallel heads: no reuse past D, no trees
+    if (par && !p.trees.empty())
+        fail("--draft-tree", "needs sequential MTP modules; this model's are parallel heads (mtp_style \"parallel\")");
     if (D > 0)
         for (int N : p.draft_vocabs) {
             for (int d = 1; d <= D; ++d) cfgs.push_back({d, false, 0.0f, N});
-            cfgs.push_back({D + 1, true, 0.0f, N});
-            cfgs.push_back({D + 2, true, 0.0f, N});
+            if (!par) {
+                cfgs.push_back({D + 1, true, 0.0f, N});
+                cfgs.push_back({D + 2, true, 0.0f, N});
+            }
             if (p.p_min > 0) {
                 cfgs.push_back({D, false, p.p_min, N});
-                cfgs.push_back({D + 2, true, p.p_min, N});
+                if (!par) cfgs.push_back({D + 2, true, p.p_min, N});
             }
             for (const auto& t : p.trees) cfgs.push_back({int(t.size()), int(t.size()) > D, 0.0f, N, t});
         }

@@ -104,7 +104,8 @@ size_t cpu_seq::cache_bytes() const {
 void cpu_seq::check_eval(int stage, int m, const int* tokens, const float* hprev, bool draft_vocab,
                          const float* logits, const char* who) const {
     const int V = n_vocab();
-    for (int i = 0; i < m; ++i)
+    const bool reads_tokens = stage == 0 || !e_.config().mtp_parallel;    // parallel heads read none
+    for (int i = 0; i < m && reads_tokens; ++i)
         if (tokens[i] < 0 || tokens[i] >= V) fail(who, "token id " + std::to_string(tokens[i]) + " out of range");
     if (stage > 0 && !hprev) fail(who, "MTP stage needs hprev");
     if (draft_vocab && logits && e_.draft_vocab().empty()) fail(who, "no draft vocabulary set");
@@ -189,7 +190,7 @@ seq_pass cpu_seq::prepare(const eval_call& x) {
     }
     e_.rope_rows(trow_pos_.data(), m, tcos_, tsin_);
     sp.m = m;
-    sp.tokens = x.tokens;
+    sp.tokens = stage > 0 && e_.config().mtp_parallel ? nullptr : x.tokens;
     sp.hprev = x.hprev;
     sp.cos = tcos_.data();
     sp.sin = tsin_.data();

@@ -81,6 +81,7 @@ public:
     int n_vocab() const override { return e_.config().vocab_size; }
     int n_embd() const override { return e_.config().hidden_size; }
     int n_mtp() const override { return e_.config().n_mtp(); }
+    bool mtp_parallel() const override { return e_.config().mtp_parallel; }
     int n_ctx() const override { return e_.n_ctx(); }
     int n_cached(int stage) const override;
     void truncate(int stage, int n) override;
@@ -130,6 +131,7 @@ public:
     int n_vocab() const override { return s_.n_vocab(); }
     int n_embd() const override { return s_.n_embd(); }
     int n_mtp() const override { return s_.n_mtp(); }
+    bool mtp_parallel() const override { return s_.mtp_parallel(); }
     int n_ctx() const override { return s_.n_ctx(); }
     int n_cached(int stage) const override { return s_.n_cached(stage); }
     void truncate(int stage, int n) override { s_.truncate(stage, n); }

@@ -101,7 +101,7 @@ void decode_weights_build(decode_weights& dw, const model_config& c, const model
     dw.eh_proj.resize(D);
     for (int k = 0; k < D; ++k) {
         build_layer(dw.mtp[k], c, L.mtp[k], W, t);
-        pack_weight(dw.eh_proj[k], W + L.mtp[k].eh_proj, d, 2 * d, t);
+        if (!c.mtp_parallel) pack_weight(dw.eh_proj[k], W + L.mtp[k].eh_proj, d, 2 * d, t);   // heads have none
     }
     pack_weight(dw.lm_head, W + L.lm_head, c.vocab_size, d, t);
 }
@@ -464,7 +464,7 @@ int gather_rows(const model_config& c, const model_layout& L, const float* W, co
     sin = a.alloc(size_t(M) * half + 1);
     for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
         const seq_pass& sp = seqs[si];
-        for (int t = 0; t < sp.m; ++t)
+        for (int t = 0; t < sp.m && sp.tokens; ++t)     // no tokens (parallel heads): x is left for the caller
             std::memcpy(x + size_t(r0 + t) * d, W + L.embed + size_t(sp.tokens[t]) * d, sizeof(float) * d);
         std::memcpy(cos + size_t(r0) * half, sp.cos, sizeof(float) * size_t(sp.m) * half);
         std::memcpy(sin + size_t(r0) * half, sp.sin, sizeof(float) * size_t(sp.m) * half);
@@ -506,18 +506,24 @@ void decode_mtp_batch(const model_config& c, const model_layout& L, const float*
     s.experts = 0;
     if (M == 0) return a.rewind(mk);
     float* rstd = a.alloc(M);
-    float* cat = a.alloc(size_t(M) * 2 * d);                             // [enorm(e) | hnorm(h^{k-1})]
-    float* tmp = a.alloc(size_t(M) * d);
-    rmsnorm_forward(tmp, rstd, e, W + l.enorm, M, d, eps);
-    for (int t = 0; t < M; ++t) std::memcpy(cat + size_t(t) * 2 * d, tmp + size_t(t) * d, sizeof(float) * d);
-    for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si)
-        std::memcpy(tmp + size_t(r0) * d, seqs[si].hprev, sizeof(float) * size_t(seqs[si].m) * d);
-    rmsnorm_forward(tmp, rstd, tmp, W + l.hnorm, M, d, eps);
-    for (int t = 0; t < M; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
-    float* y = e;                                                        // reuse: [M, d]
-    gemv_packed(y, d, cat, 2 * d, M, dw.eh_proj[k - 1]);
+    float* y = e;                                                        // [M, d]: the decoder layer's input
+    if (c.mtp_parallel) {                                                // spec §8: u = hnorm(h), no token
+        for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si)
+            std::memcpy(y + size_t(r0) * d, seqs[si].hprev, sizeof(float) * size_t(seqs[si].m) * d);
+        rmsnorm_forward(y, rstd, y, W + l.hnorm, M, d, eps);
+    } else {                                                             // spec §5: eh_proj([enorm(e) | hnorm(h)])
+        float* cat = a.alloc(size_t(M) * 2 * d);
+        float* tmp = a.alloc(size_t(M) * d);
+        rmsnorm_forward(tmp, rstd, e, W + l.enorm, M, d, eps);
+        for (int t = 0; t < M; ++t) std::memcpy(cat + size_t(t) * 2 * d, tmp + size_t(t) * d, sizeof(float) * d);
+        for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si)
+            std::memcpy(tmp + size_t(r0) * d, seqs[si].hprev, sizeof(float) * size_t(seqs[si].m) * d);
+        rmsnorm_forward(tmp, rstd, tmp, W + l.hnorm, M, d, eps);
+        for (int t = 0; t < M; ++t) std::memcpy(cat + size_t(t) * 2 * d + d, tmp + size_t(t) * d, sizeof(float) * d);
+        gemv_packed(y, d, cat, 2 * d, M, dw.eh_proj[k - 1]);
+    }
     decode_layer(c, l, dw.mtp[k - 1], W, 0, seqs, ns, y, M, cos, sin, s.experts, a);
-    float* h = tmp;
+    float* h = a.alloc(size_t(M) * d);
     rmsnorm_forward(h, rstd, y, W + l.shared_head_norm, M, d, eps);
     heads(dw, seqs, ns, h, d, a);
     for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {

@@ -14,6 +14,9 @@ struct infer_model {
     virtual int n_embd() const = 0;          // width of the hidden states h
     virtual int n_mtp() const = 0;           // D
     virtual int n_ctx() const = 0;           // positions available (max_position_embeddings)
+    // Parallel heads (spec §8) instead of the sequential chain: stage k is then fed the trunk's h_p (stage 0) and
+    // reads no token (tokens may be null for k >= 1); head k still predicts t_{p+k+1}.
+    virtual bool mtp_parallel() const = 0;
 
     virtual int n_cached(int stage) const = 0;
     // Rolls the stage's cache back to its first n positions (never grows it).

@@ -14,8 +14,14 @@ using clk = std::chrono::steady_clock;
 double since(clk::time_point t0) { return std::chrono::duration<double>(clk::now() - t0).count(); }
 } // namespace
 
-void spec_params_check(const spec_params& p, int D) {
+void spec_params_check(const spec_params& p, int D, bool parallel) {
     if (p.n_draft < 0) fail("--draft", "must be >= 1");
+    if (p.enabled && D > 0 && parallel && p.reuse)
+        fail("--draft-reuse", "needs sequential MTP modules; this model's are parallel heads (mtp_style \"parallel\"), "
+                              "which have no recurrence to continue");
+    if (p.enabled && D > 0 && parallel && !p.tree.empty())
+        fail("--draft-tree", "needs sequential MTP modules; this model's are parallel heads (mtp_style \"parallel\"), "
+                             "which draft the chain");
     if (p.enabled && D > 0 && p.n_draft > D && !p.reuse)
         fail("--draft", std::to_string(p.n_draft) + " exceeds the model's " + std::to_string(D) +
                             " MTP modules; add --draft-reuse to continue with the last module");
@@ -127,7 +133,8 @@ generator::generator(infer_model& m, sampler& s, const spec_params& p) : m_(m), 
     D_ = m.n_mtp();
     d_ = m.n_embd();
     V_ = m.n_vocab();
-    spec_params_check(p, D_);
+    par_ = D_ > 0 && m.mtp_parallel();
+    spec_params_check(p, D_, par_);
     spec_ = p.enabled && D_ > 0;
     K_ = spec_ ? (p.n_draft > 0 ? p.n_draft : (p.reuse ? D_ + 1 : D_)) : 0;
     if (spec_ && !p.reuse) K_ = std::min(K_, D_);
@@ -156,8 +163,9 @@ void generator::ensure_rows(int k, int rows) {
 }
 
 // Module k over positions v_k..end-1 (tokens t_{j+k} from toks_, which holds the committed tokens followed by the
-// current drafts), reading h^{k-1} from hist_[k-1] and writing h^k into hist_[k]; logits of the last row into dlog_
-// when wanted. Afterwards v_k = the entries computed from committed inputs only: min(end, n-k+1).
+// current drafts), reading h^{k-1} from hist_[k-1] (parallel heads: h from hist_[0], no token) and writing h^k into
+// hist_[k]; logits of the last row into dlog_ when wanted. Afterwards v_k = the entries computed from committed
+// inputs only: min(end, n-lag(k)+1), and never past the main model's n entries.
 void generator::run_module(int k, int n, int end, bool want_logits) {
     int start = v_[k];
     m_.truncate(k, start);
@@ -167,10 +175,10 @@ void generator::run_module(int k, int n, int end, bool want_logits) {
     for (int j0 = start; j0 < end; j0 += p_.n_batch) {
         const int cnt = std::min(p_.n_batch, end - j0);
         const bool last = j0 + cnt == end;
-        m_.eval(k, j0, cnt, toks_.data() + j0 + k, hrow(k - 1, j0), hrow(k, j0),
+        m_.eval(k, j0, cnt, par_ ? nullptr : toks_.data() + j0 + k, hrow(in_stage(k), j0), hrow(k, j0),
                 want_logits && last ? (full_too ? flog_.data() : dlog_.data()) : nullptr, cnt - 1, dv_ && !full_too);
     }
-    v_[k] = std::max(0, std::min(end, n - k + 1));
+    v_[k] = std::max(0, std::min({end, n - lag(k) + 1, n}));
 }
 
 // d_{n+j} from the draft logits in dlog_ (over the draft vocabulary when dv_). Greedy: the argmax; conf = its
@@ -221,7 +229,7 @@ int generator::start(const std::vector<int>& prompt, bool reuse_prefix) {
     if (P > m_.n_ctx())
         fail("prompt", std::to_string(P) + " tokens exceed the context of " + std::to_string(m_.n_ctx()));
     // Kept: main positions 0..keep-1 (their h rows in hist_[0] too) and, for module k, its valid entries whose
-    // inputs t_{j+k} lie in the common prefix c (j < c - k).
+    // inputs t_{j+k} lie in the common prefix c (j < c - k; parallel heads: j < c).
     int c = 0;
     if (reuse_prefix) {
         const int n_main = std::min(m_.n_cached(0), int(toks_.size()));
@@ -231,7 +239,7 @@ int generator::start(const std::vector<int>& prompt, bool reuse_prefix) {
     m_.truncate(0, keep);
     v_[0] = 0;
     for (int k = 1; k <= D_; ++k) {
-        v_[size_t(k)] = spec_ ? std::max(0, std::min({v_[size_t(k)], m_.n_cached(k), c - k})) : 0;
+        v_[size_t(k)] = spec_ ? std::max(0, std::min({v_[size_t(k)], m_.n_cached(k), c - lag(k)})) : 0;
         m_.truncate(k, v_[size_t(k)]);
     }
     reused_ = keep;
@@ -252,10 +260,11 @@ int generator::start(const std::vector<int>& prompt, bool reuse_prefix) {
     toks_.push_back(first);
     const int n = P;
     // MTP modules over the positions whose inputs are all committed, except the one at n-k that the first
-    // round's draft computes (it yields that depth's frontier logits): positions 0..n-k-1.
+    // round's draft computes (it yields that depth's frontier logits): positions 0..n-k-1 (parallel heads:
+    // 0..n-2, the frontier n-1 being every head's draft row).
     // With a draft cap of 0 (a server under load) this waits: the first round that drafts catches up.
     if (spec_ && cap_ > 0)
-        for (int k = 1; k <= D_; ++k) run_module(k, n, std::max(0, n - k), false);
+        for (int k = 1; k <= D_; ++k) run_module(k, n, std::max(0, n - std::max(1, lag(k))), false);
     st_.n_prompt = P;
     st_.t_prompt = since(t0);
     st_.n_gen = 1;

@@ -41,8 +41,9 @@ struct spec_params {
                                   // vocabulary but judged against the full-vocabulary q
 };
 
-// Throws mtp::error naming the flag for bad values; D = the model's MTP modules.
-void spec_params_check(const spec_params& p, int D);
+// Throws mtp::error naming the flag for bad values; D = the model's MTP modules, parallel: they are parallel heads
+// (spec §8), which draft the chain only (no --draft-reuse, no --draft-tree).
+void spec_params_check(const spec_params& p, int D, bool parallel = false);
 
 // "2,2,1" -> {2, 2, 1}: branch counts 1..8 per depth, at most 16 depths and 60 tree nodes; throws mtp::error naming
 // --draft-tree otherwise.
@@ -116,11 +117,16 @@ private:
     float* hrow(int k, int pos) { return hist_[k].data() + size_t(pos) * d_; }
     void run_module(int k, int n, int end, bool want_logits);
     int draft_token(int j, double& conf);    // picks d_{n+j} from dlog_ (fills q_[j-1] when sampling)
+    // The stage feeding MTP stage k and the token lag of its inputs: module k at position j reads h^{k-1}_j and
+    // t_{j+k} (sequential), head k reads h_j only (parallel), so its entry j is valid once j + lag(k) <= n.
+    int in_stage(int k) const { return par_ ? 0 : k - 1; }
+    int lag(int k) const { return par_ ? 0 : k; }
 
     infer_model& m_;
     sampler* sp_;
     spec_params p_;
     bool spec_ = false;
+    bool par_ = false;                       // parallel heads (infer_model::mtp_parallel)
     int D_ = 0, K_ = 0, d_ = 0, V_ = 0;
     int cap_ = 1 << 30;                      // set_draft_cap
     int reused_ = 0;

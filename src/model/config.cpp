@@ -129,6 +129,13 @@ model_config config_from_json(const json& j, const std::string& where) {
     c.eos_token_id = r.integer("eos_token_id", 0, false, 1);
     c.num_nextn_predict_layers = r.integer("num_nextn_predict_layers", 0, false, 0);
     if (c.num_nextn_predict_layers > 64) r.bad("num_nextn_predict_layers", "at most 64 MTP modules");
+    const std::string style = r.string("mtp_style", "sequential");
+    if (style != "sequential" && style != "parallel")
+        r.bad("mtp_style", "expected \"sequential\" or \"parallel\", got \"" + style + "\"");
+    c.mtp_parallel = style == "parallel";
+    if (c.mtp_parallel && c.num_nextn_predict_layers < 1)
+        r.bad("mtp_style", "\"parallel\" needs num_nextn_predict_layers >= 1 (the number of heads), got " +
+                               std::to_string(c.num_nextn_predict_layers));
 
     if (c.n_routed_experts > 0) {
         if (c.num_experts_per_tok > c.n_routed_experts) r.bad("num_experts_per_tok", "exceeds n_routed_experts");
@@ -169,7 +176,7 @@ model_config config_from_json(const json& j, const std::string& where) {
             double ffn = c.is_moe_layer(i) ? 3.0 * d * c.moe_intermediate_size * (c.n_routed_experts + c.n_shared_experts) +
                                                  d * c.n_routed_experts
                                            : 3.0 * d * c.intermediate_size;
-            total += attn + ffn + (i >= c.num_hidden_layers ? 2.0 * d * d : 0.0);
+            total += attn + ffn + (i >= c.num_hidden_layers && !c.mtp_parallel ? 2.0 * d * d : 0.0);
         }
         if (double(c.n_routed_experts) * c.n_layers_total() > double(1 << 20))
             r.bad("n_routed_experts", "more than 2^20 expert tensors in all layers");
@@ -236,6 +243,7 @@ json config_to_json(const model_config& c) {
     j["bos_token_id"] = c.bos_token_id;
     j["eos_token_id"] = c.eos_token_id;
     j["num_nextn_predict_layers"] = c.num_nextn_predict_layers;
+    if (c.mtp_parallel) j["mtp_style"] = "parallel";
     j["hidden_act"] = "silu";
     j["attention_bias"] = false;
     j["torch_dtype"] = "float32";

@@ -34,10 +34,15 @@ struct model_config {
     double initializer_range = 0.02;
     int bos_token_id = 0, eos_token_id = 1;
     int num_nextn_predict_layers = 0;
+    bool mtp_parallel = false;              // "mtp_style": "parallel" (spec §8: independent heads on h) or
+                                            // "sequential" (absent; spec §5: the causal chain of modules)
 
     // derived
     int n_mtp() const { return num_nextn_predict_layers; }
     int n_layers_total() const { return num_hidden_layers + num_nextn_predict_layers; }
+    // The stage whose hidden state feeds MTP stage k (1..D): k-1 in the sequential chain, 0 (the trunk) for
+    // parallel heads. Parallel heads read no token either.
+    int mtp_input_stage(int k) const { return mtp_parallel ? 0 : k - 1; }
     int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
     bool has_router_bias() const { return topk_method == "noaux_tc"; }
     // spec §1: layer i is MoE iff n_routed_experts>0 && i >= first_k_dense_replace && i % moe_layer_freq == 0

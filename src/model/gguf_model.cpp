@@ -182,6 +182,10 @@ std::vector<std::string> gguf_export_check(const model_config& c, const std::str
         fail(where, "rope_scaling: YaRN attention factor " + std::to_string(af) +
                         " (from mscale / mscale_all_dim / attention_factor) is not 1; llama.cpp's deepseek2 scales cos/sin "
                         "by 1 only, so it would misread this model (give mscale = mscale_all_dim); refusing to write it");
+    if (c.mtp_parallel)
+        fail(where, "mtp_style \"parallel\": llama.cpp's deepseek2 knows only sequential MTP layers (nextn.eh_proj, "
+                    "nextn.enorm), so it would misread these heads; refusing to write it (--mtp-layers 0 exports the "
+                    "trunk alone)");
     std::vector<std::string> w;
     const int D = c.n_mtp();
     if (D > 1)

@@ -61,7 +61,7 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
         m.head_row = off;
         off += size_t(Tk);
         s.bal_loss += m.bal_loss;
-        hprev = m.h;
+        hprev = c.mtp_parallel ? s.h : m.h;        // parallel heads all read the trunk's h
     }
     s.logits = a.alloc(size_t(rows) * V);          // [rows, V]: the main head's T rows first, then each depth's
     {
@@ -134,7 +134,8 @@ loss_stats model_backward(const model_config& c, const model_layout& L, const fl
         prof_scope ps(prof::lm_head);
         linear_backward(dh, G + L.lm_head, s.logits, s.h, W + L.lm_head, s.rows, d, V);
     }
-    // MTP depths, deepest first: dL/dh^k holds its own head's part and gets depth k+1's hnorm input.
+    // MTP depths, deepest first: dL/dh^k holds its own head's part and gets depth k+1's hnorm input (parallel
+    // heads: every head's input gradient goes to the trunk's h).
     std::vector<float*> dhk(D + 1, nullptr);
     dhk[0] = dh;
     for (int k = 1; k <= D; ++k)
@@ -142,7 +143,7 @@ loss_stats model_backward(const model_config& c, const model_layout& L, const fl
     for (int k = D; k >= 1; --k) {
         mtp_cache& m = s.mtp[k - 1];
         if (m.T <= 0) continue;
-        mtp_backward(c, L, L.mtp[k - 1], W, G, m, dhk[k], dhk[k - 1], alpha, weight, a);
+        mtp_backward(c, L, L.mtp[k - 1], W, G, m, dhk[k], dhk[c.mtp_input_stage(k)], alpha, weight, a);
     }
     float* dx = a.alloc_zero(size_t(T) * d);
     rmsnorm_backward(dx, G + L.final_norm, dh, s.x, W + L.final_norm, s.h_rstd, T, d);

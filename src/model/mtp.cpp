@@ -6,12 +6,14 @@
 
 #include "core/ops.h"
 #include "core/profile.h"
+#include "model/parallel_head.h"
 
 namespace mtp {
 
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
                  float* h_out, double* load) {
+    if (c.mtp_parallel) return parallel_head_forward(c, l, W, m, hprev, T, cos, sin, alpha, a, h_out, load);
     const int d = c.hidden_size;
     const float eps = float(c.rms_norm_eps);
     m.T = T;
@@ -45,6 +47,7 @@ void mtp_forward(const model_config& c, const model_layout& L, const layer_offse
 
 void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,
                   const mtp_cache& m, float* dh, float* dhprev, float alpha, float bal_scale, arena& a) {
+    if (c.mtp_parallel) return parallel_head_backward(c, l, W, G, m, dh, dhprev, alpha, bal_scale, a);
     const int d = c.hidden_size, T = m.T;
     auto mk = a.mark();
     float* dy = a.alloc_zero(size_t(T) * d);

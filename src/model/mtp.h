@@ -22,6 +22,8 @@ struct mtp_cache {
     double bal_loss = 0;
 };
 
+// With "mtp_style": "parallel" these run a parallel head instead (src/model/parallel_head.h): hprev must then be
+// the trunk's h (c.mtp_input_stage(k) == 0), tok is not read, and dhprev is the trunk's dL/dh.
 // h_out [T, d] receives h^k (m.h points there); the head product over it is the caller's (model_forward).
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,

@@ -52,11 +52,9 @@ layer_offsets build_layer(builder& b, const model_config& c, int i, bool mtp) {
     l.index = i;
     const int d = c.hidden_size, H = c.num_attention_heads;
     const std::string pre = "model.layers." + std::to_string(i) + ".";
-    if (mtp) {
-        l.enorm = b.add(pre + "enorm.weight", {d}, false);
-        l.hnorm = b.add(pre + "hnorm.weight", {d}, false);
-        l.eh_proj = b.add(pre + "eh_proj.weight", {d, 2 * d});
-    }
+    if (mtp && !c.mtp_parallel) l.enorm = b.add(pre + "enorm.weight", {d}, false);
+    if (mtp) l.hnorm = b.add(pre + "hnorm.weight", {d}, false);
+    if (mtp && !c.mtp_parallel) l.eh_proj = b.add(pre + "eh_proj.weight", {d, 2 * d});
     l.input_norm = b.add(pre + "input_layernorm.weight", {d}, false);
     const std::string at = pre + "self_attn.";
     if (c.q_lora_rank > 0) {
@@ -101,6 +99,7 @@ model_layout layout_build(const model_config& c) {
     L.final_norm = b.add("model.norm.weight", {c.hidden_size}, false);
     L.lm_head = b.add("lm_head.weight", {c.vocab_size, c.hidden_size});
     for (int k = 0; k < c.n_mtp(); ++k) L.mtp.push_back(build_layer(b, c, c.num_hidden_layers + k, true));
+    L.parallel_heads = c.mtp_parallel;
     return L;
 }
 
@@ -149,6 +148,9 @@ void weights_load(const model_layout& L, const std::string& path, std::vector<fl
             return name.size() >= suf.size() && name.compare(name.size() - suf.size(), suf.size(), suf) == 0;
         };
         if (ends("weight_scale_inv") || ends(".embed_tokens.weight") || ends(".shared_head.head.weight")) continue;
+        if (L.parallel_heads && (ends(".enorm.weight") || ends(".eh_proj.weight")))
+            fail(ck.dir, "unexpected tensor '" + name + "': a sequential MTP module's, but config.json says "
+                         "\"mtp_style\": \"parallel\" (parallel heads have no enorm / eh_proj)");
         fail(ck.dir, "unexpected tensor '" + name + "' (not part of this model config)");
     }
 }
@@ -222,6 +224,7 @@ model_files model_keep_mtp(const model_files& m, int n) {
     model_files r;
     r.config = m.config;
     r.config.num_nextn_predict_layers = n;
+    if (n == 0) r.config.mtp_parallel = false;     // no heads left: a plain next-token model
     r.layout = layout_build(r.config);
     r.storage = m.storage;
     r.weights.assign(r.layout.n_floats, 0.0f);

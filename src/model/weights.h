@@ -41,7 +41,8 @@ struct model_layout {
     size_t n_floats = 0;
     size_t embed = no_param, final_norm = no_param, lm_head = no_param;
     std::vector<layer_offsets> layers;     // trunk layers [num_hidden_layers]
-    std::vector<layer_offsets> mtp;        // MTP modules [D]
+    std::vector<layer_offsets> mtp;        // MTP modules [D] (parallel heads: no enorm / eh_proj)
+    bool parallel_heads = false;           // config mtp_style "parallel"
 
     const param_info* find(const std::string& name) const;
 };

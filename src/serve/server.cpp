@@ -913,7 +913,7 @@ void serve_run(const serve_options& o) {
         }
         if (o.spec == "mtp" && m.config.n_mtp() == 0)
             std::fprintf(stderr, "warning: --spec mtp: the model has no MTP modules; decoding without speculation\n");
-        spec_params_check(sp, m.config.n_mtp());
+        spec_params_check(sp, m.config.n_mtp(), m.config.mtp_parallel);
         const int D = m.config.n_mtp();
         S.eng = std::make_unique<engine>(std::move(m), std::move(t), sp, o, S.met);
         S.ready = true;

@@ -87,7 +87,7 @@ void window_pass(const model_files& m, model_state& s, const int* tokens, int T,
         rows[k - 1] += mk.T;
         if (!train) continue;
         linear_backward(dh[k], nullptr, mk.logits, mk.h, W + L.lm_head, mk.T, d, V);
-        mtp_backward(c, L, L.mtp[k - 1], W, G, mk, dh[k], dh[k - 1], 0.0f, weight, a);
+        mtp_backward(c, L, L.mtp[k - 1], W, G, mk, dh[k], dh[c.mtp_input_stage(k)], 0.0f, weight, a);
     }
 }
 

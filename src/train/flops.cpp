@@ -38,7 +38,7 @@ double model_forward_flops(const model_config& c, int T) {
     double total = per_tok * T;
     for (int k = 1; k <= c.n_mtp() && T - k > 0; ++k) {
         double tk = T - k;
-        double f = proj(2.0 * c.hidden_size, c.hidden_size) + layer_flops_per_token(c, c.num_hidden_layers + k - 1, (tk + 1) / 2) +
+        double f = (c.mtp_parallel ? 0.0 : proj(2.0 * c.hidden_size, c.hidden_size)) + layer_flops_per_token(c, c.num_hidden_layers + k - 1, (tk + 1) / 2) +
                    proj(c.hidden_size, c.vocab_size);
         total += f * tk;
     }

@@ -2,7 +2,8 @@
 """Bad input through the `mtp` CLI: each case must exit with the documented status (1 for errors, 2 for flag
 syntax) with ONE line on stderr that starts with 'error:' and names the file/field, and must not leave a
 partial output file."""
-import json, os, shutil, struct, subprocess, sys
+import json
+import os, shutil, struct, subprocess, sys
 
 mtp, work = sys.argv[1], sys.argv[2]
 shutil.rmtree(work, ignore_errors=True)
@@ -105,6 +106,23 @@ cfgcase("cfg_topk", json.dumps(dict(CFG, num_experts_per_tok=9)), "num_experts_p
 cfgcase("cfg_rope_odd", json.dumps(dict(CFG, qk_rope_head_dim=3)), "qk_rope_head_dim")
 cfgcase("cfg_scoring", json.dumps(dict(CFG, scoring_func="relu")), "scoring_func")
 cfgcase("cfg_not_object", "[1, 2, 3]", "object")
+cfgcase("cfg_mtp_style", json.dumps(dict(CFG, mtp_style="tree")), "mtp_style")
+cfgcase("cfg_parallel_no_heads", json.dumps(dict(CFG, mtp_style="parallel", num_nextn_predict_layers=0)), "mtp_style")
+
+# --- parallel heads (mtp_style "parallel") against sequential checkpoints, and the GGUF refusal
+PCFG = dict(CFG, mtp_style="parallel")
+logits(variant("parallel_cfg_seq_weights", cfg=PCFG), "mtp_style", "parallel config, sequential checkpoint")
+pmodel = os.path.join(work, "pmodel")
+write(os.path.join(work, "pcfg.json"), json.dumps(PCFG))
+rc, so, se = run(["init", "--config", os.path.join(work, "pcfg.json"), "--seed", "3", "--out", pmodel])
+assert rc == 0, se
+seq_over_par = os.path.join(work, "seq_cfg_par_weights"); os.makedirs(seq_over_par, exist_ok=True)
+write(os.path.join(seq_over_par, "config.json"), json.dumps(CFG))
+shutil.copy(os.path.join(pmodel, "model.safetensors"), seq_over_par)
+logits(seq_over_par, "enorm.weight", "sequential config, parallel-heads checkpoint")
+pg = os.path.join(work, "p.gguf")
+case("convert: parallel heads to GGUF refused", ["convert", "--model", pmodel, "--to", "gguf", "--out", pg],
+     "parallel", pg)
 
 # --- flags
 out = os.path.join(work, "x.safetensors")

@@ -43,6 +43,12 @@ inline nlohmann::json small_config(int D, bool moe, bool q_lora, bool yarn, int 
     return j;
 }
 
+// The same config with parallel heads (spec §8) instead of the sequential MTP chain.
+inline nlohmann::json with_parallel_heads(nlohmann::json j) {
+    j["mtp_style"] = "parallel";
+    return j;
+}
+
 // Random weights (N(0, initializer_range)), norms moved away from 1 so that a swapped norm is noticed.
 inline model_files random_model(const nlohmann::json& j, uint64_t seed) {
     model_files m;

@@ -78,7 +78,7 @@ void check_cached_vs_full(const nlohmann::json& j, uint64_t seed, int T) {
         for (int k = 1; k <= D; ++k) {
             const int Tk = T - k;
             LG[k].resize(size_t(Tk) * V);
-            feed(cm, k, 0, Tk, pat, tok.data() + k, H[k - 1].data(), H[k].data(), LG[k].data(), d, V);
+            feed(cm, k, 0, Tk, pat, tok.data() + k, H[c.mtp_input_stage(k)].data(), H[k].data(), LG[k].data(), d, V);
             ck.rows(LG[k].data(), s.mtp[k - 1].logits, s.mtp[k - 1].h, 0, Tk, k, T, "mtp");
         }
         // Roll back and recompute: trunk to 7 positions, module k to 5 - k + 1; results agree again.
@@ -89,7 +89,7 @@ void check_cached_vs_full(const nlohmann::json& j, uint64_t seed, int T) {
             cm.truncate(stage, keep + 3);                                   // never grows
             ASSERT_EQ(cm.n_cached(stage), keep);
             std::vector<float> h2(size_t(T) * d), lg2(size_t(T) * V);
-            feed(cm, stage, keep, end, {3, 1}, tok.data() + stage, stage ? H[stage - 1].data() : nullptr, h2.data(),
+            feed(cm, stage, keep, end, {3, 1}, tok.data() + stage, stage ? H[c.mtp_input_stage(stage)].data() : nullptr, h2.data(),
                  lg2.data(), d, V);
             ck.rows(lg2.data(), stage == 0 ? s.logits : s.mtp[stage - 1].logits, stage == 0 ? s.h : s.mtp[stage - 1].h,
                     keep, end, stage, T, "after rollback");
@@ -114,6 +114,15 @@ TEST(KvCache, MoeYarnD1) {
     check_cached_vs_full(small_config(1, true, false, true), 2, 31);
 }
 TEST(KvCache, MoeQLoraD2Threaded) { check_cached_vs_full(small_config(2, true, true, true), 3, 23); }
+// Parallel heads (spec §8): every head fed the trunk's h, no token.
+TEST(KvCache, ParallelHeadsDenseD3) {
+    single_thread_scope one_thread;
+    check_cached_vs_full(with_parallel_heads(small_config(3, false, true, false)), 4, 27);
+}
+TEST(KvCache, ParallelHeadsMoeYarnD2) {
+    single_thread_scope one_thread;
+    check_cached_vs_full(with_parallel_heads(small_config(2, true, false, true)), 5, 25);
+}
 
 // Long prompt chunks (more than decode_rows_max rows) agree with the full forward too, and however the positions are
 // split into passes, every hidden state and logit is bitwise the same (a cache entry depends only on its tokens:

@@ -428,6 +428,9 @@ TEST(SpecSampling, KeepsTheTargetDistribution) {
         {small_config(2, true, true, false, 8), 33, a,
          {{"q8_0 D=2 speculative", d2}, {"q8_0 D=2 draft vocab 4 of 8", dv2},
           {"q8_0 D=2 broken rule (resample from p)", broken2}}, wtype::q8_0},
+        // Parallel heads (spec §8): the same rule with drafts that do not see the tokens before them.
+        {with_parallel_heads(small_config(2, false, true, false, 8)), 35, a,
+         {{"parallel heads D=2 speculative", d2}, {"parallel heads D=2 broken rule (accept all)", broken}}},
         {small_config(1, false, true, true, 8), 34, b,
          {{"bf16 D=1 reuse x3 adaptive p-min 0.3", adaptive}, {"bf16 D=1 reuse x3 broken rule (accept all)", broken1}},
          wtype::bf16},

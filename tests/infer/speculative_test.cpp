@@ -84,9 +84,16 @@ std::vector<int> half_vocab(int V) {
     return ids;
 }
 
-std::vector<spec_params> draft_settings(int D, int V) {
+// Parallel heads: no reuse past D and no trees (they draft the chain only).
+std::vector<spec_params> draft_settings(int D, int V, bool parallel = false) {
     std::vector<spec_params> v;
     for (int n = 1; n <= D; ++n) { spec_params p; p.n_draft = n; v.push_back(p); }
+    if (parallel) {
+        { spec_params p; p.p_min = 0.3f; v.push_back(p); }
+        { spec_params p; p.n_batch = 3; v.push_back(p); }
+        { spec_params p; p.draft_vocab = half_vocab(V); v.push_back(p); }
+        return v;
+    }
     for (int n = D + 1; n <= D + 2; ++n) { spec_params p; p.n_draft = n; p.reuse = true; v.push_back(p); }
     { spec_params p; p.p_min = 0.3f; v.push_back(p); }                           // adaptive, up to D
     { spec_params p; p.n_draft = D + 2; p.reuse = true; p.p_min = 0.2f; v.push_back(p); }
@@ -144,7 +151,7 @@ void check_greedy_identity(const model_files& m, const std::vector<std::vector<i
         }
         const std::vector<bool> dec = decisive_steps(m, s0, prompt, ref);
         compare_greedy(plain, ref, dec, "plain cached vs reference");
-        for (const spec_params& p : draft_settings(D, m.config.vocab_size)) {
+        for (const spec_params& p : draft_settings(D, m.config.vocab_size, m.config.mtp_parallel)) {
             SCOPED_TRACE(describe(p));
             sampler s(sp);
             gen_stats st;
@@ -455,13 +462,16 @@ void check_caches_after_rounds(const model_files& m, float temp, const spec_para
         if (rounds % 7 != 0 && int(out.size()) < n_new) continue;       // check every 7th round and at the end
         const std::vector<int>& t = g.tokens();
         const int n = int(t.size()) - 1;
-        // Fresh prefill: trunk over t_0..t_{n-1}; module k over positions 0..n-k (t_{j+k} committed).
+        // Fresh prefill: trunk over t_0..t_{n-1}; module k over positions 0..n-k (t_{j+k} committed); parallel
+        // head k over 0..n-1 (h_j is all it reads).
         cpu_model fresh(m);
         std::vector<std::vector<float>> H(D + 1, std::vector<float>(size_t(n) * d));
         std::vector<float> lg(V);
         fresh.eval(0, 0, n, t.data(), nullptr, H[0].data(), lg.data(), n - 1);
-        for (int k = 1; k <= D && n - k + 1 > 0; ++k)
-            fresh.eval(k, 0, n - k + 1, t.data() + k, H[k - 1].data(), H[k].data(), nullptr);
+        const int lag = c.mtp_parallel ? 0 : 1;                       // module k's inputs reach t_{j + lag·k}
+        for (int k = 1; k <= D && std::min(n, n - lag * k + 1) > 0; ++k)
+            fresh.eval(k, 0, std::min(n, n - lag * k + 1), t.data() + k, H[c.mtp_input_stage(k)].data(),
+                       H[k].data(), nullptr);
         ASSERT_EQ(cm.n_cached(0), n);
         for (int i = 0; i < c.num_hidden_layers; ++i)
             ck.compare(cm.cache(0).layers[i], fresh.cache(0).layers[i], n, stages_per_layer * (i + 1),
@@ -469,10 +479,11 @@ void check_caches_after_rounds(const model_files& m, float temp, const spec_para
         for (int k = 1; k <= D; ++k) {
             const int v = g.n_valid(k);
             ASSERT_EQ(cm.n_cached(k), v) << "module " << k << " holds provisional entries after rollback";
-            ASSERT_LE(v, n - k + 1);
-            // Only what the last round drafted on is missing (when module k ran in it: v = n_before - k + 1).
+            ASSERT_LE(v, std::min(n, n - lag * k + 1));
+            // Only what the last round drafted on is missing (when module k ran in it: v = n_before - k + 1;
+            // a parallel head's frontier entry stays valid: v = n_before).
             if (p.p_min == 0 && remaining - 1 >= k && k <= g.draft_max()) {
-                ASSERT_EQ(v, std::max(0, n_before - k + 1)) << "module " << k;
+                ASSERT_EQ(v, std::max(0, std::min(n_before, n_before - lag * k + 1))) << "module " << k;
             }
             ck.compare(cm.cache(k).layers[0], fresh.cache(k).layers[0], v, stages_to_depth(c, k),
                        "module " + std::to_string(k));
@@ -482,6 +493,61 @@ void check_caches_after_rounds(const model_files& m, float temp, const spec_para
     if (std::getenv("MTP_FD_VERBOSE"))
         std::printf("    %d rounds, worst cache error / tolerance %.3f, %s\n", rounds, ck.worst_ratio,
                     g.stats().summary().c_str());
+}
+
+// Parallel heads (spec §8): greedy drafting with them is lossless too, and their caches stay those of a fresh
+// prefill after many rounds.
+TEST(SpecGreedy, ParallelHeadsMatchPlainAndNaive) {
+    single_thread_scope one_thread;
+    coverage cov;
+    const model_files m3 = random_model(with_parallel_heads(small_config(3, true, true, true)), 16);
+    check_greedy_identity(m3, random_prompts(40, 10), 48, 1.0f, cov);
+    // vocab 6: drafts often right, so accepted chains past depth 1 happen
+    const model_files m6 = random_model(with_parallel_heads(small_config(3, false, true, false, 6)), 17);
+    check_greedy_identity(m6, random_prompts(6, 11), 48, 1.2f, cov);
+    report(cov, "parallel heads");
+    EXPECT_GT(cov.deep, 0);
+}
+
+TEST(SpecCaches, ParallelHeadsMatchFreshPrefill) {
+    single_thread_scope one_thread;
+    const model_files m3 = random_model(with_parallel_heads(small_config(3, true, true, false)), 23);
+    for (float temp : {0.0f, 0.8f}) {
+        SCOPED_TRACE("temperature " + std::to_string(temp));
+        spec_params p;
+        check_caches_after_rounds(m3, temp, p, 11, 60);
+        p.n_draft = 2;
+        p.n_batch = 2;
+        check_caches_after_rounds(m3, temp, p, 12, 50);
+        spec_params dv;
+        dv.draft_vocab = half_vocab(m3.config.vocab_size);
+        dv.p_min = 0.3f;
+        check_caches_after_rounds(m3, temp, dv, 13, 60);
+    }
+}
+
+// Parallel heads have no recurrence to reuse and draft the chain only: both flags are refused with their name.
+TEST(SpecParams, ParallelHeadsRefuseReuseAndTrees) {
+    const model_files m = random_model(with_parallel_heads(small_config(2, false, true, false)), 24);
+    cpu_model cm(m);
+    sampler_params sp;
+    sampler s(sp);
+    spec_params reuse;
+    reuse.n_draft = 3;
+    reuse.reuse = true;
+    const auto message = [&](const spec_params& p) {
+        try {
+            generator g(cm, s, p);
+        } catch (const mtp::error& e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(message(reuse).find("--draft-reuse"), std::string::npos) << message(reuse);
+    spec_params tree;
+    tree.tree = {2, 1};
+    EXPECT_NE(message(tree).find("--draft-tree"), std::string::npos) << message(tree);
+    EXPECT_EQ(message(spec_params{}), "no error");
 }
 
 TEST(SpecCaches, MatchFreshPrefillAfterManyRounds) {

@@ -592,9 +592,11 @@ double model_margin_at(const fixture& fx, const model_state& s, int t) {
     for (int i = 0; i < fx.c.num_hidden_layers; ++i)
         if (fx.L.layers[i].moe)
             mg = std::min(mg, routing_margin(fx.c, fx.L.layers[i], fx.W.data(), s.layers[i].moe, t, t + 1));
-    for (int k = 1; k <= fx.c.n_mtp(); ++k)
-        if (fx.L.mtp[k - 1].moe && t - k >= 0 && t - k < s.mtp[k - 1].T)
-            mg = std::min(mg, routing_margin(fx.c, fx.L.mtp[k - 1], fx.W.data(), s.mtp[k - 1].layer.moe, t - k, t - k + 1));
+    for (int k = 1; k <= fx.c.n_mtp(); ++k) {
+        const int row = fx.c.mtp_parallel ? t : t - k;             // the module row token t enters last
+        if (fx.L.mtp[k - 1].moe && row >= 0 && row < s.mtp[k - 1].T)
+            mg = std::min(mg, routing_margin(fx.c, fx.L.mtp[k - 1], fx.W.data(), s.mtp[k - 1].layer.moe, row, row + 1));
+    }
     return mg;
 }
 
@@ -685,6 +687,16 @@ TEST(GradModel, MoeSoftmaxNoQLoraD2) {
     j["n_routed_experts"] = 4;
     j["num_nextn_predict_layers"] = 2;
     check_model(j, "model D=2", 603, 0.3f, 2e-3);
+}
+
+// Parallel heads (spec §8): every head's input gradient flows to the trunk's h.
+TEST(GradModel, ParallelHeadsMoeD2) {
+    json j = moe_softmax_grouped(base_json());
+    j["num_hidden_layers"] = 2;
+    j["first_k_dense_replace"] = 1;
+    j["num_nextn_predict_layers"] = 2;
+    j["mtp_style"] = "parallel";
+    check_model(j, "model parallel heads D=2", 605, 0.3f, 2e-3);
 }
 
 // Short sequences: depth 2 of D = 2 has one row and no target, depth 1 one target (T = 3).

@@ -103,6 +103,31 @@ TEST(Weights, ConfigRoundTripKeepsEveryKey) {
     EXPECT_EQ(back.q_lora_rank, 12);
 }
 
+TEST(Weights, ParallelHeadsRoundTripWithoutChainTensors) {
+    nlohmann::json j = small_config();
+    j["mtp_style"] = "parallel";
+    const model_config c = config_from_json(j, "test");
+    EXPECT_TRUE(c.mtp_parallel);
+    const model_config back = config_from_json(config_to_json(c), "test");
+    EXPECT_TRUE(back.mtp_parallel);
+    EXPECT_EQ(config_to_json(back), config_to_json(c));
+    EXPECT_FALSE(config_to_json(config_from_json(small_config(), "test")).contains("mtp_style"));
+    const model_layout L = layout_build(c);
+    EXPECT_EQ(L.find("model.layers." + std::to_string(c.num_hidden_layers) + ".eh_proj.weight"), nullptr);
+    EXPECT_EQ(L.find("model.layers." + std::to_string(c.num_hidden_layers) + ".enorm.weight"), nullptr);
+    EXPECT_NE(L.find("model.layers." + std::to_string(c.num_hidden_layers) + ".hnorm.weight"), nullptr);
+    // Saved and loaded back: every weight bitwise.
+    std::vector<float> w;
+    weights_init(c, L, w, 5);
+    const std::string dir = ::testing::TempDir() + "parallel_heads_rt";
+    std::filesystem::create_directories(dir);
+    weights_save(c, L, w, dir + "/model.safetensors");
+    std::vector<float> w2;
+    weights_load(L, dir, w2);
+    EXPECT_EQ(w, w2);
+    std::filesystem::remove_all(dir);
+}
+
 TEST(Weights, DeepSeekV3AttentionScale) {
     // spec §3.6: 192^-0.5 * (0.1*1*ln 40 + 1)^2 = 0.13523378
     nlohmann::json j = small_config();

@@ -33,7 +33,8 @@ def load_model(d):
         dm = cfg["hidden_size"]
         for k in range(1, R.num_mtp(cfg) + 1):
             n = f"model.layers.{L + k - 1}.eh_proj.weight"
-            W[n] = np.concatenate([W[n][:, dm:], W[n][:, :dm]], axis=1)
+            if n in W:  # parallel heads have none
+                W[n] = np.concatenate([W[n][:, dm:], W[n][:, :dm]], axis=1)
     return cfg, W
 
 

@@ -29,6 +29,16 @@ def num_mtp(cfg):
     return int(cfg.get("num_nextn_predict_layers") or 0)
 
 
+def mtp_parallel(cfg):
+    """True for "mtp_style": "parallel" (§8: independent heads on the trunk's h), False for the §5 chain."""
+    return cfg.get("mtp_style", "sequential") == "parallel"
+
+
+def parallel_head_input(h, hprev):
+    """What parallel head k reads: the trunk's h (hprev, the previous head's output, is NOT used)."""
+    return h
+
+
 def layer_is_moe(cfg, i):
     E = int(cfg.get("n_routed_experts") or 0)
     freq = int(cfg.get("moe_layer_freq") or 1)
@@ -71,9 +81,11 @@ def param_shapes(cfg, include_bias=True, include_copies=False):
     S["model.embed_tokens.weight"] = (V, d)
     for i in range(L + D):
         p = f"model.layers.{i}."
-        if i >= L:
+        if i >= L and not mtp_parallel(cfg):
             S[p + "enorm.weight"] = (d,)
+        if i >= L:
             S[p + "hnorm.weight"] = (d,)
+        if i >= L and not mtp_parallel(cfg):
             S[p + "eh_proj.weight"] = (d, 2 * d)
         S[p + "input_layernorm.weight"] = (d,)
         a = p + "self_attn."
@@ -395,9 +407,12 @@ class Model:
                 hprev = hprev[:, :0]
                 continue
             p = f"model.layers.{L + k - 1}."
-            e = rmsnorm(emb[tok[:, k:]], P[p + "enorm.weight"], self.eps)
-            hh = rmsnorm(hprev[:, :n], P[p + "hnorm.weight"], self.eps)
-            u = linear(torch.cat([e, hh], dim=-1), P[p + "eh_proj.weight"])
+            if mtp_parallel(cfg):  # §8: u = hnorm(h_i), no token, no eh_proj
+                u = rmsnorm(parallel_head_input(h, hprev)[:, :n], P[p + "hnorm.weight"], self.eps)
+            else:
+                e = rmsnorm(emb[tok[:, k:]], P[p + "enorm.weight"], self.eps)
+                hh = rmsnorm(hprev[:, :n], P[p + "hnorm.weight"], self.eps)
+                u = linear(torch.cat([e, hh], dim=-1), P[p + "eh_proj.weight"])
             y = self.layer(L + k - 1, u, cos[:n], sin[:n])
             hprev = rmsnorm(y, P[p + "shared_head.norm.weight"], self.eps)
             mtp.append(linear(hprev, head))

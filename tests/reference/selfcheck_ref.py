@@ -166,12 +166,16 @@ def naive_forward(cfg, W, tokens):
     h = np.stack([rms(x, W["model.norm.weight"]) for x in X])
     logits = h @ W["lm_head.weight"].T
     mtp = []
+    h0 = h
     for k in range(1, D + 1):
         p = f"model.layers.{L + k - 1}."
         n = T - k
-        U = np.stack([W[p + "eh_proj.weight"] @ np.concatenate([
-            rms(W["model.embed_tokens.weight"][tokens[i + k]], W[p + "enorm.weight"]),
-            rms(h[i], W[p + "hnorm.weight"])]) for i in range(n)])
+        if R.mtp_parallel(cfg):  # every head reads the trunk's h
+            U = np.stack([rms(h0[i], W[p + "hnorm.weight"]) for i in range(n)])
+        else:
+            U = np.stack([W[p + "eh_proj.weight"] @ np.concatenate([
+                rms(W["model.embed_tokens.weight"][tokens[i + k]], W[p + "enorm.weight"]),
+                rms(h[i], W[p + "hnorm.weight"])]) for i in range(n)])
         Y = layer(L + k - 1, U)
         h = np.stack([rms(y, W[p + "shared_head.norm.weight"]) for y in Y])
         mtp.append(h @ W["lm_head.weight"].T)

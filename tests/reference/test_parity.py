@@ -41,7 +41,7 @@ CONFIG_KEYS = [  # §1
     "num_experts_per_tok", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "scoring_func",
     "topk_method", "q_lora_rank", "kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim",
     "rope_theta", "rope_scaling", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings",
-    "bos_token_id", "eos_token_id", "num_nextn_predict_layers",
+    "bos_token_id", "eos_token_id", "num_nextn_predict_layers", "mtp_style",
 ]
 
 

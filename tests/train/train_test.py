@@ -65,6 +65,25 @@ if pa.returncode == 0 and pb2.returncode == 0:
     check("resume: identical validation log", ea == eb and len(ea) >= 2)
     check("every MTP depth is logged", all(len(r["mtp"]) == 2 for r in ra))
 
+# --- parallel heads (mtp_style "parallel"): exact resume too, and the checkpoint keeps the style
+pcfg = os.path.join(work, "model_parallel.json"); json.dump(dict(MODEL, mtp_style="parallel"), open(pcfg, "w"))
+pa_dir, pb_dir = os.path.join(work, "p_straight"), os.path.join(work, "p_resumed")
+pbase = [pcfg if x == cfg else x for x in base]
+def ptrain(args):
+    return subprocess.run([mtp, "train"] + pbase + args, capture_output=True, text=True, timeout=600)
+qa = ptrain(["--max-steps", "6", "--out-dir", pa_dir])
+qb1 = ptrain(["--max-steps", "6", "--out-dir", pb_dir, "--stop-at-step", "3"])
+qb2 = subprocess.run([mtp, "train", "--resume", pb_dir], capture_output=True, text=True, timeout=600)
+check("parallel heads: runs succeed", qa.returncode == 0 and qb1.returncode == 0 and qb2.returncode == 0,
+      (qa.stderr + qb2.stderr)[-500:])
+if qa.returncode == 0 and qb2.returncode == 0:
+    check("parallel heads: resume bitwise identical",
+          open(os.path.join(pa_dir, "model", "model.safetensors"), "rb").read() ==
+          open(os.path.join(pb_dir, "model", "model.safetensors"), "rb").read())
+    check("parallel heads: the saved config keeps mtp_style",
+          json.load(open(os.path.join(pa_dir, "model", "config.json"))).get("mtp_style") == "parallel")
+    check("parallel heads: both depths logged", all(len(r["mtp"]) == 2 for r in records(pa_dir, "train")))
+
 # --- auxiliary-loss-free balancing: max/mean expert load lower with γ > 0 than γ = 0, same data and init
 def final_load(out):
     ev = records(out, "eval")[-1]["expert_load"]
