@@ -11,7 +11,11 @@ void add_distill(CLI::App& app) {
     auto o = std::make_shared<distill_options>();
     cmd->add_option("--model", o->model_dir, "model directory to distil (with MTP modules)")->required();
     cmd->add_option("--data", o->data_dir, "dataset directory (`mtp data prepare`)")->required();
-    cmd->add_option("--out", o->out_dir, "output model directory (new or empty)")->required()->check(non_empty());
+    cmd->add_option("--out", o->out_dir, "output model directory (new or empty); required unless --eval-only")
+        ->check(non_empty());
+    cmd->add_flag("--eval-only", o->eval_only,
+                  "only evaluate the model's MTP modules (KL to the main model, teacher-forced agreement, corpus CE "
+                  "per depth) on --eval-batches validation windows; writes nothing");
     cmd->add_option("--steps", o->steps, "optimizer steps (default 300)");
     cmd->add_option("--batch-size", o->batch_size, "windows per step (default 16)");
     cmd->add_option("--seq-len", o->seq_len, "tokens per window (default 128)");

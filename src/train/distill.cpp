@@ -129,11 +129,11 @@ distill_result distill_run(const distill_options& o) {
     if (!(o.grad_clip >= 0)) fail("--grad-clip", "must be >= 0");
     if (o.warmup_steps < 0) fail("--warmup-steps", "must be >= 0");
     if (o.eval_batches < 1) fail("--eval-batches", "must be >= 1");
-    if (o.out_dir.empty()) fail("--out", "required");
+    if (o.out_dir.empty() && !o.eval_only) fail("--out", "required (unless --eval-only)");
     std::error_code ec;
-    if (fs::exists(o.out_dir) && fs::equivalent(o.out_dir, o.model_dir, ec))
+    if (!o.eval_only && fs::exists(o.out_dir) && fs::equivalent(o.out_dir, o.model_dir, ec))
         fail("--out", "must differ from --model (the distilled model is written next to the original)");
-    if (fs::exists(o.out_dir) && !(fs::is_directory(o.out_dir) && fs::is_empty(o.out_dir)))
+    if (!o.eval_only && fs::exists(o.out_dir) && !(fs::is_directory(o.out_dir) && fs::is_empty(o.out_dir)))
         fail("--out", o.out_dir + " exists and is not an empty folder");
 
     model_files m = model_load_dir(o.model_dir);
@@ -157,9 +157,13 @@ distill_result distill_run(const distill_options& o) {
         p.trainable = p.trainable && mine;
         if (p.trainable) n_train += p.size;
     }
-    std::printf("distil: %s, %d MTP modules, %zu trainable parameters (trunk, embeddings and heads frozen); %d steps "
-                "of %d x %d tokens, lr %.2g\n",
-                o.model_dir.c_str(), D, n_train, o.steps, o.batch_size, o.seq_len, o.lr);
+    if (o.eval_only)
+        std::printf("evaluate: %s, %d %s, %d validation windows of %d tokens\n", o.model_dir.c_str(), D,
+                    c.mtp_parallel ? "parallel heads" : "MTP modules", o.eval_batches, o.seq_len);
+    else
+        std::printf("distil: %s, %d MTP modules, %zu trainable parameters (trunk, embeddings and heads frozen); "
+                    "%d steps of %d x %d tokens, lr %.2g\n",
+                    o.model_dir.c_str(), D, n_train, o.steps, o.batch_size, o.seq_len, o.lr);
     std::fflush(stdout);
 
     arena a;
@@ -171,6 +175,7 @@ distill_result distill_run(const distill_options& o) {
     distill_result res;
     res.before = evaluate(m, data, o, s, a, buf);
     print_eval("eval", 0, res.before);
+    if (o.eval_only) return res;
     const auto t0 = std::chrono::steady_clock::now();
     auto lr_at = [&](int step) {
         if (step < o.warmup_steps) return o.lr * (step + 1) / o.warmup_steps;

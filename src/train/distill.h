@@ -21,6 +21,7 @@ struct distill_options {
     double max_time = 0;               // seconds (0: no limit); the cosine schedule still spans `steps`
     int eval_every = 100, eval_batches = 16, log_every = 25;
     unsigned long long seed = 1;
+    bool eval_only = false;            // evaluate (res.before) and stop: nothing trained or written
 };
 
 struct distill_eval {

@@ -34,6 +34,8 @@ const std::map<std::string, key_ref>& table() {
         KEY(tokenizer, kind::str, "tokenizer.json for samples (default: the dataset's)"),
         KEY(out_dir, kind::str, "output folder: metrics, checkpoints, final model, plot"),
         KEY(mtp_depth, kind::i32, "number of MTP modules D (overrides the config; -1 keeps it)"),
+        KEY(mtp_style, kind::str, "MTP design: sequential (DeepSeek-V3's causal chain) or parallel (independent "
+                                  "heads, Gloeckle et al.); overrides the config's mtp_style (empty keeps it)"),
         KEY(mtp_lambda, kind::f64, "MTP loss weight λ"),
         KEY(mtp_lambda_schedule, kind::str, "piecewise-constant λ: STEP:VALUE,... e.g. 0:0.3,800:0.1"),
         KEY(bias_update_speed, kind::f64, "γ: router bias update speed (aux-loss-free balancing)"),
@@ -210,6 +212,8 @@ void train_config_validate(const train_config& c) {
     need(c.bias_update_speed >= 0, "bias_update_speed", "must be >= 0");
     need(c.bal_alpha >= 0, "bal_alpha", "must be >= 0");
     need(c.mtp_depth >= -1 && c.mtp_depth <= 16, "mtp_depth", "must be -1 (keep) or 0..16");
+    need(c.mtp_style.empty() || c.mtp_style == "sequential" || c.mtp_style == "parallel", "mtp_style",
+         "expected sequential or parallel");
     need(c.max_time >= 0, "max_time", "must be >= 0");
     need(c.stop_at_step >= 0, "stop_at_step", "must be >= 0");
     need(c.log_every >= 1, "log_every", "must be >= 1");

@@ -17,6 +17,7 @@ struct train_config {
     std::string tokenizer;                 // tokenizer.json for samples (default: the one in the data's meta.json)
     std::string out_dir = "runs/train";
     int mtp_depth = -1;                    // overrides num_nextn_predict_layers (D) when >= 0
+    std::string mtp_style;                 // overrides the config's mtp_style: "sequential" | "parallel" ("": keep)
     // losses and balancing
     double mtp_lambda = 0.3;               // λ, or a schedule below
     std::string mtp_lambda_schedule;       // "STEP:VALUE,..." piecewise constant from STEP on, e.g. "0:0.3,800:0.1"

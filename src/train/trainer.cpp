@@ -38,6 +38,13 @@ using nlohmann::json;
 
 namespace {
 
+// --mtp-depth and --mtp-style over a model config (no heads left: a plain next-token model).
+void apply_mtp_overrides(model_config& c, const train_config& tc) {
+    if (tc.mtp_depth >= 0) c.num_nextn_predict_layers = tc.mtp_depth;
+    if (!tc.mtp_style.empty()) c.mtp_parallel = tc.mtp_style == "parallel";
+    if (c.num_nextn_predict_layers == 0) c.mtp_parallel = false;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -120,7 +127,7 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         // A model config given now must be the checkpoint's.
         if (!tc_in.model_config.empty()) {
             model_config given = config_load(tc_in.model_config);
-            if (tc_in.mtp_depth >= 0) given.num_nextn_predict_layers = tc_in.mtp_depth;
+            apply_mtp_overrides(given, tc_in);
             if (config_to_json(given) != config_to_json(ck.model.config))
                 fail(resume, "checkpoint is from a different model config than " + tc_in.model_config);
         }
@@ -147,6 +154,8 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         if (!tc.model_config.empty() && config_to_json(config_load(tc.model_config)) != config_to_json(m.config))
             fail("init_model", tc.init_model + " has another config than model_config " + tc.model_config +
                                    " (give one of them)");
+        if (!tc.mtp_style.empty() && (tc.mtp_style == "parallel") != m.config.mtp_parallel)
+            fail("mtp_style", tc.mtp_style + " differs from init_model " + tc.init_model + "'s MTP design");
         if (tc.mtp_depth >= 0) {
             if (tc.mtp_depth > m.config.n_mtp())
                 fail("mtp_depth", std::to_string(tc.mtp_depth) + " exceeds the " + std::to_string(m.config.n_mtp()) +
@@ -157,7 +166,7 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
     } else if (resume.empty()) {
         if (tc.model_config.empty()) fail("model_config", "required: the model's config.json (or init_model)");
         m.config = config_load(tc.model_config);
-        if (tc.mtp_depth >= 0) m.config.num_nextn_predict_layers = tc.mtp_depth;
+        apply_mtp_overrides(m.config, tc);
         m.layout = layout_build(m.config);
         weights_init(m.config, m.layout, m.weights, uint64_t(tc.seed));
     }
