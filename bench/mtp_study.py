@@ -3,8 +3,8 @@
 
   /usr/bin/python3 bench/mtp_study.py [--steps 400] [--out runs/study] [--bench-reps 4] [--only NAME ...]
 
-Trains the default model (configs/model_default.json, configs/train_default.json: same data, batch, seq_len and
-learning-rate schedule) once per variant for the same number of steps, i.e. on the same training tokens:
+Trains the model of --train-config (default configs/train_default.json: the default model, same data, batch,
+seq_len and learning-rate schedule) once per variant for the same number of steps, i.e. on the same training tokens:
   ntp_s1, ntp_s2       D = 0 (two seeds: the noise between runs)
   seq1_s1, seq1_s2     sequential MTP, D = 1 (two seeds)
   seq2, seq3           sequential MTP, D = 2, 3
@@ -80,7 +80,7 @@ def train(name, D, style, seed, a):
     if os.path.exists(out):
         subprocess.run(["rm", "-rf", out])
     switch = int(round(a.steps * 0.7))
-    run([MTP, "train", "--config", "configs/train_default.json", "--out-dir", out, "--mtp-depth", D,
+    run([MTP, "train", "--config", a.train_config, "--out-dir", out, "--mtp-depth", D,
          "--mtp-style", style, "--seed", seed, "--max-steps", a.steps, "--max-time", 0,
          "--mtp-lambda", 0.3, "--mtp-lambda-schedule", f"0:0.3,{switch}:0.1",
          "--eval-every", max(1, a.steps // 4), "--eval-batches", 32, "--ckpt-every", 100, "--keep-checkpoints", 1,
@@ -112,7 +112,7 @@ def measure(name, D, style, a):
     tr = [r for r in recs if r["type"] == "train"]
     ev = [r for r in recs if r["type"] == "eval"]
     r = {"name": name, "D": D, "style": style if D > 0 else "ntp", "steps": tr[-1]["step"],
-         "tokens": tr[-1]["step"] * 8 * 128,
+         "tokens": tr[-1]["step"] * a.tok_step,
          "train_tokens_per_s": statistics.median(x["tokens_per_s"] for x in tr),
          "wall_s": tr[-1]["time"],
          "curve": [(e["step"], e["val_main"], e["val_mtp"]) for e in ev],
@@ -125,11 +125,11 @@ def measure(name, D, style, a):
         r["kl"] = [x[0] for x in parse_agreement(p.stdout, D)]
         p, _ = run([MTP, "bench", "--model", model, "--prompt-shard", os.path.join(DATA, "val_000.bin"),
                     "-p", 64, "-n", 64, "-r", a.bench_reps, "-t", 1, "--draft-vocab", 0, "--no-costs", "--json"], log)
-        rows = json.loads(p.stdout)
+        rows = json.loads(p.stdout)["rows"]
         r["bench"] = {}
         for temp in (0.0, 0.8):
-            plain = [x for x in rows if x["test"].startswith("tg") and x["draft"] == 0 and x["temperature"] == temp]
-            spec = [x for x in rows if x["draft"] > 0 and not x["reuse"] and x["p_min"] == 0 and x["temperature"] == temp
+            plain = [x for x in rows if x["test"].startswith("tg") and x["draft"] == 0 and abs(x["temperature"] - temp) < 1e-3]
+            spec = [x for x in rows if x["draft"] > 0 and not x["reuse"] and x["p_min"] == 0 and abs(x["temperature"] - temp) < 1e-3
                     and not x["tree"]]
             best = max(spec, key=lambda x: x["speedup_mean"])
             full = max(spec, key=lambda x: x["draft"])
@@ -153,8 +153,8 @@ def report(results, a):
     by = {r["name"]: r for r in results}
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                platform.processor())
-    md = (f"Default model (configs/model_default.json), {a.steps} steps of 8 x 128 tokens "
-          f"({a.steps * 1024 / 1e6:.2f}M training tokens) per variant, λ 0.3 then 0.1 from step "
+    md = (f"{a.train_config} (model {a.model_config}), {a.steps} steps of {a.tok_step} tokens "
+          f"({a.steps * a.tok_step / 1e6:.2f}M training tokens) per variant, λ 0.3 then 0.1 from step "
           f"{int(round(a.steps * 0.7))}; {a.threads} training threads; bench: 1 thread, {a.bench_reps} held-out prompts "
           f"of 64 tokens, 64 generated; cpu {cpu}.\n\n")
     md += ("| variant | D | val loss main | val loss per depth | train tok/s | wall s | teacher-forced agreement "
@@ -192,7 +192,7 @@ def report(results, a):
         for r in results:
             f.write(f"# {r['name']}\n")
             for step, vm, _ in r["curve"]:
-                f.write(f"{step * 1024 / 1e6:.4f} {vm:.5f}\n")
+                f.write(f"{step * a.tok_step / 1e6:.4f} {vm:.5f}\n")
             f.write("\n\n")
     names = " ".join(r["name"] for r in results)
     acc = os.path.join(a.out, "study_accept.dat")
@@ -207,17 +207,17 @@ def report(results, a):
     snames = " ".join(r["name"] for r in spec)
     gp = f"""set terminal pngcairo size 1200,440 font ',10' noenhanced
 set output '{os.path.join(a.out, "study_loss.png")}'
-set multiplot layout 1,2 title 'MTP study: default model, {a.steps} steps, equal tokens'
+set multiplot layout 1,2 title 'MTP study: {os.path.basename(a.model_config)}, {a.steps} steps, equal tokens'
 set xlabel 'training tokens (M)'
 set ylabel 'validation loss, main head (nats)'
 set key top right
+set title 'whole run'
 plot for [i=0:{len(results) - 1}] '{dat}' index i using 1:2 with linespoints title word('{names}', i+1)
-set xlabel 'training tokens (M)'
-set ylabel 'validation loss, main head (nats)'
-set yrange [*:*]
+set title 'from the second evaluation on (zoom)'
 set offsets 0,0,0.02,0.02
 plot for [i=0:{len(results) - 1}] '{dat}' index i every ::2 using 1:2 with linespoints title word('{names}', i+1)
 unset multiplot
+unset title
 set output '{os.path.join(a.out, "study_accept.png")}'
 set multiplot layout 1,2 title 'MTP study: acceptance per draft position on held-out prompts'
 set xlabel 'draft position'
@@ -242,6 +242,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="training threads")
     ap.add_argument("--bench-reps", type=int, default=4, help="held-out prompts per bench setting")
     ap.add_argument("--only", action="append", help="run only these variants (repeatable)")
+    ap.add_argument("--train-config", default="configs/train_default.json",
+                    help="training config (its model_config is the model; e.g. bench/configs/train_dense_30m.json "
+                         "for the memory-bound model, with its own --out)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the tables and plots")
     a = ap.parse_args()
     if a.steps < 8:
@@ -249,6 +252,9 @@ def main():
     if not os.access(MTP, os.X_OK):
         sys.exit(f"error: {MTP} missing: build first (bash scripts/build.sh)")
     a.out = os.path.abspath(a.out)
+    tc = json.load(open(os.path.join(ROOT, a.train_config)))
+    a.tok_step = int(tc["batch_size"]) * int(tc["seq_len"]) * int(tc.get("grad_accum", 1))
+    a.model_config = tc["model_config"]
     os.makedirs(a.out, exist_ok=True)
     meta = os.path.join(a.out, "study_args.json")
     if os.path.exists(meta) and json.load(open(meta))["steps"] != a.steps:

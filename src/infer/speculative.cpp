@@ -167,7 +167,9 @@ void generator::ensure_rows(int k, int rows) {
 // hist_[k]; logits of the last row into dlog_ when wanted. Afterwards v_k = the entries computed from committed
 // inputs only: min(end, n-lag(k)+1), and never past the main model's n entries.
 void generator::run_module(int k, int n, int end, bool want_logits) {
-    int start = v_[k];
+    // The frontier row gives the draft logits: computed again when its entry is still valid (a parallel head whose
+    // inputs were all committed, e.g. a prompt-cache hit covering the whole prompt); bitwise the same entry.
+    const int start = want_logits ? std::max(0, std::min(v_[k], end - 1)) : v_[k];
     m_.truncate(k, start);
     ensure_rows(k, end);
     // Broken rule 4 (tests) needs the full-vocabulary logits of the draft as well.

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <latch>
 #include <thread>
 
 #include "infer/batcher.h"
@@ -65,12 +66,18 @@ void check_batched(const nlohmann::json& cfg, uint64_t seed, int n_jobs, int slo
     });
     std::atomic<int> next{0};
     std::vector<std::thread> th;
+    // Every slot attaches before the first call, so the first round shares a pass whatever the scheduling (a loaded
+    // machine could otherwise run one thread's first job to the end before another attaches).
+    std::latch all_attached(std::min<std::ptrdiff_t>(slots, std::ptrdiff_t(js.size())));
     for (int s = 0; s < slots; ++s)
         th.emplace_back([&, s] {
+            bool first = true;
             for (int i; (i = next++) < int(js.size());) {
                 const job& j = js[size_t(i)];
                 sampler smp(j.sp);
                 b.attach(s);
+                if (first) all_attached.arrive_and_wait();
+                first = false;
                 generator gen(b.seq(s), smp, j.spec);
                 std::vector<int> out{gen.start(j.prompt)};
                 std::vector<int> buf;
@@ -101,46 +108,52 @@ TEST(Batcher, OneSlot) { check_batched(small_config(2, true, false, false), 7, 4
 // A generator kept across requests reuses the longest common prefix of its previous tokens and the new prompt, and
 // gives exactly what a fresh generator gives: follow-up prompts (previous prompt + output + more), a shorter prompt
 // inside the cached tokens, a prompt that diverges early, for plain, chain and sampled decoding.
+// Sequential modules and parallel heads (whose entries at every prompt position stay valid: a hit covering the
+// whole prompt still recomputes the frontier row the first draft reads).
 TEST(PromptCache, ReusedPrefixMatchesFreshStart) {
     single_thread_scope one_thread;
-    const model_files m = random_model(small_config(2, true, true, true), 11);
-    const int V = m.config.vocab_size;
-    rng r(11);
-    for (int mode = 0; mode < 3; ++mode) {
-        SCOPED_TRACE("mode " + std::to_string(mode));
-        spec_params sp;
-        sp.enabled = mode != 0;
-        sampler_params smp;
-        smp.temperature = mode == 2 ? 0.8f : 0.0f;
-        cpu_model kept(m);
-        sampler s0(smp);
-        generator g(kept, s0, sp);
-        std::vector<int> prompt(20);
-        for (int& t : prompt) t = int(r.below(uint64_t(V)));
-        std::vector<int> history;
-        for (int req = 0; req < 6; ++req) {
-            std::vector<int> p;
-            if (req == 0 || req == 3) p = prompt;
-            else if (req == 4) p.assign(history.begin(), history.begin() + long(history.size() / 2));   // inside
-            else if (req == 5) { p = {prompt[0], prompt[1]}; p.push_back(int(r.below(uint64_t(V)))); }  // diverges
-            else { p = history; for (int k = 0; k < 5; ++k) p.push_back(int(r.below(uint64_t(V)))); }     // follow-up
-            smp.seed = 100 + uint64_t(req);
-            sampler s(smp);
-            g.set_sampler(s);
-            std::vector<int> out{g.start(p, true)};
-            std::vector<int> buf;
-            while (out.size() < 15) {
-                buf.clear();
-                if (g.step(15 - int(out.size()), buf) == 0) break;
-                out.insert(out.end(), buf.begin(), buf.end());
+    for (const bool parallel : {false, true}) {
+        SCOPED_TRACE(parallel ? "parallel heads" : "sequential modules");
+        const nlohmann::json cfg = small_config(2, true, true, true);
+        const model_files m = random_model(parallel ? with_parallel_heads(cfg) : cfg, 11);
+        const int V = m.config.vocab_size;
+        rng r(11);
+        for (int mode = 0; mode < 3; ++mode) {
+            SCOPED_TRACE("mode " + std::to_string(mode));
+            spec_params sp;
+            sp.enabled = mode != 0;
+            sampler_params smp;
+            smp.temperature = mode == 2 ? 0.8f : 0.0f;
+            cpu_model kept(m);
+            sampler s0(smp);
+            generator g(kept, s0, sp);
+            std::vector<int> prompt(20);
+            for (int& t : prompt) t = int(r.below(uint64_t(V)));
+            std::vector<int> history;
+            for (int req = 0; req < 6; ++req) {
+                std::vector<int> p;
+                if (req == 0 || req == 3) p = prompt;
+                else if (req == 4) p.assign(history.begin(), history.begin() + long(history.size() / 2));   // inside
+                else if (req == 5) { p = {prompt[0], prompt[1]}; p.push_back(int(r.below(uint64_t(V)))); }  // diverges
+                else { p = history; for (int k = 0; k < 5; ++k) p.push_back(int(r.below(uint64_t(V)))); }     // follow-up
+                smp.seed = 100 + uint64_t(req);
+                sampler s(smp);
+                g.set_sampler(s);
+                std::vector<int> out{g.start(p, true)};
+                std::vector<int> buf;
+                while (out.size() < 15) {
+                    buf.clear();
+                    if (g.step(15 - int(out.size()), buf) == 0) break;
+                    out.insert(out.end(), buf.begin(), buf.end());
+                }
+                if (req == 1 || req == 2 || req == 4) EXPECT_GT(g.n_reused(), 0) << "request " << req;
+                EXPECT_LT(g.n_reused(), int(p.size()));
+                sampler sf(smp);
+                cpu_model fresh(m);
+                EXPECT_EQ(generate(fresh, sf, sp, p, 15), out) << "request " << req;
+                history = p;
+                history.insert(history.end(), out.begin(), out.end());
             }
-            if (req == 1 || req == 2 || req == 4) EXPECT_GT(g.n_reused(), 0) << "request " << req;
-            EXPECT_LT(g.n_reused(), int(p.size()));
-            sampler sf(smp);
-            cpu_model fresh(m);
-            EXPECT_EQ(generate(fresh, sf, sp, p, 15), out) << "request " << req;
-            history = p;
-            history.insert(history.end(), out.begin(), out.end());
         }
     }
 }

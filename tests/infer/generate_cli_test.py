@@ -204,6 +204,21 @@ trees = sorted((r["temperature"], tuple(r["tree"])) for r in rows if r.get("tree
 check("bench --draft-tree: one greedy row per tree, none sampled", rc == 0 and trees == [(0, (2, 1)), (0, (3,))],
       so[:600] + se)
 
+# --- parallel heads (mtp_style "parallel"): speculative greedy == plain; the bench measures the chain only
+pmodel = make_model("par2", mtp_style="parallel")
+rc, so, se, pplain = gen(pmodel, ["--spec", "none"], "pplain")
+check("parallel heads: plain greedy runs", rc == 0 and pplain and len(pplain.split(",")) == 40, se)
+for extra in (["--spec", "mtp"], ["--draft", "1"], ["--draft-p-min", "0.2"], ["-t", "2"]):
+    rc, so, se, ids = gen(pmodel, extra, "pspec")
+    check("parallel heads: speculative greedy == plain " + " ".join(extra), rc == 0 and ids == pplain and
+          "drafts" in se, se)
+rc, so, se = run(["bench", "--model", pmodel, "-p", "8", "-n", "8", "-r", "1", "--temp", "0", "--json", "--no-costs"])
+try:
+    prow = [(r["draft"], r["reuse"]) for r in json.loads(so)["rows"] if r["draft"] > 0]
+except Exception:
+    prow = []
+check("parallel heads: bench drafts 1..D, no reuse rows", rc == 0 and prow == [(1, False), (2, False)], so[:300] + se)
+
 # --- bad input
 def bad(name, args, expect, codes=(1,)):
     rc, so, se = run(args)
@@ -233,6 +248,11 @@ bad("--repeat-penalty 0", G + P + ["--repeat-penalty", "0"], "--repeat-penalty")
 bad("-n negative", G + P + ["-n", "-1"], "-n")
 bad("--draft 0", G + P + ["--draft", "0"], "--draft")
 bad("--draft above D without reuse", G + P + ["--draft", "3"], "--draft-reuse")   # D = 2
+bad("parallel heads: --draft-reuse", ["generate", "--model", pmodel] + P + ["--draft", "3", "--draft-reuse"],
+    "--draft-reuse")
+bad("parallel heads: --draft-tree", ["generate", "--model", pmodel] + P + ["--draft-tree", "2,1"], "--draft-tree")
+bad("parallel heads: bench --draft-tree", ["bench", "--model", pmodel, "-p", "4", "-n", "4", "--draft-tree", "2"],
+    "--draft-tree")
 bad("--draft-p-min above 1", G + P + ["--draft-p-min", "2"], "--draft-p-min")
 bad("--spec unknown", G + P + ["--spec", "eagle"], "--spec")
 bad("--batch 0", G + P + ["--batch", "0"], "--batch")
