@@ -17,8 +17,12 @@
 namespace {
 
 std::string tmp_path(const std::string& name) {
-    const auto d = std::filesystem::temp_directory_path() / ("mtp_shard_test_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(d);
+    static const auto d = [] {
+        const auto p = std::filesystem::temp_directory_path() / ("mtp_shard_test_" + std::to_string(::getpid()));
+        std::filesystem::remove_all(p);   // once per process: a folder left by an earlier process with the same pid
+        std::filesystem::create_directories(p);
+        return p;
+    }();
     return (d / name).string();
 }
 

@@ -27,6 +27,7 @@ namespace {
 std::string tmp_dir() {
     static std::string d = [] {
         std::string p = (fs::temp_directory_path() / ("mtp_tok_test_" + std::to_string(getpid()))).string();
+        fs::remove_all(p);            // a folder left by an earlier process with the same pid
         fs::create_directories(p);
         return p;
     }();
