@@ -73,6 +73,18 @@ if p.returncode == 0:
     check("every module tensor trained", all((w0[n] != w1[n]).any() for n in mod), f"({len(mod)} tensors)")
     check("the distilled folder is a complete model", os.path.exists(os.path.join(out, "config.json")))
 
+# --eval-only: the same evaluation as before distilling, for the model as it is; no --out, nothing written
+if p.returncode == 0:
+    before, model_before = sorted(os.listdir(work)), sorted(os.listdir(model))
+    q = subprocess.run([mtp, "distill", "--model", model, "--data", data, "--seq-len", "32", "--eval-batches", "8",
+                        "--eval-only"], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    eo = evals(q.stdout)
+    check("--eval-only: one evaluation, equal to the one before distilling", q.returncode == 0 and len(eo) == 1 and
+          eo[0] == ev[0], q.stdout[-300:] + q.stderr[-300:])
+    check("--eval-only: writes nothing", sorted(os.listdir(work)) == before and
+          sorted(os.listdir(model)) == model_before, str(set(os.listdir(work)) ^ set(before)))
+
 def bad(name, args, expect):
     p = subprocess.run([mtp, "distill"] + args, capture_output=True, text=True, timeout=120)
     lines = [l for l in p.stderr.splitlines() if l.strip()]
