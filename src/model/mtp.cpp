@@ -45,14 +45,21 @@ void mtp_forward(const model_config& c, const model_layout& L, const layer_offse
     m.logits = nullptr;                                                    // set by model_forward
 }
 
+float* mtp_layer_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mtp_cache& m,
+                          const float* dh, float alpha, float bal_scale, arena& a) {
+    const int d = c.hidden_size, T = m.T;
+    float* dy = a.alloc_zero(size_t(T) * d);
+    rmsnorm_backward(dy, G + l.shared_head_norm, dh, m.y, W + l.shared_head_norm, m.h_rstd, T, d);
+    layer_backward(c, l, W, G, m.layer, dy, alpha, bal_scale, a);         // dy is now dL/du
+    return dy;
+}
+
 void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,
                   const mtp_cache& m, float* dh, float* dhprev, float alpha, float bal_scale, arena& a) {
     if (c.mtp_parallel) return parallel_head_backward(c, l, W, G, m, dh, dhprev, alpha, bal_scale, a);
     const int d = c.hidden_size, T = m.T;
     auto mk = a.mark();
-    float* dy = a.alloc_zero(size_t(T) * d);
-    rmsnorm_backward(dy, G + l.shared_head_norm, dh, m.y, W + l.shared_head_norm, m.h_rstd, T, d);
-    layer_backward(c, l, W, G, m.layer, dy, alpha, bal_scale, a);         // dy is now dL/du
+    float* dy = mtp_layer_backward(c, l, W, G, m, dh, alpha, bal_scale, a);
     prof_seq ph(prof::mtp_proj);
     float* dcat = a.alloc_zero(size_t(T) * 2 * d);
     linear_backward(dcat, G + l.eh_proj, dy, m.cat, W + l.eh_proj, T, 2 * d, d);

@@ -28,6 +28,10 @@ struct mtp_cache {
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
                  float* h_out, double* load = nullptr);
+// The part of the backward both designs share: back through shared_head.norm and the decoder layer. Returns
+// dL/du [T, d] (the layer's input gradient) in arena memory from `a` (the caller rewinds).
+float* mtp_layer_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mtp_cache& m,
+                          const float* dh, float alpha, float bal_scale, arena& a);
 // dh[T,d]: dL/dh^k (from this depth's head and the next depth), consumed (overwritten as scratch).
 // dhprev[T,d] += dL/dh^{k-1}; G accumulates (embedding rows, lm_head handled by the caller).
 void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,

@@ -32,11 +32,9 @@ void parallel_head_backward(const model_config& c, const layer_offsets& l, const
                             const mtp_cache& m, float* dh, float* dh_trunk, float alpha, float bal_scale, arena& a) {
     const int d = c.hidden_size, T = m.T;
     auto mk = a.mark();
-    float* dy = a.alloc_zero(size_t(T) * d);
-    rmsnorm_backward(dy, G + l.shared_head_norm, dh, m.y, W + l.shared_head_norm, m.h_rstd, T, d);
-    layer_backward(c, l, W, G, m.layer, dy, alpha, bal_scale, a);         // dy is now dL/du
+    const float* du = mtp_layer_backward(c, l, W, G, m, dh, alpha, bal_scale, a);
     prof_seq ph(prof::mtp_proj);
-    rmsnorm_backward(dh_trunk, G + l.hnorm, dy, m.hprev, W + l.hnorm, m.hn_rstd, T, d);
+    rmsnorm_backward(dh_trunk, G + l.hnorm, du, m.hprev, W + l.hnorm, m.hn_rstd, T, d);
     a.rewind(mk);
 }
 
