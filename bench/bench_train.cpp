@@ -10,6 +10,7 @@
 
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/gemm_bf16.h"
 #include "core/profile.h"
 #include "core/rng.h"
 #include "model/model.h"
@@ -19,6 +20,7 @@
 int main(int argc, char** argv) {
     std::string config;
     int seq = 128, batch = 4, steps = 5, threads = 0;
+    std::string precision = "fp32";
     bool profile = false, peak_json = false;
     for (int i = 1; i < argc; i += 2) {
         std::string k = argv[i];
@@ -31,15 +33,21 @@ int main(int argc, char** argv) {
         else if (k == "--batch") batch = std::atoi(v.c_str());
         else if (k == "--steps") steps = std::atoi(v.c_str());
         else if (k == "--threads") threads = std::atoi(v.c_str());
+        else if (k == "--precision") precision = v;
         else { std::fprintf(stderr, "error: unknown flag %s\n", k.c_str()); return 1; }
     }
     if (config.empty()) {
         std::fprintf(stderr,
-                     "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--profile] [--peak]\n");
+                     "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--precision fp32|bf16] [--profile] "
+                     "[--peak]\n");
         return 1;
     }
     try {
         if (threads > 0) omp_set_num_threads(threads);
+        if (precision != "fp32" && precision != "bf16") mtp::fail("--precision", "expected fp32 or bf16, got " + precision);
+        if (precision == "bf16" && !mtp::gemm_bf16_native())
+            mtp::fail("--precision", "bf16 needs a CPU with AVX-512 BF16 (this one has none)");
+        if (precision == "bf16") mtp::set_matmul_precision(mtp::matmul_precision::bf16);
         mtp::model_config c = mtp::config_load(config);
         mtp::model_layout L = mtp::layout_build(c);
         std::vector<float> W, G(L.n_floats);
@@ -73,8 +81,8 @@ int main(int argc, char** argv) {
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
         mtp::prof_enable(false);
         std::printf("{\"impl\":\"mtp.cpp\",\"ms_per_step\":%.2f,\"tokens_per_s\":%.1f,\"params\":%zu,\"loss\":%.4f,"
-                    "\"threads\":%d",
-                    ms, batch * seq / (ms / 1000.0), n_params, loss, omp_get_max_threads());
+                    "\"threads\":%d,\"precision\":\"%s\"",
+                    ms, batch * seq / (ms / 1000.0), n_params, loss, omp_get_max_threads(), precision.c_str());
         if (peak_json)   // the SGEMM peak with these threads and the step's model FLOPs, for MFU
             std::printf(",\"peak_gflops\":%.2f,\"flops_per_step\":%.6g", mtp::measure_peak_gflops(),
                         3.0 * mtp::model_forward_flops(c, seq) * batch);

@@ -36,6 +36,8 @@ cpu_features detect() {
     f.avx512bw = f.avx512f && (b & (1u << 30));
     f.avx512vl = f.avx512f && (b & (1u << 31));
     f.avx512vnni = f.avx512f && (c & (1u << 11));
+    const bool amx_os = (xcr0 & 0x60000) == 0x60000;           // XTILECFG + XTILEDATA state enabled
+    f.amx_bf16 = amx_os && (d & (1u << 24)) && (d & (1u << 22));
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512bf16 = f.avx512f && (a & (1u << 5));
     f.avx_vnni = ymm_os && (a & (1u << 4));
@@ -106,6 +108,7 @@ std::string isa_report() {
     add(f.avx512vnni, "avx512vnni");
     add(f.avx512bf16, "avx512bf16");
     add(f.avx_vnni, "avxvnni");
+    add(f.amx_bf16, "amx-bf16");
 #ifndef MTP_HAVE_AVX512_KERNELS
     s += " | built without AVX-512 kernels";
 #endif

@@ -1,5 +1,6 @@
 // Dense fp32 kernels: GEMM through OpenBLAS, the rest as OpenMP loops over rows.
 #include "core/ops.h"
+#include "core/gemm_bf16.h"
 #include "core/profile.h"
 #include "core/vec_math.h"
 
@@ -19,6 +20,8 @@ constexpr size_t omp_min_work = 1 << 14;
 void linear_forward(float* y, const float* x, const float* w, int T, int in, int out, bool accumulate) {
     if (T == 0 || out == 0) return;
     prof_add_flops(2.0 * T * in * out);
+    if (get_matmul_precision() == matmul_precision::bf16)
+        return gemm_bf16(false, true, T, out, in, x, in, w, in, accumulate ? 1.0f : 0.0f, y, out);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in,
                 accumulate ? 1.0f : 0.0f, y, out);
 }
@@ -26,6 +29,11 @@ void linear_forward(float* y, const float* x, const float* w, int T, int in, int
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int T, int in, int out) {
     if (T == 0) return;
     prof_add_flops(2.0 * T * in * out * ((dx ? 1 : 0) + (dw ? 1 : 0)));
+    if (get_matmul_precision() == matmul_precision::bf16) {
+        if (dx) gemm_bf16(false, false, T, in, out, dy, out, w, in, 1.0f, dx, in);
+        if (dw) gemm_bf16(true, false, out, in, T, dy, out, x, in, 1.0f, dw, in);
+        return;
+    }
     if (dx) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, in, out, 1.0f, dy, out, w, in, 1.0f, dx, in);
     if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, 1.0f, dw, in);
 }

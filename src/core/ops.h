@@ -6,6 +6,8 @@
 namespace mtp {
 
 // y[T,out] = x[T,in] · w[out,in]^T   (torch Linear without bias); accumulate adds into y.
+// linear_forward / linear_backward run in the process's matmul precision (core/gemm_bf16.h): fp32 sgemm, or bf16
+// inputs with fp32 accumulation.
 void linear_forward(float* y, const float* x, const float* w, int T, int in, int out, bool accumulate = false);
 // dx[T,in] += dy[T,out] · w[out,in];  dw[out,in] += dy^T · x
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int T, int in, int out);

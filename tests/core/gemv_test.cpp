@@ -32,7 +32,8 @@ void check_shape(int out, int in, int T_max, int threads) {
     const auto x = randn(size_t(T_max) * ldx, 7 + in);
     packed_weight p;
     pack_weight(p, w.data(), out, in);
-    ASSERT_EQ(p.panels, (out + 7) / 8);
+    ASSERT_EQ(p.lanes, isa_active() == isa::avx2 ? 8 : 16);     // the process's kernel family
+    ASSERT_EQ(p.panels, (out + p.lanes - 1) / p.lanes);
     std::vector<float> ref(size_t(T_max) * ldy, -1.0f), got(size_t(T_max) * ldy), one(ldy), blas(size_t(T_max) * out);
     gemv_reference(ref.data(), ldy, x.data(), ldx, T_max, w.data(), out, in);
     for (int T = 1; T <= T_max; ++T) {
