@@ -1,5 +1,6 @@
 // Training-step benchmark of mtp.cpp: forward + backward over a batch + AdamW, same protocol as
 // bench_train_torch.py so bench/compare_train.sh can print the two side by side.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -19,13 +20,14 @@
 
 int main(int argc, char** argv) {
     std::string config;
-    int seq = 128, batch = 4, steps = 5, threads = 0;
+    int seq = 128, batch = 4, steps = 5, threads = 0, pass_tokens = 4096;
     std::string precision = "fp32";
     bool profile = false, peak_json = false;
     for (int i = 1; i < argc; i += 2) {
         std::string k = argv[i];
         if (k == "--profile") { profile = true; --i; continue; }
         if (k == "--peak") { peak_json = true; --i; continue; }
+        if (k == "--bf16-kernel") { std::printf("%s\n", mtp::bf16_kernel_name(mtp::gemm_bf16_kernel())); return 0; }
         if (i + 1 >= argc) { std::fprintf(stderr, "error: %s needs a value\n", k.c_str()); return 1; }
         std::string v = argv[i + 1];
         if (k == "--config") config = v;
@@ -34,12 +36,13 @@ int main(int argc, char** argv) {
         else if (k == "--steps") steps = std::atoi(v.c_str());
         else if (k == "--threads") threads = std::atoi(v.c_str());
         else if (k == "--precision") precision = v;
+        else if (k == "--pass-tokens") pass_tokens = std::atoi(v.c_str());
         else { std::fprintf(stderr, "error: unknown flag %s\n", k.c_str()); return 1; }
     }
     if (config.empty()) {
         std::fprintf(stderr,
-                     "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--precision fp32|bf16] [--profile] "
-                     "[--peak]\n");
+                     "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--precision fp32|bf16] "
+                     "[--pass-tokens N] [--profile] [--peak] | --bf16-kernel\n");
         return 1;
     }
     try {
@@ -65,10 +68,12 @@ int main(int argc, char** argv) {
         auto step = [&] {
             std::fill(G.begin(), G.end(), 0.0f);
             loss = 0;
-            for (int b = 0; b < batch; ++b) {
+            const int per_pass = std::max(1, pass_tokens / seq);      // as the trainer's pass_tokens
+            for (int b = 0; b < batch; b += per_pass) {
+                const int nb = std::min(per_pass, batch - b);
                 a.reset();
-                mtp::model_forward(c, L, W.data(), s, tokens.data() + size_t(b) * seq, seq, 0.0f, a);
-                loss += mtp::model_backward(c, L, W.data(), G.data(), s, 0.3f, 0.0f, 1.0f / batch, a).total / batch;
+                mtp::model_forward(c, L, W.data(), s, tokens.data() + size_t(b) * seq, seq, 0.0f, a, nullptr, -1, nb);
+                loss += mtp::model_backward(c, L, W.data(), G.data(), s, 0.3f, 0.0f, 1.0f / batch, a).total * nb / batch;
             }
             mtp::prof_scope ps(mtp::prof::optimizer);
             mtp::adamw_step(oc, opt, L, W.data(), G.data(), 1e-3f);

@@ -1,13 +1,15 @@
 #!/usr/bin/python3
-"""Training-step speed, mtp.cpp against PyTorch (Debian python3-torch, float32) at PyTorch's best thread count,
-side by side and interleaved in one run, with MFU against the SGEMM peak measured in the same run.
+"""Training-step speed, mtp.cpp (fp32, and bf16 mixed precision where the CPU has AMX-BF16 or AVX-512 BF16) against
+PyTorch (Debian python3-torch, float32) at PyTorch's best thread count, side by side and interleaved in one run, with
+MFU against the fp32 SGEMM peak measured in the same run.
 
   /usr/bin/python3 bench/compare_train.py [--cases CONFIG:SEQ:BATCH ...] [--threads 2] [--steps 5] [--reps 2]
 
 Default cases: bench/moe_10m.json at 128 x 4 and 256 x 4, bench/configs/model_moe_16m.json at 128 x 8 and
-256 x 8. For each case and repetition: mtp.cpp (bench_train, --threads threads), PyTorch with 1 thread and with
-`threads` threads, one after the other, so machine drift hits all alike; each implementation's best
-repetition counts. MFU = model FLOPs of the step (3 x forward matmul + attention FLOPs, train/flops.h) / time /
+256 x 8. For each case and repetition: mtp.cpp fp32 and bf16 (bench_train, --threads threads; bf16 only where the
+CPU has a bf16 kernel, else the column says "-"), PyTorch with 1 thread and with `threads` threads, one after the
+other, so machine drift hits all alike; each implementation's best repetition counts. bf16 MFU above 100% means
+faster than the fp32 peak allows. MFU = model FLOPs of the step (3 x forward matmul + attention FLOPs, train/flops.h) / time /
 peak. Prints one table row per case: ms/step of each, PyTorch's best, the ratio and the MFUs.
 """
 import argparse
@@ -40,17 +42,22 @@ def main():
         sys.exit(f"error: {args.bench_train} not built (run scripts/build.sh)")
     P = args.threads
     rows = []
+    kernel = bf16_kernel(args.bench_train)
+    has_bf16 = kernel is not None
     for case in args.cases:
         cfg, seq, batch = case.rsplit(":", 2)
         cfg = cfg if os.path.isabs(cfg) else os.path.join(ROOT, cfg)
         common = ["--config", cfg, "--seq", seq, "--batch", batch, "--steps", str(args.steps)]
-        best = {"mtp": None, "torch1": None, f"torch{P}": None}
+        best = {"mtp": None, "bf16": None, "torch1": None, f"torch{P}": None}
         peak = flops = None
         for rep in range(args.reps):
             env = dict(os.environ, OMP_NUM_THREADS=str(P))
             r = run_json([args.bench_train] + common + ["--threads", str(P), "--peak"], env)
             peak, flops = r["peak_gflops"], r["flops_per_step"]
             res = {"mtp": r["ms_per_step"]}
+            if has_bf16:
+                res["bf16"] = run_json([args.bench_train] + common + ["--threads", str(P), "--precision", "bf16"],
+                                       env)["ms_per_step"]
             for t in (1, P):
                 r = run_json(["/usr/bin/python3", os.path.join(ROOT, "bench", "bench_train_torch.py")] + common +
                              ["--threads", str(t)], dict(os.environ, OMP_NUM_THREADS=str(t)))
@@ -63,14 +70,25 @@ def main():
         tname = "1" if best["torch1"] <= best[f"torch{P}"] else str(P)
         mfu = lambda ms: 100.0 * flops / (ms / 1000.0) / (peak * 1e9)  # noqa: E731
         rows.append((os.path.basename(cfg), f"{seq}x{batch}", best["mtp"], best["torch1"], best[f"torch{P}"], tname,
-                     tbest / best["mtp"], mfu(best["mtp"]), mfu(tbest), peak))
-    print(f"\nmtp.cpp with {P} threads; PyTorch {torch_version()} with 1 and {P} threads; best of {args.reps} runs of "
-          f"{args.steps} steps; MFU against the SGEMM peak measured by bench_train with {P} threads")
-    print(f"{'config':<22s} {'seq x B':>8s} {'mtp ms':>8s} {'torch1 ms':>10s} {f'torch{P} ms':>10s} {'best':>5s} "
-          f"{'ratio':>6s} {'MFU mtp':>8s} {'MFU torch':>10s} {'peak':>7s}")
+                     tbest / best["mtp"], mfu(best["mtp"]), mfu(tbest), peak, best["bf16"]))
+    print(f"\nmtp.cpp with {P} threads ({'bf16 kernel ' + kernel if has_bf16 else 'no bf16 kernel on this CPU'}); "
+          f"PyTorch {torch_version()} with 1 and {P} threads; best of {args.reps} runs of {args.steps} steps; MFU "
+          f"against the fp32 SGEMM peak measured by bench_train with {P} threads")
+    print(f"{'config':<22s} {'seq x B':>8s} {'mtp ms':>8s} {'bf16 ms':>8s} {'torch1 ms':>10s} {f'torch{P} ms':>10s} "
+          f"{'best':>5s} {'ratio':>6s} {'bf16':>6s} {'MFU mtp':>8s} {'MFU bf16':>9s} {'MFU torch':>10s} {'peak':>7s}")
     for r in rows:
-        print(f"{r[0]:<22s} {r[1]:>8s} {r[2]:8.1f} {r[3]:10.1f} {r[4]:10.1f} {r[5]:>5s} {r[6]:5.2f}x {r[7]:7.1f}% "
-              f"{r[8]:9.1f}% {r[9]:7.1f}")
+        tbest = min(r[3], r[4])
+        b16 = (f"{r[10]:8.1f}", f"{tbest / r[10]:5.2f}x", f"{r[7] * r[2] / r[10]:8.1f}%") if r[10] \
+            else (f"{'-':>8s}", f"{'-':>6s}", f"{'-':>9s}")
+        print(f"{r[0]:<22s} {r[1]:>8s} {r[2]:8.1f} {b16[0]} {r[3]:10.1f} {r[4]:10.1f} {r[5]:>5s} {r[6]:5.2f}x {b16[1]} "
+              f"{r[7]:7.1f}% {b16[2]} {r[8]:9.1f}% {r[9]:7.1f}")
+
+
+def bf16_kernel(bench_train):
+    """The bf16 kernel bench_train would use here, or None when the CPU has none (bench_train refuses bf16)."""
+    p = subprocess.run([bench_train, "--bf16-kernel"], capture_output=True, text=True)
+    k = p.stdout.strip()
+    return k if p.returncode == 0 and k not in ("", "scalar") else None
 
 
 def torch_version():

@@ -29,9 +29,12 @@ void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
 }
 
 // q = q_b(norm(q_a(x))) or q_proj(x); then RoPE on each head's q_pe.
+// x is [B·T, d] (B sequences of the positions in m.cos / m.sin).
 void project_q(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, const float* x, int T,
-               arena& a) {
+               arena& a, int B = 1) {
     const int d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
+    const int Tp = T;                                                   // positions per sequence
+    T *= B;                                                             // rows
     m.q = a.alloc(size_t(T) * H * dq);
     if (c.q_lora_rank > 0) {
         const int ql = c.q_lora_rank;
@@ -44,13 +47,17 @@ void project_q(const model_config& c, const layer_offsets& l, const float* W, ml
     } else {
         linear_forward(m.q, x, W + l.q_proj, T, d, H * dq);
     }
-    rope_forward(m.q, T, H * dq, H, dq, c.qk_nope_head_dim, c.qk_rope_head_dim, m.cos, m.sin);
+    for (int b = 0; b < B; ++b)
+        rope_forward(m.q + size_t(b) * Tp * H * dq, Tp, H * dq, H, dq, c.qk_nope_head_dim, c.qk_rope_head_dim, m.cos,
+                     m.sin);
 }
 
 // [c | k_pe] = kv_a(x); ckv = norm(c); k_pe rotated.
 void project_kv_latent(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, const float* x,
-                       int T, arena& a) {
+                       int T, arena& a, int B = 1) {
     const int d = c.hidden_size, kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim;
+    const int Tp = T;
+    T *= B;
     float* kva = a.alloc(size_t(T) * (kvl + rope));                    // [T, kvl+rope]
     linear_forward(kva, x, W + l.kv_a, T, d, kvl + rope);
     m.c = a.alloc(size_t(T) * kvl);
@@ -62,78 +69,86 @@ void project_kv_latent(const model_config& c, const layer_offsets& l, const floa
     m.c_rstd = a.alloc(T);
     m.ckv = a.alloc(size_t(T) * kvl);
     rmsnorm_forward(m.ckv, m.c_rstd, m.c, W + l.kv_a_norm, T, kvl, float(c.rms_norm_eps));
-    rope_forward(m.kpe, T, rope, 1, rope, 0, rope, m.cos, m.sin);
+    for (int b = 0; b < B; ++b)
+        rope_forward(m.kpe + size_t(b) * Tp * rope, Tp, rope, 1, rope, 0, rope, m.cos, m.sin);
 }
 
 } // namespace
 
 void mla_forward(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, float* y,
-                 const float* x, int T, const float* cos, const float* sin, arena& a) {
+                 const float* x, int T, const float* cos, const float* sin, arena& a, int B) {
     const int H = c.num_attention_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim;
     const int dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
     const float scale = float(c.attn_scale());
+    const int R = B * T;                                                 // rows
     prof_scope ps(prof::attn_proj);
     m.T = T;
+    m.B = B;
     m.x = x;
     m.cos = cos;
     m.sin = sin;
-    project_q(c, l, W, m, x, T, a);
-    project_kv_latent(c, l, W, m, x, T, a);
-    m.kv = a.alloc(size_t(T) * H * dkv);
-    linear_forward(m.kv, m.ckv, W + l.kv_b, T, kvl, H * dkv);
+    project_q(c, l, W, m, x, T, a, B);
+    project_kv_latent(c, l, W, m, x, T, a, B);
+    m.kv = a.alloc(size_t(R) * H * dkv);
+    linear_forward(m.kv, m.ckv, W + l.kv_b, R, kvl, H * dkv);
 
-    m.k = a.alloc(size_t(H) * T * dq);
-    m.p = a.alloc(size_t(H) * T * T);
-    m.o = a.alloc(size_t(T) * H * dv);
+    m.k = a.alloc(size_t(B) * H * T * dq);
+    m.p = a.alloc(size_t(B) * H * T * T);
+    m.o = a.alloc(size_t(R) * H * dv);
     {
     prof_scope core(prof::attn_core);
-    prof_add_flops(2.0 * H * T * T * (dq + dv));
+    prof_add_flops(2.0 * B * H * T * T * (dq + dv));
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; ++h) {
-        float* kh = m.k + size_t(h) * T * dq;                            // [T, dq]
+    for (int bh = 0; bh < B * H; ++bh) {
+        const int b = bh / H, h = bh % H;
+        const size_t r0 = size_t(b) * T;                                 // the sequence's first row
+        float* kh = m.k + size_t(bh) * T * dq;                           // [T, dq]
         for (int t = 0; t < T; ++t) {
-            std::memcpy(kh + size_t(t) * dq, m.kv + size_t(t) * H * dkv + size_t(h) * dkv, sizeof(float) * nope);
-            std::memcpy(kh + size_t(t) * dq + nope, m.kpe + size_t(t) * rope, sizeof(float) * rope);
+            std::memcpy(kh + size_t(t) * dq, m.kv + (r0 + t) * H * dkv + size_t(h) * dkv, sizeof(float) * nope);
+            std::memcpy(kh + size_t(t) * dq + nope, m.kpe + (r0 + t) * rope, sizeof(float) * rope);
         }
-        float* ph = m.p + size_t(h) * T * T;                             // [T, T]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dq, scale, m.q + size_t(h) * dq, H * dq, kh, dq,
-                    0.0f, ph, T);
+        float* ph = m.p + size_t(bh) * T * T;                            // [T, T]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dq, scale, m.q + r0 * H * dq + size_t(h) * dq,
+                    H * dq, kh, dq, 0.0f, ph, T);
         causal_softmax(ph, T, T, [](int i) { return i; });
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T, m.kv + size_t(h) * dkv + nope,
-                    H * dkv, 0.0f, m.o + size_t(h) * dv, H * dv);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T,
+                    m.kv + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv, 0.0f, m.o + r0 * H * dv + size_t(h) * dv,
+                    H * dv);
     }
     }   // attention core
-    linear_forward(y, m.o, W + l.o_proj, T, H * dv, c.hidden_size);
+    linear_forward(y, m.o, W + l.o_proj, R, H * dv, c.hidden_size);
 }
 
 void mla_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mla_cache& m,
                   float* dx, const float* dy, arena& a) {
-    const int T = m.T, d = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim;
+    const int T = m.T, B = m.B, R = B * T, d = c.hidden_size, H = c.num_attention_heads, nope = c.qk_nope_head_dim;
     const int rope = c.qk_rope_head_dim, dq = nope + rope, dv = c.v_head_dim, kvl = c.kv_lora_rank, dkv = nope + dv;
     const float scale = float(c.attn_scale());
     prof_scope ps(prof::attn_proj);
     auto mk = a.mark();
 
-    float* d_o = a.alloc_zero(size_t(T) * H * dv);                       // [T, H*dv]
-    linear_backward(d_o, G + l.o_proj, dy, m.o, W + l.o_proj, T, H * dv, d);
+    float* d_o = a.alloc_zero(size_t(R) * H * dv);                       // [R, H*dv]
+    linear_backward(d_o, G + l.o_proj, dy, m.o, W + l.o_proj, R, H * dv, d);
 
-    float* dkv_ = a.alloc_zero(size_t(T) * H * dkv);                     // [T, H*(nope+v)]
-    float* dq_ = a.alloc_zero(size_t(T) * H * dq);                       // [T, H*dq]
-    float* dk = a.alloc(size_t(H) * T * dq);                             // [H, T, dq]
-    float* ds = a.alloc(size_t(H) * T * T);                              // [H, T, T]
-    float* dkpe = a.alloc_zero(size_t(T) * rope);                        // [T, rope]
+    float* dkv_ = a.alloc_zero(size_t(R) * H * dkv);                     // [R, H*(nope+v)]
+    float* dq_ = a.alloc_zero(size_t(R) * H * dq);                       // [R, H*dq]
+    float* dk = a.alloc(size_t(B) * H * T * dq);                         // [B, H, T, dq]
+    float* ds = a.alloc(size_t(B) * H * T * T);                          // [B, H, T, T]
+    float* dkpe = a.alloc_zero(size_t(R) * rope);                        // [R, rope]
     {
     prof_scope core(prof::attn_core);
-    prof_add_flops(2.0 * H * T * T * (2 * dv + 2 * dq));
+    prof_add_flops(2.0 * B * H * T * T * (2 * dv + 2 * dq));
 #pragma omp parallel for schedule(static)
-    for (int h = 0; h < H; ++h) {
-        const float* ph = m.p + size_t(h) * T * T;
-        float* dsh = ds + size_t(h) * T * T;
-        const float* vh = m.kv + size_t(h) * dkv + nope;
-        const float* doh = d_o + size_t(h) * dv;
+    for (int bh = 0; bh < B * H; ++bh) {
+        const int b = bh / H, h = bh % H;
+        const size_t r0 = size_t(b) * T;
+        const float* ph = m.p + size_t(bh) * T * T;
+        float* dsh = ds + size_t(bh) * T * T;
+        const float* vh = m.kv + r0 * H * dkv + size_t(h) * dkv + nope;
+        const float* doh = d_o + r0 * H * dv + size_t(h) * dv;
         // dV_h = P^T dO_h
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T, doh, H * dv, 0.0f,
-                    dkv_ + size_t(h) * dkv + nope, H * dkv);
+                    dkv_ + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv);
         // dP = dO_h V_h^T
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dv, 1.0f, doh, H * dv, vh, H * dkv, 0.0f, dsh, T);
         // dS = scale * P * (dP - rowsum(P*dP))
@@ -145,47 +160,51 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
             for (int j = 0; j <= i; ++j) r[j] = scale * pr[j] * (r[j] - dot);
             for (int j = i + 1; j < T; ++j) r[j] = 0.0f;
         }
-        const float* kh = m.k + size_t(h) * T * dq;
+        const float* kh = m.k + size_t(bh) * T * dq;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, kh, dq, 0.0f,
-                    dq_ + size_t(h) * dq, H * dq);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, m.q + size_t(h) * dq, H * dq,
-                    0.0f, dk + size_t(h) * T * dq, dq);
+                    dq_ + r0 * H * dq + size_t(h) * dq, H * dq);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, m.q + r0 * H * dq + size_t(h) * dq,
+                    H * dq, 0.0f, dk + size_t(bh) * T * dq, dq);
     }
     // Split dK into k_nope (-> dkv) and the shared k_pe (summed over heads, fixed order).
-    for (int h = 0; h < H; ++h)
-        for (int t = 0; t < T; ++t) {
-            const float* src = dk + (size_t(h) * T + t) * dq;
-            float* dn = dkv_ + size_t(t) * H * dkv + size_t(h) * dkv;
-            for (int i = 0; i < nope; ++i) dn[i] += src[i];
-            float* dp = dkpe + size_t(t) * rope;
-            for (int i = 0; i < rope; ++i) dp[i] += src[nope + i];
-        }
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h)
+            for (int t = 0; t < T; ++t) {
+                const size_t row = size_t(b) * T + t;
+                const float* src = dk + ((size_t(b) * H + h) * T + t) * dq;
+                float* dn = dkv_ + row * H * dkv + size_t(h) * dkv;
+                for (int i = 0; i < nope; ++i) dn[i] += src[i];
+                float* dp = dkpe + row * rope;
+                for (int i = 0; i < rope; ++i) dp[i] += src[nope + i];
+            }
     }   // attention core
-    rope_backward(dq_, T, H * dq, H, dq, nope, rope, m.cos, m.sin);
-    rope_backward(dkpe, T, rope, 1, rope, 0, rope, m.cos, m.sin);
+    for (int b = 0; b < B; ++b) {
+        rope_backward(dq_ + size_t(b) * T * H * dq, T, H * dq, H, dq, nope, rope, m.cos, m.sin);
+        rope_backward(dkpe + size_t(b) * T * rope, T, rope, 1, rope, 0, rope, m.cos, m.sin);
+    }
 
     // kv path: kv = kv_b(ckv), ckv = norm(c), [c | k_pe] = kv_a(x)
-    float* dckv = a.alloc_zero(size_t(T) * kvl);
-    linear_backward(dckv, G + l.kv_b, dkv_, m.ckv, W + l.kv_b, T, kvl, H * dkv);
-    float* dkva = a.alloc_zero(size_t(T) * (kvl + rope));                // [T, kvl+rope]
-    float* dc = a.alloc_zero(size_t(T) * kvl);
-    rmsnorm_backward(dc, G + l.kv_a_norm, dckv, m.c, W + l.kv_a_norm, m.c_rstd, T, kvl);
-    for (int t = 0; t < T; ++t) {
+    float* dckv = a.alloc_zero(size_t(R) * kvl);
+    linear_backward(dckv, G + l.kv_b, dkv_, m.ckv, W + l.kv_b, R, kvl, H * dkv);
+    float* dkva = a.alloc_zero(size_t(R) * (kvl + rope));                // [R, kvl+rope]
+    float* dc = a.alloc_zero(size_t(R) * kvl);
+    rmsnorm_backward(dc, G + l.kv_a_norm, dckv, m.c, W + l.kv_a_norm, m.c_rstd, R, kvl);
+    for (int t = 0; t < R; ++t) {
         std::memcpy(dkva + size_t(t) * (kvl + rope), dc + size_t(t) * kvl, sizeof(float) * kvl);
         std::memcpy(dkva + size_t(t) * (kvl + rope) + kvl, dkpe + size_t(t) * rope, sizeof(float) * rope);
     }
-    linear_backward(dx, G + l.kv_a, dkva, m.x, W + l.kv_a, T, d, kvl + rope);
+    linear_backward(dx, G + l.kv_a, dkva, m.x, W + l.kv_a, R, d, kvl + rope);
 
     // q path
     if (c.q_lora_rank > 0) {
         const int ql = c.q_lora_rank;
-        float* dqan = a.alloc_zero(size_t(T) * ql);
-        linear_backward(dqan, G + l.q_b, dq_, m.qan, W + l.q_b, T, ql, H * dq);
-        float* dqa = a.alloc_zero(size_t(T) * ql);
-        rmsnorm_backward(dqa, G + l.q_a_norm, dqan, m.qa, W + l.q_a_norm, m.qa_rstd, T, ql);
-        linear_backward(dx, G + l.q_a, dqa, m.x, W + l.q_a, T, d, ql);
+        float* dqan = a.alloc_zero(size_t(R) * ql);
+        linear_backward(dqan, G + l.q_b, dq_, m.qan, W + l.q_b, R, ql, H * dq);
+        float* dqa = a.alloc_zero(size_t(R) * ql);
+        rmsnorm_backward(dqa, G + l.q_a_norm, dqan, m.qa, W + l.q_a_norm, m.qa_rstd, R, ql);
+        linear_backward(dx, G + l.q_a, dqa, m.x, W + l.q_a, R, d, ql);
     } else {
-        linear_backward(dx, G + l.q_proj, dq_, m.x, W + l.q_proj, T, d, H * dq);
+        linear_backward(dx, G + l.q_proj, dq_, m.x, W + l.q_proj, R, d, H * dq);
     }
     a.rewind(mk);
 }

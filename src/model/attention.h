@@ -9,10 +9,12 @@
 
 namespace mtp {
 
-// Activations one naive MLA forward keeps for its backward. Shapes for T rows, H heads,
-// dq = nope+rope, kvl = kv_lora_rank, ql = q_lora_rank.
+// Activations one naive MLA forward keeps for its backward. Shapes for B sequences of T positions (R = B·T rows,
+// sequence b at rows b·T..b·T+T-1), H heads, dq = nope+rope, kvl = kv_lora_rank, ql = q_lora_rank; the shapes
+// below say T for R.
 struct mla_cache {
-    int T = 0;
+    int T = 0;                    // positions per sequence
+    int B = 1;                    // sequences
     const float* x = nullptr;     // [T, d]   input (already normed), owned by the caller
     float* qa = nullptr;          // [T, ql]  q_a_proj(x)           (q_lora only)
     float* qa_rstd = nullptr;     // [T]
@@ -23,16 +25,16 @@ struct mla_cache {
     float* ckv = nullptr;         // [T, kvl] kv_a_layernorm(c)
     float* kpe = nullptr;         // [T, rope] shared rotated key
     float* kv = nullptr;          // [T, H*(nope+v)] kv_b_proj(ckv)
-    float* k = nullptr;           // [H, T, dq] assembled keys [k_nope_h | k_pe]
-    float* p = nullptr;           // [H, T, T] causal attention probabilities
+    float* k = nullptr;           // [B, H, T, dq] assembled keys [k_nope_h | k_pe]
+    float* p = nullptr;           // [B, H, T, T] causal attention probabilities
     float* o = nullptr;           // [T, H*v] concatenated head outputs
-    const float* cos = nullptr;   // [T, rope/2]
+    const float* cos = nullptr;   // [T, rope/2] (the same positions in every sequence)
     const float* sin = nullptr;   // [T, rope/2]
 };
 
-// y[T,d] = MLA(x[T,d]) over positions given by cos/sin rows (causal within the T rows).
+// y[B·T,d] = MLA(x[B·T,d]) over positions given by cos/sin rows (causal within each sequence's T rows).
 void mla_forward(const model_config& c, const layer_offsets& l, const float* W, mla_cache& cache, float* y,
-                 const float* x, int T, const float* cos, const float* sin, arena& a);
+                 const float* x, int T, const float* cos, const float* sin, arena& a, int B = 1);
 // dx[T,d] += dL/dx; parameter gradients accumulate into G (same layout as W).
 void mla_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mla_cache& cache,
                   float* dx, const float* dy, arena& a);

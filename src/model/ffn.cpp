@@ -91,14 +91,16 @@ void moe_route(const model_config& c, const float* s, const float* bias, int* id
 }
 
 void moe_forward(const model_config& c, const layer_offsets& l, const float* W, moe_cache& m, float* y, const float* x,
-                 int T, float alpha, arena& a, double* load) {
+                 int T, float alpha, arena& a, double* load, int B) {
     const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok;
+    const int R = B * T;                                                 // rows
     m.T = T;
+    m.B = B;
     m.x = x;
-    m.s = a.alloc(size_t(T) * E);
+    m.s = a.alloc(size_t(R) * E);
     prof_seq ph(prof::router);
-    linear_forward(m.s, x, W + l.router, T, d, E);                       // router logits, then scores in place
-    for (int t = 0; t < T; ++t) {
+    linear_forward(m.s, x, W + l.router, R, d, E);                       // router logits, then scores in place
+    for (int t = 0; t < R; ++t) {
         float* r = m.s + size_t(t) * E;
         if (c.scoring_sigmoid) {
             for (int e = 0; e < E; ++e) r[e] = 1.0f / (1.0f + std::exp(-r[e]));
@@ -108,35 +110,35 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
             for (int e = 0; e < E; ++e) r[e] /= sum;
         }
     }
-    m.idx = a.alloc_int(size_t(T) * K);
-    m.w = a.alloc(size_t(T) * K);
+    m.idx = a.alloc_int(size_t(R) * K);
+    m.w = a.alloc(size_t(R) * K);
     const float* bias = l.router_bias != no_param ? W + l.router_bias : nullptr;
-#pragma omp parallel for if (T * E > 4096)
-    for (int t = 0; t < T; ++t) moe_route(c, m.s + size_t(t) * E, bias, m.idx + size_t(t) * K, m.w + size_t(t) * K);
+#pragma omp parallel for if (R * E > 4096)
+    for (int t = 0; t < R; ++t) moe_route(c, m.s + size_t(t) * E, bias, m.idx + size_t(t) * K, m.w + size_t(t) * K);
 
     // Gather rows by expert (counting sort keeps token order inside each expert: deterministic).
     ph.set(prof::moe_gather);
     m.start.assign(E + 1, 0);
-    for (int i = 0; i < T * K; ++i) m.start[m.idx[i] + 1]++;
+    for (int i = 0; i < R * K; ++i) m.start[m.idx[i] + 1]++;
     for (int e = 0; e < E; ++e) m.start[e + 1] += m.start[e];
     if (load) for (int e = 0; e < E; ++e) load[e] += m.start[e + 1] - m.start[e];
-    m.tok = a.alloc_int(size_t(T) * K);
-    m.slot = a.alloc_int(size_t(T) * K);
+    m.tok = a.alloc_int(size_t(R) * K);
+    m.slot = a.alloc_int(size_t(R) * K);
     if (int(m.experts.size()) != E) m.experts.resize(E);
     int pos[4096];
     std::vector<int> pos_big;
     int* pp = pos;
     if (E > 4096) { pos_big.resize(E); pp = pos_big.data(); }
     for (int e = 0; e < E; ++e) pp[e] = m.start[e];
-    for (int t = 0; t < T; ++t)
+    for (int t = 0; t < R; ++t)
         for (int k = 0; k < K; ++k) {
             int r = pp[m.idx[t * K + k]]++;
             m.tok[r] = t;
             m.slot[r] = k;
         }
-    m.xe = a.alloc(size_t(T) * K * d);
-    m.ye = a.alloc(size_t(T) * K * d);
-    for (int r = 0; r < T * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
+    m.xe = a.alloc(size_t(R) * K * d);
+    m.ye = a.alloc(size_t(R) * K * d);
+    for (int r = 0; r < R * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
     ph.set(prof::experts);
     if (expert_parallel_active()) {
         expert_parallel_forward(c, l, W, m, a);                          // owners compute, rows travel
@@ -149,13 +151,13 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
     }
     // y = shared(x) + Σ_k w_k y_k   (summed in fixed k order per token)
     ph.set(prof::mlp_shared);
-    if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, T, d, a);
-    else std::memset(y, 0, sizeof(float) * size_t(T) * d);
+    if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, R, d, a);
+    else std::memset(y, 0, sizeof(float) * size_t(R) * d);
     ph.set(prof::moe_gather);
-    int* where = a.alloc_int(size_t(T) * K);                             // gathered row of (t, k)
-    for (int r = 0; r < T * K; ++r) where[m.tok[r] * K + m.slot[r]] = r;
-#pragma omp parallel for if (size_t(T) * d > 16384)
-    for (int t = 0; t < T; ++t)
+    int* where = a.alloc_int(size_t(R) * K);                             // gathered row of (t, k)
+    for (int r = 0; r < R * K; ++r) where[m.tok[r] * K + m.slot[r]] = r;
+#pragma omp parallel for if (size_t(R) * d > 16384)
+    for (int t = 0; t < R; ++t)
         for (int k = 0; k < K; ++k) {
             const float* yr = m.ye + size_t(where[t * K + k]) * d;
             float wk = m.w[t * K + k];
@@ -165,31 +167,39 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
 
     ph.set(prof::router);
     m.bal_loss = 0;
-    if (alpha > 0) {                                                      // L_bal = α Σ_e f_e P_e
-        m.f.assign(E, 0.0f);
-        for (int e = 0; e < E; ++e) m.f[e] = float(double(E) / (double(K) * T) * (m.start[e + 1] - m.start[e]));
-        double bal = 0;
-        for (int t = 0; t < T; ++t) {
-            const float* r = m.s + size_t(t) * E;
-            double S = 0;
-            for (int e = 0; e < E; ++e) S += r[e];
-            for (int e = 0; e < E; ++e) bal += m.f[e] * r[e] / S;
+    if (alpha > 0) {                                                      // per sequence: L_bal = α Σ_e f_e P_e
+        m.f.assign(size_t(B) * E, 0.0f);
+        double total = 0;
+        std::vector<int> count(E);
+        for (int b = 0; b < B; ++b) {
+            std::fill(count.begin(), count.end(), 0);
+            for (int i = b * T * K; i < (b + 1) * T * K; ++i) count[m.idx[i]]++;
+            float* f = m.f.data() + size_t(b) * E;
+            for (int e = 0; e < E; ++e) f[e] = float(double(E) / (double(K) * T) * count[e]);
+            double bal = 0;
+            for (int t = b * T; t < (b + 1) * T; ++t) {
+                const float* r = m.s + size_t(t) * E;
+                double S = 0;
+                for (int e = 0; e < E; ++e) S += r[e];
+                for (int e = 0; e < E; ++e) bal += f[e] * r[e] / S;
+            }
+            total += alpha * bal / T;
         }
-        m.bal_loss = alpha * bal / T;
+        m.bal_loss = total / B;
     }
 }
 
 void moe_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const moe_cache& m,
                   float* dx, const float* dy, float alpha, float bal_scale, arena& a) {
-    const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, T = m.T;
+    const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, T = m.T, R = m.B * m.T;
     auto mk = a.mark();
     prof_seq ph(prof::mlp_shared);
     if (l.shared.inner > 0) swiglu_backward(W, G, l.shared, m.shared, dx, dy, d, a);
 
     ph.set(prof::moe_gather);
-    float* dw = a.alloc(size_t(T) * K);                                  // dL/dw[t,k]
-    float* dye = a.alloc(size_t(T) * K * d);                             // dL/dy_e rows
-    for (int r = 0; r < T * K; ++r) {
+    float* dw = a.alloc(size_t(R) * K);                                  // dL/dw[t,k]
+    float* dye = a.alloc(size_t(R) * K * d);                             // dL/dy_e rows
+    for (int r = 0; r < R * K; ++r) {
         int t = m.tok[r], k = m.slot[r];
         const float* g = dy + size_t(t) * d;
         const float* ye = m.ye + size_t(r) * d;
@@ -199,7 +209,7 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
         for (int i = 0; i < d; ++i) { dot += double(g[i]) * ye[i]; o[i] = wk * g[i]; }
         dw[t * K + k] = float(dot);
     }
-    float* dxe = a.alloc_zero(size_t(T) * K * d);
+    float* dxe = a.alloc_zero(size_t(R) * K * d);
     ph.set(prof::experts);
     if (expert_parallel_active())
         expert_parallel_backward(c, l, W, G, m, dye, dxe, a);
@@ -208,14 +218,14 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
             swiglu_backward(W, G, l.experts[e], m.experts[e], dxe + size_t(m.start[e]) * d, dye + size_t(m.start[e]) * d,
                             d, a);
     ph.set(prof::moe_gather);
-    for (int r = 0; r < T * K; ++r) add_inplace(dx + size_t(m.tok[r]) * d, dxe + size_t(r) * d, d);
+    for (int r = 0; r < R * K; ++r) add_inplace(dx + size_t(m.tok[r]) * d, dxe + size_t(r) * d, d);
 
     ph.set(prof::router);
     // dw -> ds (through selection weights) and the balance loss -> dlogits of the router.
-    float* dl = a.alloc_zero(size_t(T) * E);                             // [T, E]
+    float* dl = a.alloc_zero(size_t(R) * E);                             // [R, E]
     const bool norm = c.norm_topk_prob && K > 1;
     const float sf = float(c.routed_scaling_factor);
-    for (int t = 0; t < T; ++t) {
+    for (int t = 0; t < R; ++t) {
         const float* s = m.s + size_t(t) * E;
         float* ds = dl + size_t(t) * E;
         const int* id = m.idx + size_t(t) * K;
@@ -228,10 +238,11 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
             for (int k = 0; k < K; ++k) ds[id[k]] += sf * g[k];
         }
         if (alpha > 0) {
+            const float* f = m.f.data() + size_t(t / T) * E;               // this row's sequence
             double S = 0, fs = 0;
-            for (int e = 0; e < E; ++e) { S += s[e]; fs += double(m.f[e]) * s[e]; }
+            for (int e = 0; e < E; ++e) { S += s[e]; fs += double(f[e]) * s[e]; }
             double cst = double(alpha) * bal_scale / T;
-            for (int e = 0; e < E; ++e) ds[e] += float(cst * (m.f[e] / S - fs / (S * S)));
+            for (int e = 0; e < E; ++e) ds[e] += float(cst * (f[e] / S - fs / (S * S)));
         }
         if (c.scoring_sigmoid) {
             for (int e = 0; e < E; ++e) ds[e] *= s[e] * (1.0f - s[e]);
@@ -241,7 +252,7 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
             for (int e = 0; e < E; ++e) ds[e] = float(s[e] * (ds[e] - dot));
         }
     }
-    linear_backward(dx, G + l.router, dl, m.x, W + l.router, T, d, E);
+    linear_backward(dx, G + l.router, dl, m.x, W + l.router, R, d, E);
     a.rewind(mk);
 }
 

@@ -22,8 +22,10 @@ void swiglu_forward(const float* W, const swiglu_offsets& s, swiglu_cache& m, fl
 void swiglu_backward(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
                      const float* dy, int d, arena& a);
 
+// Shapes for R = B·T rows (B sequences of T positions); the shapes below say T for R.
 struct moe_cache {
-    int T = 0;
+    int T = 0;                  // positions per sequence
+    int B = 1;                  // sequences (the balance loss is per sequence)
     const float* x = nullptr;   // [T, d]
     float* s = nullptr;         // [T, E] router scores (sigmoid or softmax)
     int* idx = nullptr;         // [T, K] selected experts, best first
@@ -35,20 +37,21 @@ struct moe_cache {
     float* ye = nullptr;        // [T*K, d] expert outputs (before weighting)
     std::vector<swiglu_cache> experts;
     swiglu_cache shared;
-    std::vector<float> f;       // [E] f_e of the sequence-wise balance loss (constant for the gradient)
+    std::vector<float> f;       // [B, E] f_e of each sequence's balance loss (constant for the gradient)
     std::vector<size_t> ep_counts;   // expert parallel: [P][E/P] rows received per group rank and owned expert
-    double bal_loss = 0;        // α Σ_e f_e P_e (0 when α = 0)
+    double bal_loss = 0;        // mean over the sequences of α Σ_e f_e P_e (0 when α = 0)
 };
 
 // Router selection for one token (spec §4): scores s[E] -> idx[K] (best first) and weights w[K].
 void moe_route(const model_config& c, const float* s, const float* bias, int* idx, float* w);
 
-// y[T,d] = Σ_k w_k expert_k(x) + shared(x). alpha > 0 also computes the sequence-wise balance loss over
-// these T rows (one sequence). load (optional, [E]) += tokens routed to each expert.
+// y[B·T,d] = Σ_k w_k expert_k(x) + shared(x), the experts as GEMMs over all B·T rows routed to them. alpha > 0
+// also computes the sequence-wise balance loss of each sequence's T rows. load (optional, [E]) += tokens routed
+// to each expert.
 void moe_forward(const model_config& c, const layer_offsets& l, const float* W, moe_cache& m, float* y, const float* x,
-                 int T, float alpha, arena& a, double* load = nullptr);
-// dx[T,d] += ...; G += parameter gradients (router bias gets none); includes the balance loss gradient
-// scaled by bal_scale (the weight of this sequence's balance loss in the total loss).
+                 int T, float alpha, arena& a, double* load = nullptr, int B = 1);
+// dx[B·T,d] += ...; G += parameter gradients (router bias gets none); includes the balance loss gradient
+// scaled by bal_scale (the weight of each sequence's balance loss in the total loss).
 void moe_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const moe_cache& m,
                   float* dx, const float* dy, float alpha, float bal_scale, arena& a);
 

@@ -5,8 +5,10 @@
 
 namespace mtp {
 
+// Shapes for R = B·T rows (B sequences of T positions); the shapes below say T for R.
 struct layer_cache {
-    int T = 0;
+    int T = 0;                 // positions per sequence
+    int B = 1;                 // sequences
     float* x_in = nullptr;     // [T, d] layer input
     float* xn1 = nullptr;      // [T, d] input_layernorm(x_in)
     float* rstd1 = nullptr;    // [T]
@@ -18,10 +20,11 @@ struct layer_cache {
     moe_cache moe;             // MoE layers
 };
 
-// x[T,d] is replaced by the layer output. Returns the layer's balance loss (0 unless MoE and alpha > 0).
+// x[B·T,d] is replaced by the layer output. Returns the layer's balance loss (0 unless MoE and alpha > 0; the mean
+// over the B sequences).
 double layer_forward(const model_config& c, const layer_offsets& l, const float* W, layer_cache& m, float* x, int T,
-                     const float* cos, const float* sin, float alpha, arena& a, double* load = nullptr);
-// dx[T,d]: in = dL/d(output), out = dL/d(input). G accumulates parameter gradients.
+                     const float* cos, const float* sin, float alpha, arena& a, double* load = nullptr, int B = 1);
+// dx[B·T,d]: in = dL/d(output), out = dL/d(input). G accumulates parameter gradients.
 void layer_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const layer_cache& m,
                     float* dx, float alpha, float bal_scale, arena& a);
 

@@ -12,11 +12,13 @@ namespace mtp {
 
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
-                 float* h_out, double* load) {
-    if (c.mtp_parallel) return parallel_head_forward(c, l, W, m, hprev, T, cos, sin, alpha, a, h_out, load);
-    const int d = c.hidden_size;
+                 float* h_out, double* load, int B) {
+    if (c.mtp_parallel) return parallel_head_forward(c, l, W, m, hprev, T, cos, sin, alpha, a, h_out, load, B);
+    const int d = c.hidden_size, Tp = T;                                 // Tp positions per sequence
     const float eps = float(c.rms_norm_eps);
     m.T = T;
+    m.B = B;
+    T *= B;                                                               // rows from here on
     m.tok = tok;
     m.hprev = hprev;
     m.e = a.alloc(size_t(T) * d);
@@ -38,7 +40,7 @@ void mtp_forward(const model_config& c, const model_layout& L, const layer_offse
     m.y = a.alloc(size_t(T) * d);
     linear_forward(m.y, m.cat, W + l.eh_proj, T, 2 * d, d);
     ph.reset();                                                           // the layer opens its own phases
-    m.bal_loss = layer_forward(c, l, W, m.layer, m.y, T, cos, sin, alpha, a, load);
+    m.bal_loss = layer_forward(c, l, W, m.layer, m.y, Tp, cos, sin, alpha, a, load, B);
     m.h = h_out;
     m.h_rstd = a.alloc(T);
     rmsnorm_forward(m.h, m.h_rstd, m.y, W + l.shared_head_norm, T, d, eps);
@@ -47,7 +49,7 @@ void mtp_forward(const model_config& c, const model_layout& L, const layer_offse
 
 float* mtp_layer_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mtp_cache& m,
                           const float* dh, float alpha, float bal_scale, arena& a) {
-    const int d = c.hidden_size, T = m.T;
+    const int d = c.hidden_size, T = m.B * m.T;                           // rows
     float* dy = a.alloc_zero(size_t(T) * d);
     rmsnorm_backward(dy, G + l.shared_head_norm, dh, m.y, W + l.shared_head_norm, m.h_rstd, T, d);
     layer_backward(c, l, W, G, m.layer, dy, alpha, bal_scale, a);         // dy is now dL/du
@@ -57,7 +59,7 @@ float* mtp_layer_backward(const model_config& c, const layer_offsets& l, const f
 void mtp_backward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, float* G,
                   const mtp_cache& m, float* dh, float* dhprev, float alpha, float bal_scale, arena& a) {
     if (c.mtp_parallel) return parallel_head_backward(c, l, W, G, m, dh, dhprev, alpha, bal_scale, a);
-    const int d = c.hidden_size, T = m.T;
+    const int d = c.hidden_size, T = m.B * m.T;                           // rows
     auto mk = a.mark();
     float* dy = mtp_layer_backward(c, l, W, G, m, dh, alpha, bal_scale, a);
     prof_seq ph(prof::mtp_proj);

@@ -5,8 +5,10 @@
 
 namespace mtp {
 
+// Shapes for R = B·T rows (B sequences, each with positions 0..T-1 of this depth); the shapes below say T for R.
 struct mtp_cache {
-    int T = 0;                     // rows = positions 0..T-1 of this depth
+    int T = 0;                     // positions 0..T-1 of this depth, per sequence
+    int B = 1;                     // sequences
     const int* tok = nullptr;      // [T] t_{i+k}
     const float* hprev = nullptr;  // [T, d] h^{k-1} rows, owned by the previous depth / trunk
     float* e = nullptr;            // [T, d] Emb(t_{i+k})
@@ -25,9 +27,10 @@ struct mtp_cache {
 // With "mtp_style": "parallel" these run a parallel head instead (src/model/parallel_head.h): hprev must then be
 // the trunk's h (c.mtp_input_stage(k) == 0), tok is not read, and dhprev is the trunk's dL/dh.
 // h_out [T, d] receives h^k (m.h points there); the head product over it is the caller's (model_forward).
+// hprev [B·T, d], tok [B·T] and h_out [B·T, d] hold B sequences of T rows each.
 void mtp_forward(const model_config& c, const model_layout& L, const layer_offsets& l, const float* W, mtp_cache& m,
                  const float* hprev, const int* tok, int T, const float* cos, const float* sin, float alpha, arena& a,
-                 float* h_out, double* load = nullptr);
+                 float* h_out, double* load = nullptr, int B = 1);
 // The part of the backward both designs share: back through shared_head.norm and the decoder layer. Returns
 // dL/du [T, d] (the layer's input gradient) in arena memory from `a` (the caller rewinds).
 float* mtp_layer_backward(const model_config& c, const layer_offsets& l, const float* W, float* G, const mtp_cache& m,

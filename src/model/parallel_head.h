@@ -7,10 +7,11 @@
 
 namespace mtp {
 
-// h [T, d]: the trunk's post-norm hidden rows 0..T-1; h_out [T, d] receives h^k (m.h points there).
+// h [B·T, d]: the trunk's post-norm hidden rows 0..T-1 of each of B sequences; h_out [B·T, d] receives h^k (m.h
+// points there).
 void parallel_head_forward(const model_config& c, const layer_offsets& l, const float* W, mtp_cache& m,
                            const float* h, int T, const float* cos, const float* sin, float alpha, arena& a,
-                           float* h_out, double* load);
+                           float* h_out, double* load, int B = 1);
 // dh [T, d]: dL/dh^k (consumed as scratch); dh_trunk [T, d] += dL/dh through this head.
 void parallel_head_backward(const model_config& c, const layer_offsets& l, const float* W, float* G,
                             const mtp_cache& m, float* dh, float* dh_trunk, float alpha, float bal_scale, arena& a);

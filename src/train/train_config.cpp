@@ -51,6 +51,9 @@ const std::map<std::string, key_ref>& table() {
         KEY(batch_size, kind::i32, "sequences per micro-batch"),
         KEY(seq_len, kind::i32, "tokens per sequence"),
         KEY(grad_accum, kind::i32, "micro-batches per optimizer step"),
+        KEY(pass_tokens, kind::i32, "at most this many tokens per forward/backward pass: the sequences of a micro-batch "
+                                    "run together, every matrix product over all their rows (memory grows with it; "
+                                    "the result does not depend on it beyond rounding)"),
         KEY(seed, kind::i64, "seed of initialisation and data order"),
         KEY(max_steps, kind::i32, "optimizer steps (also the length of the cosine schedule)"),
         KEY(max_time, kind::f64, "stop after this many seconds of training (0 = no limit)"),
@@ -63,6 +66,8 @@ const std::map<std::string, key_ref>& table() {
         KEY(ckpt_every, kind::i32, "write a checkpoint every N steps (0 = only at the end)"),
         KEY(keep_checkpoints, kind::i32, "keep the last K checkpoints"),
         KEY(threads, kind::i32, "OpenMP threads (0 = default; per rank under mpirun)"),
+        KEY(precision, kind::str, "matrix products: fp32, or bf16 (bf16 inputs, fp32 accumulation, fp32 master weights and "
+                                  "optimizer; needs AMX or AVX-512 BF16, else fp32 with a message)"),
         KEY(expert_parallel, kind::i32, "under mpirun: split the routed experts over groups of this many ranks (1 = off)"),
         KEY(zero_stage, kind::i32, "under mpirun: 1 shards the AdamW moments over the ranks (ZeRO-1), 0 replicates them"),
         KEY(plot, kind::boolean, "write loss.png with gnuplot at the end"),
@@ -199,8 +204,11 @@ void train_config_validate(const train_config& c) {
     auto need = [](bool ok, const char* key, const char* what) { if (!ok) fail(key, what); };
     need(!c.data.empty(), "data", "required: a dataset folder from `mtp data prepare`");
     need(c.batch_size >= 1, "batch_size", "must be >= 1");
+    if (c.precision != "fp32" && c.precision != "bf16")
+        fail("precision", "expected fp32 or bf16, got '" + c.precision + "'");
     need(c.seq_len >= 2, "seq_len", "must be >= 2");
     need(c.grad_accum >= 1, "grad_accum", "must be >= 1");
+    need(c.pass_tokens >= 1, "pass_tokens", "must be >= 1");
     need(c.max_steps >= 1, "max_steps", "must be >= 1");
     need(c.lr > 0 && c.min_lr >= 0 && c.min_lr <= c.lr, "lr", "need lr > 0 and 0 <= min_lr <= lr");
     need(c.warmup_steps >= 0, "warmup_steps", "must be >= 0");

@@ -29,6 +29,8 @@ struct train_config {
     double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
     // batches
     int batch_size = 8, seq_len = 128, grad_accum = 1;
+    int pass_tokens = 4096;                // a micro-batch's sequences run through the model together, this many tokens
+                                           // at most per pass (bigger products; memory grows with it)
     int64_t seed = 1;
     int max_steps = 500;
     double max_time = 0;                   // seconds of training; 0 = no limit
@@ -39,6 +41,7 @@ struct train_config {
     std::string sample_prompt = "The";
     int ckpt_every = 250, keep_checkpoints = 2;
     int threads = 0;                       // 0: OMP default (per rank under mpirun)
+    std::string precision = "fp32";        // matrix products: fp32, or bf16 with fp32 accumulation (core/gemm_bf16.h)
     // distributed (mpirun): the global batch is split over the ranks
     int zero_stage = 0;                    // 1: AdamW moments sharded over ranks (ZeRO-1)
     int expert_parallel = 1;               // P > 1: routed experts split over groups of P ranks (all-to-all)

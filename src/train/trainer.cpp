@@ -18,6 +18,7 @@
 #include "core/arena.h"
 #include "core/comm.h"
 #include "core/error.h"
+#include "core/gemm_bf16.h"
 #include "infer/naive_generate.h"
 #include "io/atomic_file.h"
 #include "io/tokenizer.h"
@@ -229,6 +230,18 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         comm_make_expert_groups(tc.expert_parallel);
         expert_parallel_enable(true);
     }
+    // Matrix-product precision for this run (restored at exit); checkpoints stay fp32 either way.
+    struct precision_guard {
+        matmul_precision saved = get_matmul_precision();
+        ~precision_guard() { set_matmul_precision(saved); }
+    } precision_restore;
+    const bool bf16 = tc.precision == "bf16" && gemm_bf16_native();
+    set_matmul_precision(bf16 ? matmul_precision::bf16 : matmul_precision::fp32);
+    if (tc.precision == "bf16" && !bf16)
+        say("precision: bf16 asked, but no AMX-BF16 or AVX-512 BF16 kernel runs here (CPU, build or MTP_BF16_KERNEL): training in fp32\n");
+    else if (bf16)
+        say("precision: bf16 matrix products (%s kernel), fp32 accumulation, master weights and optimizer\n",
+            bf16_kernel_name(gemm_bf16_kernel()));
     say("model: %zu parameters, %d layers (+%d MTP), vocab %d | data: %zu train / %zu val tokens\n",
                 n_params, c.num_hidden_layers, D, c.vocab_size, data.train.size(), data.val.size());
     say("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s\n",
@@ -345,16 +358,19 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             sample_windows(data.train, uint64_t(tc.seed), uint64_t(step) * A + micro, B, T - 1, batch.data());
             if (dump && std::fwrite(batch.data(), sizeof(int), batch.size(), dump) != batch.size())
                 fail("MTP_TRAIN_TEST_DUMP_BATCHES", "write failed");
-            for (int b = b_first; b < b_last; ++b) {
+            // The rank's sequences in passes of up to pass_tokens tokens: one forward/backward over all of them.
+            const int per_pass = std::max(1, tc.pass_tokens / T);
+            for (int b = b_first; b < b_last; b += per_pass) {
+                const int nb = std::min(per_pass, b_last - b);
                 a.reset();
                 model_forward(c, m.layout, m.weights.data(), s, batch.data() + size_t(b) * T, T, float(tc.bal_alpha), a,
-                              &load);
+                              &load, -1, nb);
                 loss_stats ls = model_backward(c, m.layout, m.weights.data(), G.data(), s, float(lam),
                                                float(tc.bal_alpha), w, a);
-                l_total += ls.total * w;
-                l_main += ls.main * w;
-                l_bal += ls.bal * w;
-                for (int k = 0; k < D; ++k) l_mtp[k] += ls.mtp[k] * w;
+                l_total += ls.total * w * nb;                              // the pass's losses are means
+                l_main += ls.main * w * nb;
+                l_bal += ls.bal * w * nb;
+                for (int k = 0; k < D; ++k) l_mtp[k] += ls.mtp[k] * w * nb;
             }
         }
         // Waiting for the slowest rank is timed apart from the transfer itself (wait_s vs comm_s in metrics).

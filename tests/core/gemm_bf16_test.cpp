@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <tuple>
 #include <vector>
 
@@ -150,6 +151,10 @@ TEST(GemmBf16, ResultsDoNotDependOnShapeOrThreads) {
 
 // The process picks the widest family the CPU, the OS and the build allow.
 TEST(GemmBf16, PicksTheWidestSupportedKernel) {
+    if (const char* env = std::getenv("MTP_BF16_KERNEL"); env && *env) {
+        EXPECT_STREQ(bf16_kernel_name(gemm_bf16_kernel()), env) << "MTP_BF16_KERNEL names the kernel";
+        return;
+    }
     const bf16_kernel want = bf16_kernel_supported(bf16_kernel::amx)          ? bf16_kernel::amx
                              : bf16_kernel_supported(bf16_kernel::avx512bf16) ? bf16_kernel::avx512bf16
                                                                               : bf16_kernel::scalar;

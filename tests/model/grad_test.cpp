@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/arena.h"
+#include "core/gemm_bf16.h"
 #include "core/ops.h"
 #include "core/rng.h"
 #include "model/attention.h"
@@ -753,6 +754,171 @@ TEST(GradModel, BackwardIsLinearInWeightAndAccumulates) {
         }
     }
     EXPECT_GT(nonzero, g1.size() / 2);   // a floor (unused embedding rows, unselected experts stay 0): measured 84%
+}
+
+
+// ---------------------------------------------------------------------------------------------------------------
+// B sequences in one forward/backward (every product over all their rows) = the per-sequence path above
+// ---------------------------------------------------------------------------------------------------------------
+
+// Each sequence of a batched forward gives the losses, logits, expert selections and loads of a forward over it
+// alone, and the batched backward's gradient is the sum of the per-sequence gradients — within the rounding of
+// products summed in another order (tolerances: 1e-5 of each tensor's scale, the fp32 sums having ≤ ~100 terms
+// each at u = 6e-8; measured worst 4e-7). Breaking the sequence boundaries (attention across sequences, one balance
+// loss over the batch, the MTP inputs gathered without the per-sequence offset) fails it.
+void check_batched(const json& j, uint64_t seed, float alpha, int T, int B) {
+    SCOPED_TRACE("T " + std::to_string(T) + " B " + std::to_string(B));
+    fixture fx(j, seed);
+    const float lambda = 0.3f;
+    rng r(seed + 1);
+    std::vector<int> tokens(size_t(B) * T);
+    for (auto& t : tokens) t = int(r.below(fx.c.vocab_size));
+    const int V = fx.c.vocab_size, E = std::max(fx.c.n_routed_experts, 1);
+    arena a;
+    // per sequence
+    std::vector<float> Gsum(fx.W.size(), 0.0f);
+    loss_stats mean;
+    mean.mtp.assign(fx.c.n_mtp(), 0.0);
+    std::vector<std::vector<float>> logits(B);
+    std::vector<std::vector<int>> sel(B);
+    std::vector<double> load_single(size_t(fx.c.n_layers_total()) * E, 0.0);
+    for (int b = 0; b < B; ++b) {
+        a.reset();
+        model_state s;
+        model_forward(fx.c, fx.L, fx.W.data(), s, tokens.data() + size_t(b) * T, T, alpha, a, &load_single);
+        logits[b].assign(s.logits, s.logits + size_t(s.rows) * V);
+        sel[b] = all_selections(fx, s);
+        const loss_stats l = model_backward(fx.c, fx.L, fx.W.data(), Gsum.data(), s, lambda, alpha, 1.0f, a);
+        mean.total += l.total / B, mean.main += l.main / B, mean.bal += l.bal / B;
+        for (int k = 0; k < fx.c.n_mtp(); ++k) mean.mtp[k] += l.mtp[k] / B;
+    }
+    // batched
+    a.reset();
+    model_state s;
+    std::vector<double> load(size_t(fx.c.n_layers_total()) * E, 0.0);
+    model_forward(fx.c, fx.L, fx.W.data(), s, tokens.data(), T, alpha, a, &load, -1, B);
+    EXPECT_EQ(load, load_single) << "tokens routed per layer and expert";
+    // logits: the rows of sequence b at depth k (0 = main head) are its own forward's rows of that depth
+    const int D = fx.c.n_mtp();
+    double lmax = 0;
+    for (const auto& v : logits) for (float x : v) lmax = std::max(lmax, double(std::fabs(x)));
+    size_t single_off = 0;
+    for (int k = 0; k <= D; ++k) {
+        const int Tk = T - k;
+        if (Tk <= 0) break;
+        const size_t batched_off = k == 0 ? 0 : s.mtp[k - 1].head_row;
+        for (int b = 0; b < B; ++b)
+            for (size_t i = 0; i < size_t(Tk) * V; ++i)
+                ASSERT_NEAR(s.logits[(batched_off + size_t(b) * Tk) * V + i], logits[b][single_off * V + i], 1e-5 * lmax)
+                    << "depth " << k << " sequence " << b << " element " << i;
+        single_off += Tk;
+    }
+    // expert selections of every trunk MoE layer: per sequence, in order (all_selections lists the trunk first)
+    const int K = fx.c.num_experts_per_tok;
+    for (int i = 0, li = 0; i < fx.c.num_hidden_layers; ++i) {
+        if (!fx.L.layers[i].moe) continue;
+        const auto v = selection_sets(s.layers[i].moe.idx, B * T, K);
+        for (int b = 0; b < B; ++b)
+            EXPECT_TRUE(std::equal(v.begin() + long(b) * T * K, v.begin() + long(b + 1) * T * K,
+                                   sel[b].begin() + long(li) * T * K))
+                << "layer " << i << " sequence " << b;
+        ++li;
+    }
+    const loss_stats lf = model_loss(fx.c, s, lambda);
+    std::vector<float> G(fx.W.size(), 0.0f);
+    const loss_stats lb = model_backward(fx.c, fx.L, fx.W.data(), G.data(), s, lambda, alpha, 1.0f, a);
+    EXPECT_EQ(lf.total, lb.total);
+    EXPECT_NEAR(lb.total, mean.total, 1e-6 * std::fabs(mean.total));
+    EXPECT_NEAR(lb.main, mean.main, 1e-6 * std::fabs(mean.main));
+    EXPECT_NEAR(lb.bal, mean.bal, 1e-6 * std::fabs(mean.bal) + 1e-12);
+    if (alpha > 0 && fx.c.n_routed_experts > 0) EXPECT_GT(lb.bal, 0.0);
+    for (int k = 0; k < D; ++k) EXPECT_NEAR(lb.mtp[k], mean.mtp[k], 1e-6 * std::fabs(mean.mtp[k]) + 1e-12) << k;
+    size_t nonzero = 0;
+    for (const auto& p : fx.L.params) {
+        double gmax = 0;
+        for (size_t i = 0; i < p.size; ++i) gmax = std::max(gmax, double(std::fabs(Gsum[p.offset + i])));
+        for (size_t i = p.offset; i < p.offset + p.size; ++i) {
+            ASSERT_NEAR(G[i], Gsum[i], 1e-5 * gmax + 1e-30) << p.name << " [" << i - p.offset << "]";
+            nonzero += Gsum[i] != 0.0f;
+        }
+    }
+    EXPECT_GT(nonzero, G.size() / 3);
+}
+
+TEST(GradModel, BatchedSequencesEqualPerSequence) {
+    json moe = moe_sigmoid_groups(base_json());
+    moe["num_hidden_layers"] = 2;
+    moe["num_nextn_predict_layers"] = 2;
+    check_batched(moe, 801, 0.3f, 9, 3);                       // MoE trunk and modules, balance loss, D = 2
+    check_batched(moe, 802, 0.3f, 3, 4);                       // depth 2 has one row and no target
+    json dense = without_q_lora(with_yarn(base_json()));
+    dense["num_hidden_layers"] = 2;
+    dense["num_nextn_predict_layers"] = 1;
+    check_batched(dense, 803, 0.0f, 7, 2);
+    json par = moe_softmax_grouped(base_json());
+    par["num_hidden_layers"] = 2;
+    par["first_k_dense_replace"] = 1;
+    par["num_nextn_predict_layers"] = 2;
+    par["mtp_style"] = "parallel";
+    check_batched(par, 804, 0.3f, 8, 3);                       // parallel heads read the trunk's rows
+    check_batched(moe, 805, 0.3f, 6, 1);                       // B = 1 is the per-sequence path itself
+}
+
+
+// bf16 mixed precision (core/gemm_bf16.h): the same backward with every matrix product in bf16 (fp32 accumulation)
+// gives gradients within the error bf16 rounding explains. Each product rounds both inputs to 8 significant bits
+// (relative error ≤ 2^-9 each, so ≤ 2^-8 per product); along a chain of n products the relative errors add, so a
+// tensor's gradient is within n·2^-8 of the fp32 one in norm, n = the model's product depth (as check_model counts
+// it, ×2 for the backward's products). Measured with every kernel (scalar, avx512bf16, amx): mean 0.0128 over the
+// tensors, worst 0.121 (layer 0 expert 3, which few tokens reach: a near-cancelling sum) against the bound 0.664.
+// The mean must also stay above 2^-12: bf16 rounding has to show (the precision switch reached the products).
+// MTP_TEST_VERBOSE=1 prints every tensor's figure.
+TEST(GradModel, Bf16GradientsWithinBf16Rounding) {
+    json j = moe_sigmoid_groups(base_json());
+    j["num_hidden_layers"] = 2;
+    j["num_nextn_predict_layers"] = 2;
+    fixture fx(j, 811);
+    const int T = 9, B = 2;
+    rng r(812);
+    std::vector<int> tokens(size_t(B) * T);
+    for (auto& t : tokens) t = int(r.below(fx.c.vocab_size));
+    arena a;
+    auto grad = [&](matmul_precision p, loss_stats* ls) {
+        struct restore { ~restore() { set_matmul_precision(matmul_precision::fp32); } } guard;
+        set_matmul_precision(p);
+        std::vector<float> G(fx.W.size(), 0.0f);
+        a.reset();
+        model_state s;
+        model_forward(fx.c, fx.L, fx.W.data(), s, tokens.data(), T, 0.1f, a, nullptr, -1, B);
+        *ls = model_backward(fx.c, fx.L, fx.W.data(), G.data(), s, 0.3f, 0.1f, 1.0f, a);
+        return G;
+    };
+    loss_stats l32, l16;
+    const auto g32 = grad(matmul_precision::fp32, &l32), g16 = grad(matmul_precision::bf16, &l16);
+    int depth = 3;
+    for (const auto& l : fx.L.layers) depth += layer_depth(l);
+    for (const auto& l : fx.L.mtp) depth += mtp_depth(l);
+    const double bound = 2.0 * depth * 0x1p-8;
+    EXPECT_NEAR(l16.total, l32.total, depth * 0x1p-8 * std::fabs(l32.total));
+    double worst = 0, total_rel = 0;
+    int n = 0;
+    for (const auto& p : fx.L.params) {
+        if (!p.trainable) continue;
+        double num = 0, den = 0;
+        for (size_t i = p.offset; i < p.offset + p.size; ++i) {
+            num += double(g16[i] - g32[i]) * (g16[i] - g32[i]);
+            den += double(g32[i]) * g32[i];
+        }
+        if (den == 0) continue;
+        const double rel = std::sqrt(num / den);
+        EXPECT_LE(rel, bound) << p.name;
+        if (std::getenv("MTP_TEST_VERBOSE")) std::printf("  %-40s %.3g\n", p.name.c_str(), rel);
+        worst = std::max(worst, rel);
+        total_rel += rel, ++n;
+    }
+    EXPECT_GT(total_rel / n, 0x1p-12) << "bf16 rounding left no trace: did the products run in bf16?";
+    std::printf("bf16 vs fp32 gradients: worst relative norm error %.3g, mean %.3g, bound %.3g (%s kernel)\n", worst,
+                total_rel / n, bound, bf16_kernel_name(gemm_bf16_kernel()));
 }
 
 } // namespace

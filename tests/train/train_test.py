@@ -84,6 +84,50 @@ if qa.returncode == 0 and qb2.returncode == 0:
           json.load(open(os.path.join(pa_dir, "model", "config.json"))).get("mtp_style") == "parallel")
     check("parallel heads: both depths logged", all(len(r["mtp"]) == 2 for r in records(pa_dir, "train")))
 
+# --- bf16 mixed precision: exact resume in bf16; where the CPU has no bf16 kernel, a clear message and fp32
+#     (then bitwise the fp32 run); checkpoints interchangeable (a bf16 run resumes in fp32)
+ba, bb, bf = os.path.join(work, "bf16_straight"), os.path.join(work, "bf16_resumed"), os.path.join(work, "bf16_ref32")
+ra_ = train(["--max-steps", "6", "--out-dir", ba, "--precision", "bf16"])
+rb1 = train(["--max-steps", "6", "--out-dir", bb, "--stop-at-step", "3", "--precision", "bf16"])
+rb2 = subprocess.run([mtp, "train", "--resume", bb], capture_output=True, text=True, timeout=600)
+rf = train(["--max-steps", "6", "--out-dir", bf])
+native = "precision: bf16 matrix products" in ra_.stdout
+fallback = "training in fp32" in ra_.stdout
+check("bf16: runs succeed", ra_.returncode == 0 and rb1.returncode == 0 and rb2.returncode == 0 and rf.returncode == 0,
+      (ra_.stderr + rb2.stderr)[-500:])
+check("bf16: says which precision it trains in", native != fallback, ra_.stdout[:300])
+if ra_.returncode == 0 and rb2.returncode == 0 and rf.returncode == 0:
+    wa = open(os.path.join(ba, "model", "model.safetensors"), "rb").read()
+    check("bf16: resume bitwise identical", wa == open(os.path.join(bb, "model", "model.safetensors"), "rb").read())
+    w32 = open(os.path.join(bf, "model", "model.safetensors"), "rb").read()
+    if native:
+        check("bf16: differs from the fp32 run (the products ran in bf16)", wa != w32)
+        la, l32 = records(ba, "train")[-1]["loss"], records(bf, "train")[-1]["loss"]
+        check("bf16: loss within 0.05 of fp32 after 6 steps", abs(la - l32) < 0.05, f"({la:.4f} vs {l32:.4f})")
+    else:
+        check("bf16 on a CPU without it: exactly the fp32 run", wa == w32)
+    import glob
+    states = sorted(glob.glob(os.path.join(bb, "checkpoints", "step_*", "state.json")))
+    check("bf16: the checkpoint records the precision", bool(states) and
+          json.load(open(states[0]))["train_config"].get("precision") == "bf16", str(states))
+    rc = subprocess.run([mtp, "train", "--resume", os.path.join(ba), "--precision", "fp32", "--max-steps", "8"],
+                        capture_output=True, text=True, timeout=600)
+    check("bf16 checkpoint resumes in fp32", rc.returncode == 0 and "precision: bf16" not in rc.stdout,
+          rc.stderr[-300:])
+bad = train(["--max-steps", "2", "--out-dir", os.path.join(work, "badprec"), "--precision", "fp16"], expect_ok=False)
+check("unknown precision: one-line error naming the key", bad.returncode != 0 and "precision" in bad.stderr and
+      len(bad.stderr.strip().splitlines()) == 1, bad.stderr[-300:])
+
+# --- passes: the micro-batch's 4 sequences in one pass (default) or one per pass (pass_tokens = seq_len) give
+#     the same training within rounding (the products sum in another order)
+p1_dir = os.path.join(work, "pass1")
+pp = train(["--max-steps", "8", "--stop-at-step", "4", "--out-dir", p1_dir, "--pass-tokens", "32"])
+if pp.returncode == 0 and pa.returncode == 0:
+    l1 = [r["loss"] for r in records(p1_dir, "train")]
+    l4 = [r["loss"] for r in records(a, "train")][:4]
+    check("pass_tokens: one sequence per pass = four per pass (losses within 1e-4)",
+          len(l1) == 4 and all(abs(x - y) < 1e-4 * abs(y) for x, y in zip(l1, l4)), f"{l1} vs {l4}")
+
 # --- auxiliary-loss-free balancing: max/mean expert load lower with γ > 0 than γ = 0, same data and init
 def final_load(out):
     ev = records(out, "eval")[-1]["expert_load"]
