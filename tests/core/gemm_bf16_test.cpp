@@ -13,17 +13,13 @@
 #include "core/gemm_bf16.h"
 #include "core/ops.h"
 #include "core/rng.h"
+#include "random_inputs.h"
 
 namespace {
 
 using namespace mtp;
 
-std::vector<float> randn(size_t n, uint64_t seed) {
-    rng r(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = float(r.normal());
-    return v;
-}
+using test::randn;
 
 struct operands {
     int M, N, K, lda, ldb, ldc;

@@ -11,17 +11,13 @@
 #include "core/gemv.h"
 #include "core/ops.h"
 #include "core/rng.h"
+#include "random_inputs.h"
 
 namespace {
 
 using namespace mtp;
 
-std::vector<float> randn(size_t n, uint64_t seed) {
-    rng r(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = float(r.normal());
-    return v;
-}
+using test::randn;
 
 void check_shape(int out, int in, int T_max, int threads) {
     SCOPED_TRACE("out " + std::to_string(out) + " in " + std::to_string(in) + " threads " + std::to_string(threads));
