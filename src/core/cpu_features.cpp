@@ -10,6 +10,10 @@
 
 namespace mtp {
 
+#ifdef MTP_HAVE_AMX_KERNELS
+bool gemm_bf16_amx_permitted();                 // core/gemm_bf16_amx.cpp: asks Linux for the AMX tile state once
+#endif
+
 namespace {
 
 uint64_t xgetbv0() {
@@ -51,11 +55,12 @@ isa choose() {
         isa want;
         if (v == "avx2") want = isa::avx2;
         else if (v == "avx512") want = isa::avx512;
-        else fail("MTP_ISA", "expected avx2 or avx512, got " + quoted(v));
+        else if (v == "amx") want = isa::amx;
+        else fail("MTP_ISA", "expected avx2, avx512 or amx, got " + quoted(v));
         if (!isa_supported(want)) fail("MTP_ISA", v + " is not supported by this CPU");
         return want;
     }
-    return isa_supported(isa::avx512) ? isa::avx512 : isa::avx2;
+    return isa_supported(isa::amx) ? isa::amx : isa_supported(isa::avx512) ? isa::avx512 : isa::avx2;
 }
 
 } // namespace
@@ -70,6 +75,7 @@ const char* isa_name(isa i) {
         case isa::avx2: return "avx2";
         case isa::avx2x2: return "avx2x2";
         case isa::avx512: return "avx512";
+        case isa::amx: return "amx";
     }
     return "?";
 }
@@ -83,6 +89,12 @@ bool isa_supported(isa i) {
         case isa::avx512:
 #ifdef MTP_HAVE_AVX512_KERNELS
             return base && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+#else
+            return false;
+#endif
+        case isa::amx:
+#ifdef MTP_HAVE_AMX_KERNELS
+            return isa_supported(isa::avx512) && f.amx_bf16 && f.avx512bf16 && gemm_bf16_amx_permitted();
 #else
             return false;
 #endif

@@ -49,6 +49,7 @@ double wtype_bytes_per_weight(wtype t) {
 namespace {
 
 int lanes_of(isa k) { return k == isa::avx2 ? 8 : 16; }
+bool amx_bf16(wtype t, isa k) { return t == wtype::bf16 && k == isa::amx; }   // AMX tile layout (gemv_amx.cpp)
 
 void alloc_packed(packed_weight& p, int out, int in, wtype t, isa k) {
     if (!isa_supported(k)) fail("gemv", std::string("kernels ") + isa_name(k) + " are not supported by this CPU");
@@ -56,12 +57,14 @@ void alloc_packed(packed_weight& p, int out, int in, wtype t, isa k) {
     p.kernel = k;
     p.out = out;
     p.in = in;
-    p.lanes = lanes_of(k);
+    p.lanes = amx_bf16(t, k) ? gemv_detail::amx_lanes : lanes_of(k);
     p.panels = (out + p.lanes - 1) / p.lanes;
     p.blocks = (in + q8_block - 1) / q8_block;
     switch (t) {
         case wtype::f32: p.panel_bytes = size_t(in) * p.lanes * sizeof(float); break;
-        case wtype::bf16: p.panel_bytes = size_t(in) * p.lanes * sizeof(uint16_t); break;
+        case wtype::bf16:
+            p.panel_bytes = amx_bf16(t, k) ? gemv_detail::amx_panel_bytes(in) : size_t(in) * p.lanes * sizeof(uint16_t);
+            break;
         case wtype::q8_0: p.panel_bytes = size_t(p.blocks) * 34 * p.lanes; break;
     }
     size_t bytes = p.bytes();
@@ -88,6 +91,9 @@ void pack_with(packed_weight& p, int out, int in, wtype t, isa k, Row row) {
         if (t == wtype::f32) {
             float* dst = reinterpret_cast<float*>(panel) + lane;
             for (int i = 0; i < in; ++i) dst[size_t(i) * L] = r[i];
+        } else if (amx_bf16(t, k)) {
+            uint16_t* dst = reinterpret_cast<uint16_t*>(panel);
+            for (int i = 0; i < in; ++i) dst[gemv_detail::amx_index(lane, i)] = f32_to_bf16(r[i]);
         } else if (t == wtype::bf16) {
             uint16_t* dst = reinterpret_cast<uint16_t*>(panel) + lane;
             for (int i = 0; i < in; ++i) dst[size_t(i) * L] = f32_to_bf16(r[i]);
@@ -231,6 +237,8 @@ std::vector<float> unpack_weight(const packed_weight& p) {
         for (int i = 0; i < p.in; ++i) {
             float v;
             if (p.type == wtype::f32) v = reinterpret_cast<const float*>(panel)[size_t(i) * L + lane];
+            else if (amx_bf16(p.type, p.kernel))
+                v = bf16_to_f32(reinterpret_cast<const uint16_t*>(panel)[gemv_detail::amx_index(lane, i)]);
             else if (p.type == wtype::bf16) v = bf16_to_f32(reinterpret_cast<const uint16_t*>(panel)[size_t(i) * L + lane]);
             else {
                 const unsigned char* blk = panel + size_t(i / q8_block) * 34 * L;
@@ -249,6 +257,17 @@ void gemv_reference(float* y, size_t ldy, const float* x, size_t ldx, int T, con
         for (int o = 0; o < out; ++o) {
             float acc = 0.0f;
             for (int i = 0; i < in; ++i) acc = std::fma(w[size_t(o) * in + i], x[size_t(t) * ldx + i], acc);
+            y[size_t(t) * ldy + o] = acc;
+        }
+}
+
+void gemv_reference_bf16_both(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out,
+                              int in) {
+    for (int t = 0; t < T; ++t)
+        for (int o = 0; o < out; ++o) {
+            float acc = 0.0f;
+            for (int i = 0; i < in; ++i)
+                acc += bf16_to_f32(f32_to_bf16(w[size_t(o) * in + i])) * bf16_to_f32(f32_to_bf16(x[size_t(t) * ldx + i]));
             y[size_t(t) * ldy + o] = acc;
         }
 }
@@ -300,6 +319,12 @@ gemv_detail::plan plan_for(isa k, const gemv_detail::args& a) {
 #else
             break;
 #endif
+        case isa::amx:
+#if defined(MTP_HAVE_AMX_KERNELS) && defined(MTP_HAVE_AVX512_KERNELS)
+            return a.type == wtype::bf16 ? gemv_detail::plan_amx(a) : gemv_detail::plan_avx512(a);
+#else
+            break;
+#endif
     }
     fail("gemv", std::string("no kernels for ") + isa_name(k));
 }
@@ -327,7 +352,8 @@ void run_rows(const gemv_detail::args& a, isa k) {
     }, &jb);
 }
 
-constexpr int max_rows_per_call = 128;     // more rows are done in chunks (the kernels are for few rows)
+constexpr int max_rows_per_call = 128;     // more rows are done in chunks (the kernels are for few rows);
+                                           // a multiple of 16 (the AMX row tiles)
 
 void run_args(const gemv_detail::args& a, isa k) {
     for (int t0 = 0; t0 < a.T; t0 += max_rows_per_call) {
@@ -337,6 +363,7 @@ void run_args(const gemv_detail::args& a, isa k) {
         if (a.x) c.x += size_t(t0) * a.ldx;
         if (a.xq) c.xq += size_t(t0) * a.blocks * q8_block;
         if (a.xd) c.xd += size_t(t0) * a.blocks;
+        if (a.xt) c.xt += size_t(t0 / 16) * ((a.in + 31) / 32) * 512;      // t0 is a multiple of 16
         run_rows(c, k);
     }
 }
@@ -369,6 +396,16 @@ void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
         a.xq = xq.data();
         a.xd = xd.data();
         a.pstride = p.panel_bytes;
+    } else if (amx_bf16(p.type, p.kernel)) {
+        // The rows rounded to bf16 once per call, as AMX A tiles (zero rows and inputs pad them), shared by the tasks.
+        thread_local std::vector<uint16_t> xt;
+        const size_t need = size_t((T + 15) / 16) * ((p.in + 31) / 32) * 512;
+        if (xt.size() < need) xt.resize(need);
+#ifdef MTP_HAVE_AMX_KERNELS
+        gemv_detail::amx_pack_rows(xt.data(), x, ldx, T, p.in);
+#endif
+        a.xt = xt.data();
+        a.pstride = p.panel_bytes;                               // bytes per panel of 32 outputs
     } else {
         a.pstride = size_t(p.in) * p.lanes;
         a.istride = size_t(p.lanes);

@@ -5,6 +5,8 @@
 // Weight types (what decoding reads; the model's master copy stays fp32):
 //   f32   panel [in][L] floats;
 //   bf16  panel [in][L] bf16 (the fp32 value rounded to nearest even), widened to fp32 exactly in the kernel;
+//         with the amx kernels instead panels of 32 outputs in AMX tile order, and the activations are rounded to
+//         bf16 too: the products of the tiles (bf16 x bf16, fp32 sums in the tile's own order);
 //   q8_0  ggml's Q8_0: blocks of 32 inputs with one fp16 scale per output (in padded with zeros to a multiple of
 //         32); panel [in/32 blocks]{ [L] fp16 scales | [8 groups of 4 inputs][L][4] int8 }. The activations are
 //         quantised to Q8_0 too (core/quant.h, per row), and a block's dot product is computed in exact integers.
@@ -19,6 +21,10 @@
 // — with no horizontal sums or split accumulators. Its value therefore does not depend on T, on the tile shapes, on
 // the lane width L, on the ISA (the integer block sums are exact on every path), or on the number of threads: a row
 // computed alone and the same row computed with others are bitwise equal, and equal to gemv_reference*() below.
+// The one exception is bf16 under the amx kernels: each row is computed by the same tile instructions whatever the
+// other rows (so a row alone still equals the row in a batch, bitwise, and speculation stays lossless), but the tile
+// sums in an order of its own, so the result is within fp32 summation error of gemv_reference_bf16_both(), not
+// bitwise equal to it, and differs from the avx2/avx512 bf16 result.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -79,5 +85,8 @@ void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
 void gemv_reference(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out, int in);
 void gemv_reference_typed(wtype t, float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out,
                           int in);
+// bf16 under the amx kernels: weights AND activations rounded to bf16, products summed in fp32 in input order.
+void gemv_reference_bf16_both(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out,
+                              int in);
 
 } // namespace mtp

@@ -22,6 +22,7 @@ struct args {
     const int8_t* xq;          // q8_0: quantised rows [T][blocks * 32] and their scales [T][blocks]
     const float* xd;
     int blocks;
+    const uint16_t* xt;        // bf16 on amx: the rows as A tiles [ceil(T/16)][ceil(in/32)][16 rows][32 inputs]
     int T;
     wtype type;
     const void* w;             // panel data
@@ -38,6 +39,19 @@ struct plan {
 plan plan_avx2(const args& a);     // 8 lanes
 plan plan_avx2x2(const args& a);   // 16 lanes on pairs of AVX2 registers
 plan plan_avx512(const args& a);   // 16 lanes (defined only when built with the AVX-512 kernels)
+plan plan_amx(const args& a);      // bf16 on AMX tiles (defined only when built with the AMX kernels)
+// The rows x[T][in] (row stride ldx) rounded to bf16 as AMX A tiles into xt [ceil(T/16)][ceil(in/32)][16][32], padding
+// rows and inputs with zeros (gemv_amx.cpp, vector conversion).
+void amx_pack_rows(uint16_t* xt, const float* x, size_t ldx, int T, int in);
+
+// The AMX bf16 layout: panels of 32 outputs; per block of 32 inputs two tiles (outputs 0-15, 16-31) of
+// [16 input pairs][16 outputs][2] bf16, so output `lane` (0-31) and input i sit at this index (in bf16 units).
+constexpr int amx_lanes = 32;
+inline size_t amx_panel_bytes(int in) { return size_t((in + 31) / 32) * 2048; }
+inline size_t amx_index(int lane, int i) {
+    return (size_t(i >> 5) * 2 + size_t(lane >> 4)) * 512 + size_t((i & 31) >> 1) * 32 + size_t(lane & 15) * 2 +
+           size_t(i & 1);
+}
 
 } // namespace mtp::gemv_detail
 

@@ -1,5 +1,6 @@
 // Packed GEMV at every weight type (f32, bf16, q8_0) and kernel family (avx2; avx2x2, the 16-lane layout on AVX2;
-// avx512 where the CPU has it): bitwise equal to the scalar definition (gemv_reference_typed) for every row count 1-13,
+// avx512 and amx where the CPU has them): bitwise equal to the scalar definition (gemv_reference_typed) for every row
+// count 1-13 (amx bf16: within the fp32 summation bound of its definition, and bitwise the same for every row count),
 // odd shapes (partial panels, inputs not a multiple of 32), strided rows and 1 or 2 threads; a row alone equals the
 // same row in a batch; packing round trips (bf16 rounding, Q8_0 codes); the activation quantiser's definition; the
 // Q8_0 error stays within its bound; the process picks the widest supported ISA.
@@ -31,6 +32,7 @@ std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
 std::vector<isa> kernels_here() {
     std::vector<isa> k = {isa::avx2, isa::avx2x2};
     if (isa_supported(isa::avx512)) k.push_back(isa::avx512);
+    if (isa_supported(isa::amx)) k.push_back(isa::amx);
     return k;
 }
 
@@ -45,10 +47,27 @@ void check(wtype t, isa k, int out, int in, int T_max, int threads) {
     if (T_max > 2) for (int i = 0; i < in; ++i) x[2 * ldx + i] = 0.0f;   // an all-zero row (q8_0: scale 0)
     packed_weight p;
     pack_weight(p, w.data(), out, in, t, k);
-    ASSERT_EQ(p.lanes, k == isa::avx2 ? 8 : 16);
+    const bool tiles = t == wtype::bf16 && k == isa::amx;            // AMX: bf16 activations, the tile's own order
+    ASSERT_EQ(p.lanes, k == isa::avx2 ? 8 : tiles ? 32 : 16);
     ASSERT_EQ(p.panels, (out + p.lanes - 1) / p.lanes);
     std::vector<float> ref(size_t(T_max) * ldy, -1.0f), got(size_t(T_max) * ldy), one(ldy);
-    gemv_reference_typed(t, ref.data(), ldy, x.data(), ldx, T_max, w.data(), out, in);
+    if (tiles) {
+        // Held to the error bound of any fp32 summation of the same exact products (gemm_bf16_test.cpp): within
+        // 2(in+1)·2^-24·Σ|w x| of the in-order definition; bitwise: every T and a row alone agree (below).
+        gemv_reference_bf16_both(ref.data(), ldy, x.data(), ldx, T_max, w.data(), out, in);
+        std::vector<float> all(size_t(T_max) * ldy);
+        gemv_packed(all.data(), ldy, x.data(), ldx, T_max, p);
+        for (int r = 0; r < T_max; ++r)
+            for (int o = 0; o < out; ++o) {
+                double sabs = 0;
+                for (int i = 0; i < in; ++i) sabs += std::fabs(double(w[size_t(o) * in + i]) * x[size_t(r) * ldx + i]);
+                ASSERT_NEAR(all[size_t(r) * ldy + o], ref[size_t(r) * ldy + o], 2.0 * (in + 1) * 0x1p-24 * sabs * 1.01)
+                    << "row " << r << " out " << o;
+            }
+        ref = all;                                                    // the rows of the T_max call, bitwise, below
+    } else {
+        gemv_reference_typed(t, ref.data(), ldy, x.data(), ldx, T_max, w.data(), out, in);
+    }
     for (int T = 1; T <= T_max; ++T) {
         std::fill(got.begin(), got.end(), 1234.5f);
         gemv_packed(got.data(), ldy, x.data(), ldx, T, p);
@@ -75,6 +94,7 @@ TEST(GemvTyped, EveryTypeAndKernelMatchesItsScalarDefinition) {
             check(t, k, 200, 192, 13, 1);
             check(t, k, 1000, 64, 5, 1);
         }
+    for (isa k : kernels_here()) check(wtype::bf16, k, 45, 70, 150, 1);   // past 128 rows: the calls are chunked
 }
 
 TEST(GemvTyped, ThreadedEqualsSingleThreaded) {
@@ -187,9 +207,15 @@ TEST(GemvTyped, QuantisedResultsStayCloseToF32) {
     }
 }
 
+bool f_amx() { return cpu_detect().amx_bf16 && cpu_detect().avx512bf16; }
+
 TEST(GemvTyped, PicksTheWidestSupportedIsa) {
     if (std::getenv("MTP_ISA")) GTEST_SKIP() << "MTP_ISA set";
-    EXPECT_EQ(isa_active(), isa_supported(isa::avx512) ? isa::avx512 : isa::avx2) << isa_report();
+    EXPECT_EQ(isa_active(), isa_supported(isa::amx)      ? isa::amx
+                            : isa_supported(isa::avx512) ? isa::avx512
+                                                         : isa::avx2)
+        << isa_report();
+    if (isa_supported(isa::amx)) EXPECT_TRUE(f_amx() && isa_supported(isa::avx512));
     const cpu_features& f = cpu_detect();
 #ifdef MTP_HAVE_AVX512_KERNELS
     EXPECT_EQ(isa_supported(isa::avx512), f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "core/cpu_features.h"
 #include "core/error.h"
 #include "infer/cpu_model.h"
 #include "infer/naive_generate.h"
@@ -304,8 +305,11 @@ TEST(SpecGreedy, EveryWeightTypeMatchesPlainOfTheSameType) {
             cpu_model cm(m, 0, t), c32(m);
             ASSERT_EQ(cm.weights_type(), t);
             // bf16: 2 of 4 bytes = 0.5, +10%; q8_0: 34 bytes per 32 weights = 0.27, more where short rows are padded
-            // to a block of 32 (0.7: a ceiling). Measured: 0.50-0.51 (bf16), 0.34-0.37 (q8_0).
-            EXPECT_LT(double(cm.packed_bytes()), c32.packed_bytes() * (t == wtype::bf16 ? 0.55 : 0.7));
+            // to a block of 32 (0.7: a ceiling). Measured: 0.50-0.51 (bf16), 0.34-0.37 (q8_0). bf16 on AMX tiles pads
+            // every matrix to 32 x 32 blocks, which this model's short rows fill only partly: measured 0.79-0.81, so
+            // its ceiling is 0.9 (still well below f32's 1).
+            const bool tiles = t == wtype::bf16 && isa_active() == isa::amx;
+            EXPECT_LT(double(cm.packed_bytes()), c32.packed_bytes() * (t == wtype::bf16 ? (tiles ? 0.9 : 0.55) : 0.7));
             {
                 std::vector<int> pr = {3, 1, 4, 1, 5, 9, 2, 6};
                 const int V = m.config.vocab_size, d = m.config.hidden_size, n = int(pr.size());
