@@ -55,12 +55,17 @@ isa choose() {
         isa want;
         if (v == "avx2") want = isa::avx2;
         else if (v == "avx512") want = isa::avx512;
+        else if (v == "avx512bf16") want = isa::avx512bf16;
         else if (v == "amx") want = isa::amx;
-        else fail("MTP_ISA", "expected avx2, avx512 or amx, got " + quoted(v));
+        else fail("MTP_ISA", "expected avx2, avx512, avx512bf16 or amx, got " + quoted(v));
         if (!isa_supported(want)) fail("MTP_ISA", v + " is not supported by this CPU");
         return want;
     }
-    return isa_supported(isa::amx) ? isa::amx : isa_supported(isa::avx512) ? isa::avx512 : isa::avx2;
+    // avx512bf16 only when asked for: measured slower than avx512 at 2+ rows on a Xeon where vdpbf16ps runs at half
+    // the multiply-add rate of fp32 FMAs (docs/results.md); not measured on a CPU with AVX-512 BF16 but no AMX.
+    for (isa k : {isa::amx, isa::avx512})
+        if (isa_supported(k)) return k;
+    return isa::avx2;
 }
 
 } // namespace
@@ -75,6 +80,7 @@ const char* isa_name(isa i) {
         case isa::avx2: return "avx2";
         case isa::avx2x2: return "avx2x2";
         case isa::avx512: return "avx512";
+        case isa::avx512bf16: return "avx512bf16";
         case isa::amx: return "amx";
     }
     return "?";
@@ -89,6 +95,12 @@ bool isa_supported(isa i) {
         case isa::avx512:
 #ifdef MTP_HAVE_AVX512_KERNELS
             return base && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni;
+#else
+            return false;
+#endif
+        case isa::avx512bf16:
+#ifdef MTP_HAVE_AVX512BF16_KERNELS
+            return isa_supported(isa::avx512) && f.avx512bf16;
 #else
             return false;
 #endif

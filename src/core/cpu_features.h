@@ -15,15 +15,16 @@ const cpu_features& cpu_detect();
 
 // Kernel families of the packed GEMV (src/core/gemv.h). avx2x2 is the 16-lane layout computed with pairs of AVX2
 // registers: it runs everywhere and lets the tests exercise the 16-lane packing and tiles of the AVX-512 kernels on a
-// CPU without AVX-512 (only the instruction wrappers differ). amx is avx512 for f32 and q8_0, and AMX-BF16 tiles for
-// bf16 weights (with the activations rounded to bf16 too: see gemv.h).
-enum class isa { avx2, avx2x2, avx512, amx };
+// CPU without AVX-512 (only the instruction wrappers differ). avx512bf16 and amx are avx512 for f32 and q8_0, and run
+// bf16 weights with the activations rounded to bf16 too (see gemv.h): on `vdpbf16ps` pairs, or on AMX-BF16 tiles.
+enum class isa { avx2, avx2x2, avx512, avx512bf16, amx };
 
 const char* isa_name(isa i);
 bool isa_supported(isa i);                 // on this CPU
 // The kernels the process uses, chosen at the first call: amx when the CPU also has AMX-BF16 and AVX-512 BF16 (and the
-// OS grants the tile state), else avx512 when it has AVX-512 F/BW/VL + VNNI, else avx2; MTP_ISA=avx2|avx512|amx
-// overrides (an unsupported or unknown value is an error naming MTP_ISA).
+// OS grants the tile state), else avx512 when it has AVX-512 F/BW/VL + VNNI, else avx2; avx512bf16 only when
+// MTP_ISA names it. MTP_ISA=avx2|avx512|avx512bf16|amx overrides (an unsupported or unknown value is an error naming
+// MTP_ISA).
 isa isa_active();
 // One line for `mtp bench`: the chosen kernels and the CPU's relevant features.
 std::string isa_report();

@@ -48,8 +48,9 @@ double wtype_bytes_per_weight(wtype t) {
 
 namespace {
 
-int lanes_of(isa k) { return k == isa::avx2 ? 8 : 16; }
+int lanes_of(isa k) { return k == isa::avx2 ? 8 : 16; }   // avx2x2, avx512, avx512bf16, amx: 16
 bool amx_bf16(wtype t, isa k) { return t == wtype::bf16 && k == isa::amx; }   // AMX tile layout (gemv_amx.cpp)
+bool pairs_bf16(wtype t, isa k) { return t == wtype::bf16 && k == isa::avx512bf16; }   // gemv_avx512bf16.cpp
 
 void alloc_packed(packed_weight& p, int out, int in, wtype t, isa k) {
     if (!isa_supported(k)) fail("gemv", std::string("kernels ") + isa_name(k) + " are not supported by this CPU");
@@ -63,7 +64,9 @@ void alloc_packed(packed_weight& p, int out, int in, wtype t, isa k) {
     switch (t) {
         case wtype::f32: p.panel_bytes = size_t(in) * p.lanes * sizeof(float); break;
         case wtype::bf16:
-            p.panel_bytes = amx_bf16(t, k) ? gemv_detail::amx_panel_bytes(in) : size_t(in) * p.lanes * sizeof(uint16_t);
+            p.panel_bytes = amx_bf16(t, k)     ? gemv_detail::amx_panel_bytes(in)
+                            : pairs_bf16(t, k) ? gemv_detail::pairs_panel_bytes(in)
+                                               : size_t(in) * p.lanes * sizeof(uint16_t);
             break;
         case wtype::q8_0: p.panel_bytes = size_t(p.blocks) * 34 * p.lanes; break;
     }
@@ -94,6 +97,9 @@ void pack_with(packed_weight& p, int out, int in, wtype t, isa k, Row row) {
         } else if (amx_bf16(t, k)) {
             uint16_t* dst = reinterpret_cast<uint16_t*>(panel);
             for (int i = 0; i < in; ++i) dst[gemv_detail::amx_index(lane, i)] = f32_to_bf16(r[i]);
+        } else if (pairs_bf16(t, k)) {
+            uint16_t* dst = reinterpret_cast<uint16_t*>(panel);
+            for (int i = 0; i < in; ++i) dst[gemv_detail::pairs_index(lane, i)] = f32_to_bf16(r[i]);
         } else if (t == wtype::bf16) {
             uint16_t* dst = reinterpret_cast<uint16_t*>(panel) + lane;
             for (int i = 0; i < in; ++i) dst[size_t(i) * L] = f32_to_bf16(r[i]);
@@ -239,6 +245,8 @@ std::vector<float> unpack_weight(const packed_weight& p) {
             if (p.type == wtype::f32) v = reinterpret_cast<const float*>(panel)[size_t(i) * L + lane];
             else if (amx_bf16(p.type, p.kernel))
                 v = bf16_to_f32(reinterpret_cast<const uint16_t*>(panel)[gemv_detail::amx_index(lane, i)]);
+            else if (pairs_bf16(p.type, p.kernel))
+                v = bf16_to_f32(reinterpret_cast<const uint16_t*>(panel)[gemv_detail::pairs_index(lane, i)]);
             else if (p.type == wtype::bf16) v = bf16_to_f32(reinterpret_cast<const uint16_t*>(panel)[size_t(i) * L + lane]);
             else {
                 const unsigned char* blk = panel + size_t(i / q8_block) * 34 * L;
@@ -319,6 +327,12 @@ gemv_detail::plan plan_for(isa k, const gemv_detail::args& a) {
 #else
             break;
 #endif
+        case isa::avx512bf16:
+#if defined(MTP_HAVE_AVX512BF16_KERNELS) && defined(MTP_HAVE_AVX512_KERNELS)
+            return a.type == wtype::bf16 ? gemv_detail::plan_avx512bf16(a) : gemv_detail::plan_avx512(a);
+#else
+            break;
+#endif
         case isa::amx:
 #if defined(MTP_HAVE_AMX_KERNELS) && defined(MTP_HAVE_AVX512_KERNELS)
             return a.type == wtype::bf16 ? gemv_detail::plan_amx(a) : gemv_detail::plan_avx512(a);
@@ -363,7 +377,8 @@ void run_args(const gemv_detail::args& a, isa k) {
         if (a.x) c.x += size_t(t0) * a.ldx;
         if (a.xq) c.xq += size_t(t0) * a.blocks * q8_block;
         if (a.xd) c.xd += size_t(t0) * a.blocks;
-        if (a.xt) c.xt += size_t(t0 / 16) * ((a.in + 31) / 32) * 512;      // t0 is a multiple of 16
+        if (a.xt && a.kernel_pairs) c.xt += size_t(t0) * ((a.in + 1) / 2) * 2;
+        else if (a.xt) c.xt += size_t(t0 / 16) * ((a.in + 31) / 32) * 512;     // t0 is a multiple of 16
         run_rows(c, k);
     }
 }
@@ -406,6 +421,15 @@ void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
 #endif
         a.xt = xt.data();
         a.pstride = p.panel_bytes;                               // bytes per panel of 32 outputs
+    } else if (pairs_bf16(p.type, p.kernel)) {
+        thread_local std::vector<uint16_t> xp;                   // the rows as bf16 pairs, once per call
+        const size_t need = size_t(T) * ((p.in + 1) / 2) * 2;
+        if (xp.size() < need) xp.resize(need);
+#ifdef MTP_HAVE_AVX512BF16_KERNELS
+        gemv_detail::avx512bf16_pack_rows(xp.data(), x, ldx, T, p.in);
+#endif
+        a.xt = xp.data();
+        a.kernel_pairs = true;
     } else {
         a.pstride = size_t(p.in) * p.lanes;
         a.istride = size_t(p.lanes);

@@ -22,7 +22,9 @@ struct args {
     const int8_t* xq;          // q8_0: quantised rows [T][blocks * 32] and their scales [T][blocks]
     const float* xd;
     int blocks;
-    const uint16_t* xt;        // bf16 on amx: the rows as A tiles [ceil(T/16)][ceil(in/32)][16 rows][32 inputs]
+    const uint16_t* xt;        // bf16 on amx: the rows as A tiles [ceil(T/16)][ceil(in/32)][16 rows][32 inputs];
+                               // on avx512bf16: the rows as bf16 pairs [T][ceil(in/2) * 2]
+    bool kernel_pairs;         // xt is the avx512bf16 layout
     int T;
     wtype type;
     const void* w;             // panel data
@@ -40,6 +42,12 @@ plan plan_avx2(const args& a);     // 8 lanes
 plan plan_avx2x2(const args& a);   // 16 lanes on pairs of AVX2 registers
 plan plan_avx512(const args& a);   // 16 lanes (defined only when built with the AVX-512 kernels)
 plan plan_amx(const args& a);      // bf16 on AMX tiles (defined only when built with the AMX kernels)
+plan plan_avx512bf16(const args& a);   // bf16 on vdpbf16ps (only when built with the AVX-512 BF16 kernels)
+// The rows x[T][in] rounded to bf16 pairs, xp [T][ceil(in/2) * 2] (an odd length padded with a zero).
+void avx512bf16_pack_rows(uint16_t* xp, const float* x, size_t ldx, int T, int in);
+// Its weight layout: panels of 16 outputs, [ceil(in/2) pairs][16 outputs][2] bf16.
+inline size_t pairs_panel_bytes(int in) { return size_t((in + 1) / 2) * 64; }
+inline size_t pairs_index(int lane, int i) { return size_t(i >> 1) * 32 + size_t(lane) * 2 + size_t(i & 1); }
 // The rows x[T][in] (row stride ldx) rounded to bf16 as AMX A tiles into xt [ceil(T/16)][ceil(in/32)][16][32], padding
 // rows and inputs with zeros (gemv_amx.cpp, vector conversion).
 void amx_pack_rows(uint16_t* xt, const float* x, size_t ldx, int T, int in);

@@ -1,6 +1,7 @@
 // Packed GEMV at every weight type (f32, bf16, q8_0) and kernel family (avx2; avx2x2, the 16-lane layout on AVX2;
-// avx512 and amx where the CPU has them): bitwise equal to the scalar definition (gemv_reference_typed) for every row
-// count 1-13 (amx bf16: within the fp32 summation bound of its definition, and bitwise the same for every row count),
+// avx512, avx512bf16 and amx where the CPU has them): bitwise equal to the scalar definition (gemv_reference_typed; bf16
+// on avx512bf16: the bf16 GEMM's definition) for every row count 1-13 (amx bf16: within the fp32 summation bound of its
+// definition, and bitwise the same for every row count),
 // odd shapes (partial panels, inputs not a multiple of 32), strided rows and 1 or 2 threads; a row alone equals the
 // same row in a batch; packing round trips (bf16 rounding, Q8_0 codes); the activation quantiser's definition; the
 // Q8_0 error stays within its bound; the process picks the widest supported ISA.
@@ -14,6 +15,7 @@
 
 #include "core/cpu_features.h"
 #include "core/dtype.h"
+#include "core/gemm_bf16.h"
 #include "core/gemv.h"
 #include "core/quant.h"
 #include "core/rng.h"
@@ -32,6 +34,7 @@ std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
 std::vector<isa> kernels_here() {
     std::vector<isa> k = {isa::avx2, isa::avx2x2};
     if (isa_supported(isa::avx512)) k.push_back(isa::avx512);
+    if (isa_supported(isa::avx512bf16)) k.push_back(isa::avx512bf16);
     if (isa_supported(isa::amx)) k.push_back(isa::amx);
     return k;
 }
@@ -65,6 +68,10 @@ void check(wtype t, isa k, int out, int in, int T_max, int threads) {
                     << "row " << r << " out " << o;
             }
         ref = all;                                                    // the rows of the T_max call, bitwise, below
+    } else if (t == wtype::bf16 && k == isa::avx512bf16) {
+        // vdpbf16ps pairs: bf16 activations too, one chain over the input pairs = the bf16 GEMM's definition, bitwise
+        gemm_bf16_reference(false, true, T_max, out, in, x.data(), int(ldx), w.data(), in, 0.0f, ref.data(), int(ldy),
+                            true);
     } else {
         gemv_reference_typed(t, ref.data(), ldy, x.data(), ldx, T_max, w.data(), out, in);
     }
@@ -213,8 +220,9 @@ TEST(GemvTyped, PicksTheWidestSupportedIsa) {
     if (std::getenv("MTP_ISA")) GTEST_SKIP() << "MTP_ISA set";
     EXPECT_EQ(isa_active(), isa_supported(isa::amx)      ? isa::amx
                             : isa_supported(isa::avx512) ? isa::avx512
-                                                         : isa::avx2)
+                                                         : isa::avx2)     // avx512bf16: only when MTP_ISA names it
         << isa_report();
+    if (isa_supported(isa::avx512bf16)) EXPECT_TRUE(cpu_detect().avx512bf16 && isa_supported(isa::avx512));
     if (isa_supported(isa::amx)) EXPECT_TRUE(f_amx() && isa_supported(isa::avx512));
     const cpu_features& f = cpu_detect();
 #ifdef MTP_HAVE_AVX512_KERNELS
