@@ -9,19 +9,14 @@
 #include <cstring>
 #include <vector>
 
+#include "core/amx_tiles.h"
+
 namespace mtp {
 
 namespace {
 
 constexpr int TK = 32;                   // k per tile step (16 pairs)
 constexpr int BM = 32, BN = 32;          // C block: 2 x 2 tiles of 16 x 16 fp32
-
-struct tile_config {
-    uint8_t palette = 1, start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
 
 inline uint16_t bf16_bits(float f) {    // round to nearest even; NaN stays a (quiet) NaN
     uint32_t x;
@@ -156,15 +151,6 @@ inline void block(const uint16_t* a, const uint16_t* b, int KB, float* c, int ld
     _tile_stored(3, c + size_t(16) * ldc + 16, s);
 }
 
-void load_tile_config() {
-    tile_config cfg;
-    for (int t = 0; t < 8; ++t) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);
-}
-
 } // namespace
 
 // Linux grants AMX tile data per process on request (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
@@ -190,7 +176,7 @@ void gemm_bf16_amx(bool trans_a, bool trans_b, int M, int N, int K, const float*
     const int NB = (PA + AB_max - 1) / AB_max, AB = (PA + NB - 1) / NB;          // blocks of equal size
 #pragma omp parallel if (PA * PB > 1 && double(M) * N * K > 262144.0)
     {
-        load_tile_config();                                // tile state is per thread
+        amx::configure_tiles(8);                           // tile state is per thread
 #pragma omp for collapse(2) schedule(static)
         for (int ib = 0; ib < NB; ++ib)
             for (int j = 0; j < PB; ++j)

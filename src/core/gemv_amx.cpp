@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/amx_tiles.h"
 #include "core/gemv_impl.h"
 
 namespace mtp {
@@ -16,24 +17,12 @@ bool gemm_bf16_amx_permitted();                  // core/gemm_bf16_amx.cpp: the 
 namespace gemv_detail {
 namespace {
 
-struct tile_config {
-    uint8_t palette = 1, start_row = 0;
-    uint8_t reserved[14] = {};
-    uint16_t colsb[16] = {};
-    uint8_t rows[16] = {};
-};
-
 // Panels [p0, p1) of 32 outputs for all rows: tiles 0, 1 accumulate outputs 0-15 / 16-31 of up to 16 rows (tile 2,
 // [16 rows][32 inputs]) against the panel's weight tiles 3, 4.
 void run_amx(const args& a, int p0, int p1) {
     const int KB = (a.in + 31) / 32;
     const unsigned char* w = static_cast<const unsigned char*>(a.w);
-    tile_config cfg;
-    for (int t = 0; t < 5; ++t) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    _tile_loadconfig(&cfg);                      // tile state is per thread
+    amx::configure_tiles(5);                     // tile state is per thread
     alignas(64) float out[16 * 32];
     for (int r0 = 0; r0 < a.T; r0 += 16) {
         const int rows = std::min(16, a.T - r0);
