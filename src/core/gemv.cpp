@@ -377,8 +377,8 @@ void run_args(const gemv_detail::args& a, isa k) {
         if (a.x) c.x += size_t(t0) * a.ldx;
         if (a.xq) c.xq += size_t(t0) * a.blocks * q8_block;
         if (a.xd) c.xd += size_t(t0) * a.blocks;
-        if (a.xt && a.kernel_pairs) c.xt += size_t(t0) * ((a.in + 1) / 2) * 2;
-        else if (a.xt) c.xt += size_t(t0 / 16) * ((a.in + 31) / 32) * 512;     // t0 is a multiple of 16
+        if (a.xt && k == isa::avx512bf16) c.xt += size_t(t0) * ((a.in + 1) / 2) * 2;
+        else if (a.xt) c.xt += size_t(t0 / 16) * ((a.in + 31) / 32) * 512;     // amx; t0 is a multiple of 16
         run_rows(c, k);
     }
 }
@@ -429,7 +429,6 @@ void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
         gemv_detail::avx512bf16_pack_rows(xp.data(), x, ldx, T, p.in);
 #endif
         a.xt = xp.data();
-        a.kernel_pairs = true;
     } else {
         a.pstride = size_t(p.in) * p.lanes;
         a.istride = size_t(p.lanes);

@@ -24,7 +24,6 @@ struct args {
     int blocks;
     const uint16_t* xt;        // bf16 on amx: the rows as A tiles [ceil(T/16)][ceil(in/32)][16 rows][32 inputs];
                                // on avx512bf16: the rows as bf16 pairs [T][ceil(in/2) * 2]
-    bool kernel_pairs;         // xt is the avx512bf16 layout
     int T;
     wtype type;
     const void* w;             // panel data

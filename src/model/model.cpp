@@ -52,7 +52,6 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
     rmsnorm_forward(s.h, s.h_rstd, s.x, W + L.final_norm, R, d, float(c.rms_norm_eps));
 
     s.mtp.resize(c.n_mtp());
-    s.hin.assign(c.n_mtp(), nullptr);
     const float* hsrc = s.h;                        // the stage depth k reads, with Tsrc rows per sequence
     int Tsrc = T;
     size_t off = size_t(R);
@@ -70,7 +69,7 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
                 std::memcpy(g + size_t(b) * Tk * d, hsrc + size_t(b) * Tsrc * d, sizeof(float) * size_t(Tk) * d);
                 std::memcpy(tg + size_t(b) * Tk, s.tokens.data() + size_t(b) * T + k, sizeof(int) * Tk);
             }
-            hin = s.hin[k - 1] = g;
+            hin = g;                                 // kept by the cache (m.hprev) for the backward
             tok = tg;
         }
         mtp_forward(c, L, L.mtp[k - 1], W, m, hin, tok, Tk, s.cos, s.sin, alpha, a, s.h + off * d,

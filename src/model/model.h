@@ -25,7 +25,6 @@ struct model_state {
     float* logits = nullptr;             // [rows, V]: the main head's T rows, then each depth's (mtp[k].logits)
     std::vector<mtp_cache> mtp;          // [D]; depth k has T-k rows (0 rows: not run)
     double bal_loss = 0;                 // Σ over MoE layers of α Σ_e f_e P_e (mean over the sequences)
-    std::vector<float*> hin;             // [D] depth k's input rows [B, T-k, d] gathered from stage k-1 (B > 1)
 };
 
 // Losses of one forward: each the mean over its B sequences.
