@@ -1,4 +1,4 @@
-// Client-gone detection for waiting handlers: the connection's socket by its address pair, and an EOF peek.
+// Sockets httplib hides: a connection by its address pair with an EOF peek (client gone), and the listening socket.
 #include "serve/peer.h"
 
 #include <arpa/inet.h>
@@ -30,7 +30,9 @@ bool addr_of(const sockaddr_storage& ss, std::string& host, int& port) {
 }
 } // namespace
 
-int find_connection_fd(const std::string& local_addr, int local_port, const std::string& remote_addr, int remote_port) {
+namespace {
+// Calls f(fd) for each socket this process holds until f returns true; returns that fd, or -1.
+template <class F> int find_socket(F f) {
     DIR* d = opendir("/proc/self/fd");
     if (!d) return -1;
     int found = -1;
@@ -40,20 +42,41 @@ int find_connection_fd(const std::string& local_addr, int local_port, const std:
         if (!end || *end || fd < 0) continue;
         struct stat st;
         if (fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-        sockaddr_storage ls{}, rs{};
-        socklen_t ll = sizeof ls, rl = sizeof rs;
-        if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&ls), &ll) != 0) continue;
-        if (getpeername(int(fd), reinterpret_cast<sockaddr*>(&rs), &rl) != 0) continue;
-        std::string lh, rh;
-        int lp = 0, rp = 0;
-        if (!addr_of(ls, lh, lp) || !addr_of(rs, rh, rp)) continue;
-        if (lp == local_port && rp == remote_port && lh == local_addr && rh == remote_addr) {
+        if (f(int(fd))) {
             found = int(fd);
             break;
         }
     }
     closedir(d);
     return found;
+}
+} // namespace
+
+int find_connection_fd(const std::string& local_addr, int local_port, const std::string& remote_addr, int remote_port) {
+    return find_socket([&](int fd) {
+        sockaddr_storage ls{}, rs{};
+        socklen_t ll = sizeof ls, rl = sizeof rs;
+        if (getsockname(fd, reinterpret_cast<sockaddr*>(&ls), &ll) != 0) return false;
+        if (getpeername(fd, reinterpret_cast<sockaddr*>(&rs), &rl) != 0) return false;
+        std::string lh, rh;
+        int lp = 0, rp = 0;
+        if (!addr_of(ls, lh, lp) || !addr_of(rs, rh, rp)) return false;
+        return lp == local_port && rp == remote_port && lh == local_addr && rh == remote_addr;
+    });
+}
+
+bool widen_listen_backlog(int local_port, int backlog) {
+    const int fd = find_socket([&](int fd) {
+        int listening = 0;
+        socklen_t n = sizeof listening;
+        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) return false;
+        sockaddr_storage ls{};
+        socklen_t ll = sizeof ls;
+        std::string lh;
+        int lp = 0;
+        return getsockname(fd, reinterpret_cast<sockaddr*>(&ls), &ll) == 0 && addr_of(ls, lh, lp) && lp == local_port;
+    });
+    return fd >= 0 && ::listen(fd, backlog) == 0;
 }
 
 bool peer_closed(int fd) {

@@ -877,6 +877,8 @@ void serve_run(const serve_options& o) {
     } else if (!svr.bind_to_port(o.host, port)) {
         fail("--port", "cannot listen on " + o.host + ":" + std::to_string(port));
     }
+    if (!widen_listen_backlog(port, SOMAXCONN))
+        std::fprintf(stderr, "warning: could not widen the listen backlog: bursts of new connections may wait 1 s\n");
     std::thread listener([&svr] { svr.listen_after_bind(); });
     std::fprintf(stderr, "serve: listening on http://%s:%d (loading %s)\n", o.host.c_str(), port, o.model_dir.c_str());
     std::fflush(stderr);

@@ -4,7 +4,7 @@
 /metrics counters after speculative requests, concurrent requests, a client that disconnects mid-stream, and greedy
 output identical to `mtp generate`. The server is always stopped (finally), every request has a timeout, and only
 127.0.0.1 is used."""
-import http.client, json, os, re, shutil, socket, subprocess, sys, threading, time
+import http.client, json, os, re, shutil, signal, socket, subprocess, sys, threading, time
 
 mtp, work = sys.argv[1], sys.argv[2]
 shutil.rmtree(work, ignore_errors=True)
@@ -155,6 +155,22 @@ try:
     j = json.loads(b)
     check("/v1/models", st == 200 and j["object"] == "list" and j["data"][0]["id"] == "model" and
           j["data"][0]["meta"]["speculative"] is True, j)
+
+    # --- a burst of new connections is queued, not dropped: with the server stopped (SIGSTOP) nothing is accepted,
+    # so the kernel completes handshakes only while the listen backlog has room; cpp-httplib's own backlog of 5 would
+    # drop the 7th SYN (the client retries after 1 s, past the 0.5 s connect timeout here)
+    burst, held = 32, []
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(burst):
+            try:
+                held.append(socket.create_connection((HOST, port), timeout=0.5))
+            except OSError:
+                break
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        for s_ in held: s_.close()
+    check(f"listen backlog: {burst} connections opened while the server accepts none", len(held) == burst, len(held))
 
     # --- greedy completion, and parity with `mtp generate`
     PROMPT, N = "the quick brown", 24
