@@ -189,7 +189,9 @@ int draft_policy::next(int batch, int refill, int remaining) {
     // make the whole batch wait for module passes that nobody else shares.
     const long long round = rounds_++ / std::max(1, batch);
     if (round % probe_every != probe_every - 1 || refill > 2 * K_) return k;
-    if (k == K_) return 0;                       // drafting fully: the probe measures a plain round instead
+    // Drafting fully: the probe measures a plain round instead. Drafting part-way: every other probe is plain, so
+    // that the measured veto of choose() can compare this choice with not drafting at all.
+    if (k == K_ || (k > 0 && (round / probe_every) % 2 == 0)) return 0;
     // A probe is worth its cost only when drafting could pay at this load with every draft accepted.
     const double plain = B / c_.main(B);
     for (int j = 1; j <= K_; ++j) {

@@ -35,7 +35,8 @@ public:
 
     int choose(int batch) const;                 // 0..K: the best k for the current estimates
     // The draft length of a decode round: choose(batch), except that every probe_every-th round (of all sequences
-    // at once) is a probe: a plain round when the choice is K (for observe_round's comparison), else it drafts K when
+    // at once) is a probe: a plain round when the choice is K (for observe_round's comparison; every other probe when
+    // the choice is between 0 and K), else it drafts K when
     // drafting could pay at this load if every draft were accepted, so that the acceptance of depths the choice no
     // longer drafts is still measured (a stale estimate could keep speculation off for good after a bad start).
     // refill: the sequence's refill_rows(K) (its modules' backlog); remaining: tokens it may still produce. A

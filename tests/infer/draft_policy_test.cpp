@@ -68,6 +68,26 @@ TEST(DraftPolicy, MeasuredRoundsVetoDrafting) {
     EXPECT_EQ(p.choose(1), 2);
 }
 
+// A choice between 0 and K is compared with plain rounds too: the probes alternate between plain and K, so rounds
+// measured slower than not drafting veto it as they veto K.
+TEST(DraftPolicy, MeasuredRoundsVetoAPartialDraft) {
+    draft_policy p(table(1.0, 0.01, 0.1, 0.001), 3, 2);
+    for (int i = 0; i < 2000; ++i) p.observe(3, i % 10 < 9 ? 1 : 0);   // depth 1 accepted 90%, deeper never
+    const int B = 2;
+    ASSERT_EQ(p.choose(B), 1);
+    int plain = 0;
+    for (int i = 0; i < 64 * draft_policy::probe_every * B; ++i) {
+        const int k = p.next(B);
+        plain += k == 0;
+        // as measured: a round drafting 1 takes 2 s for 1.9 tokens, a plain round 1 s for 1 token, K 3 s for 1.9
+        if (k == 0) p.observe_round(B, 0, 1, 1.0);
+        else p.observe_round(B, k, 2, k == 1 ? 2.2 : 3.0);
+    }
+    EXPECT_GE(plain, 8 * B);
+    EXPECT_EQ(p.choose(B), 0);
+    EXPECT_EQ(p.choose(1), 1);                    // another load bucket: nothing measured there
+}
+
 TEST(DraftPolicy, NoAcceptanceNoDraftsButProbes) {
     draft_policy p(table(1.0, 0.01, 0.1, 0.001), 3, 2);
     for (int i = 0; i < 3000; ++i) p.observe(3, 0);
