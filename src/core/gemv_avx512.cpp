@@ -12,6 +12,7 @@ namespace {
 
 struct avx512_v {
     static constexpr int L = 16;
+    static constexpr bool wide = true;       // 32 vector registers: the wider tiles of gemv_impl.h
     using vf = __m512;
     using vi = __m512i;
     static vf zero() { return _mm512_setzero_ps(); }

@@ -204,13 +204,21 @@ struct impl {
     // Tile shapes, 8-12 accumulators each. f32 / bf16: T = 1: 1 x 8; 2: 2 x 6; 3: 3 x 4; 4: 4 x 3; more rows: blocks
     // of 3 (and 2) rows x 4 panels, never a lone row (too few independent FMA chains). q8_0 (an int32 and an fp32
     // accumulator each): 1 x 4, 2 x 2, 3 x 2, more rows: blocks of 3 (and 2) x 2.
+    // With 32 vector registers (V::wide, AVX-512), f32 / bf16 calls of 5+ rows use blocks of up to 6 rows x 4
+    // panels (20-24 accumulators): half the weight loads per FMA of 3 x 4. Any tile shape computes each output with
+    // the same in-order chain, so results do not depend on the shape.
+    static constexpr bool wide = requires { V::wide; };
     template <class WT>
     static fp_fn pick_fp(int rb, int pb) {
         switch (rb) {
             case 1: return pick_fp_n<WT, 1>(pb, std::make_integer_sequence<int, 8>{});
             case 2: return pick_fp_n<WT, 2>(pb, std::make_integer_sequence<int, 6>{});
             case 3: return pick_fp_n<WT, 3>(pb, std::make_integer_sequence<int, 4>{});
-            default: return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, 3>{});
+            case 4: return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, wide ? 4 : 3>{});
+            case 5: if constexpr (wide) return pick_fp_n<WT, 5>(pb, std::make_integer_sequence<int, 4>{});
+                    [[fallthrough]];
+            default: if constexpr (wide) return pick_fp_n<WT, 6>(pb, std::make_integer_sequence<int, 4>{});
+                     else return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, 3>{});
         }
     }
     static q8_fn pick_q8(int rb, int pb) {
@@ -222,12 +230,19 @@ struct impl {
     }
     static int pb_for(wtype t, int T) {
         if (t == wtype::q8_0) return T == 1 ? 4 : 2;
+        if (wide && T >= 4) return 4;
         return T == 1 ? 8 : T == 2 ? 6 : T == 4 ? 3 : 4;
     }
-    // Row blocks: T rows as one block when the shape allows it, else 3s with a tail of 2 (or 2 + 2).
+    // Row blocks: T rows as one block when the shape allows it, else 3s with a tail of 2 (or 2 + 2); wide: blocks
+    // of at most 6 rows, as even as possible.
     static int row_blocks(wtype t, int T, int* blocks) {
-        const int single = t == wtype::q8_0 ? 3 : 4;
         int nb = 0;
+        if (wide && t != wtype::q8_0 && T >= 5) {
+            const int n = (T + 5) / 6;              // as few blocks as 6 rows allow, balanced (8 = 4 + 4, not 6 + 2)
+            for (int b = 0; b < n; ++b) blocks[nb++] = T / n + (b < T % n ? 1 : 0);
+            return nb;
+        }
+        const int single = t == wtype::q8_0 ? 3 : 4;
         if (T <= single) {
             blocks[nb++] = T;
             return nb;
