@@ -4,6 +4,7 @@ greedy completions (held-out prompts, fixed lengths) back to back; with and with
 load-adapted draft length), one server per mode, the levels interleaved per mode in one run. Prints per level the
 aggregate tokens/s, per-request tokens/s, time to first token p50 / p95 and inter-token latency p50 / p95 (per
 token: a chunk of k tokens counts its gap once and k-1 zero gaps), as a markdown table; writes it and a PNG plot.
+The ratios (vs c=1, vs plain) are medians of the ratios within each repetition, with their range.
   /usr/bin/python3 bench/serve_load.py build/mtp MODEL --prompt-shard DATA/val_000.bin [--threads 2]
       [--levels 1,2,4,8,16] [--requests 2] [--n-prompt 32] [--n-gen 64] [--weights q8_0] [--out runs/serve_load]
 Every request has a timeout; the run is bounded by levels x requests x clients."""
@@ -123,20 +124,26 @@ finally:
     for p, port, lines in servers.values():
         p.terminate()
         p.wait(30)
-# per (mode, level): the repetition with the median aggregate throughput
+# per (mode, level): the repetition with the median aggregate throughput; the ratios are medians of the ratios
+# within each repetition (measured minutes apart at most, back to back for the two modes), with their range: the
+# machine's drift between repetitions cancels out of them
 rows = {k: sorted(v, key=lambda r: r["agg"])[len(v) // 2] for k, v in samples.items()}
+def ratio(num, den):
+    rs = sorted(x["agg"] / y["agg"] for x, y in zip(num, den))
+    return statistics.median(rs), rs[0], rs[-1]
 
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 head = (f"model {a.model}; {a.threads} threads; --parallel {max(levels)}; prompts {a.n_prompt} tokens from "
         f"{a.prompt_shard}, {a.n_gen} generated, {a.requests} per client per level; median of {a.reps} repetitions "
         f"(modes alternating); weights {a.weights or 'as stored'}; cpu {cpu}\n\n")
-md = head + ("| speculation | concurrency | aggregate tok/s | vs c=1 | vs plain | per request tok/s | TTFT p50 ms | "
-             "TTFT p95 ms | ITL p50 ms | ITL p95 ms |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+md = head + ("| speculation | concurrency | aggregate tok/s | vs c=1 | (range) | vs plain | (range) | per request tok/s | "
+             "TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |\n"
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 for (mode, conc), r in sorted(rows.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-    base = rows.get((mode, levels[0]))
-    plain = rows.get(("none", conc))
-    md += (f"| {mode} | {conc} | {r['agg']:.1f} | {r['agg'] / base['agg']:.2f}x | "
-           f"{(r['agg'] / plain['agg']) if plain else 0:.2f}x | {r['per_req']:.1f} | {1e3 * r['ttft50']:.1f} | "
+    v1 = ratio(samples[(mode, conc)], samples[(mode, levels[0])])
+    vp = ratio(samples[(mode, conc)], samples[("none", conc)]) if ("none", conc) in samples else (0, 0, 0)
+    md += (f"| {mode} | {conc} | {r['agg']:.1f} | {v1[0]:.2f}x | {v1[1]:.2f}-{v1[2]:.2f} | {vp[0]:.2f}x | "
+           f"{vp[1]:.2f}-{vp[2]:.2f} | {r['per_req']:.1f} | {1e3 * r['ttft50']:.1f} | "
            f"{1e3 * r['ttft95']:.1f} | {1e3 * r['itl50']:.2f} | {1e3 * r['itl95']:.2f} |\n")
 print("\n" + md)
 open(os.path.join(a.out, "serve_load.md"), "w").write(md)

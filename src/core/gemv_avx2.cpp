@@ -45,6 +45,7 @@ struct avx2_v {
 // 16 lanes as (lo, hi) halves of 8.
 struct avx2x2_v {
     static constexpr int L = 16;
+    static constexpr bool wide = true;       // the AVX-512 tile shapes too, so that they are tested on any CPU
     struct vf { __m256 lo, hi; };
     struct vi { __m256i lo, hi; };
     static vf zero() { return {avx2_v::zero(), avx2_v::zero()}; }
