@@ -5,6 +5,7 @@
 #include "core/vec_math.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cblas.h>
 #include <cmath>
 #include <cstring>
@@ -13,9 +14,21 @@
 namespace mtp {
 
 namespace {
-// Parallelise only when there is enough work to pay for the fork.
+// Parallelise only when there is enough work to pay for the fork (and no serial_ops_scope is alive on this thread).
 constexpr size_t omp_min_work = 1 << 14;
+thread_local bool serial_ops = false;
+std::atomic<long long> fork_requests{0};
+bool par_work(size_t n) {
+    if (serial_ops || n <= omp_min_work) return false;
+    fork_requests.fetch_add(1, std::memory_order_relaxed);
+    return true;
 }
+} // namespace
+
+long long ops_fork_requests() { return fork_requests.load(); }
+
+serial_ops_scope::serial_ops_scope() : prev_(serial_ops) { serial_ops = true; }
+serial_ops_scope::~serial_ops_scope() { serial_ops = prev_; }
 
 void linear_forward(float* y, const float* x, const float* w, int T, int in, int out, bool accumulate) {
     if (T == 0 || out == 0) return;
@@ -40,7 +53,8 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps) {
     prof_scope ps(prof::norm);
-#pragma omp parallel for if (size_t(T) * n > omp_min_work)
+    const bool fork = par_work(size_t(T) * n);   // once: an if clause may be evaluated per construct
+#pragma omp parallel for if (fork)
     for (int t = 0; t < T; ++t) {
         const float* xr = x + size_t(t) * n;
         float* yr = y + size_t(t) * n;
@@ -56,7 +70,8 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
                       int T, int n) {
     prof_scope ps(prof::norm);
     if (dx) {
-#pragma omp parallel for if (size_t(T) * n > omp_min_work)
+        const bool fork = par_work(size_t(T) * n);   // once: an if clause may be evaluated per construct
+#pragma omp parallel for if (fork)
         for (int t = 0; t < T; ++t) {
             const float* xr = x + size_t(t) * n;
             const float* gr = dy + size_t(t) * n;
@@ -82,7 +97,8 @@ static void rope_apply(float* x, int T, int ld, int n_heads, int head_stride, in
                        const float* cos, const float* sin, float sign) {
     prof_scope ps(prof::rope);
     int half = rope / 2;
-#pragma omp parallel for if (size_t(T) * n_heads * rope > omp_min_work)
+    const bool fork = par_work(size_t(T) * n_heads * rope);   // once: an if clause may be evaluated per construct
+#pragma omp parallel for if (fork)
     for (int t = 0; t < T; ++t) {
         const float* c = cos + size_t(t) * half;
         const float* s = sin + size_t(t) * half;
@@ -113,7 +129,8 @@ namespace {
 template <class F>
 void by8(size_t n, F f) {
     const size_t nb = n / 8;
-#pragma omp parallel for if (n > omp_min_work)
+    const bool fork = par_work(n);   // once: an if clause may be evaluated per construct
+#pragma omp parallel for if (fork)
     for (size_t b = 0; b < nb; ++b) f(b * 8, 8);
     if (n % 8) f(nb * 8, int(n % 8));
 }
@@ -213,12 +230,14 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
 }
 
 void add_inplace(float* y, const float* x, size_t n) {
-#pragma omp parallel for simd if (n > omp_min_work)
+    const bool fork = par_work(n);   // once: an if clause may be evaluated per construct
+#pragma omp parallel for simd if (fork)
     for (size_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 void scale_inplace(float* y, float s, size_t n) {
-#pragma omp parallel for simd if (n > omp_min_work)
+    const bool fork = par_work(n);   // once: an if clause may be evaluated per construct
+#pragma omp parallel for simd if (fork)
     for (size_t i = 0; i < n; ++i) y[i] *= s;
 }
 

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/ops.h"
 #include "model/rope.h"
 
 namespace mtp {
@@ -64,6 +65,7 @@ void cpu_engine::rope_rows(const int* pos, int m, std::vector<float>& cos, std::
 void cpu_engine::run(int stage, const seq_pass* seqs, int ns) {
     if (stage < 0 || stage > c_.n_mtp()) fail("cpu_engine::run", "no stage " + std::to_string(stage));
     a_.reset();
+    serial_ops_scope serial;   // no OpenMP forks for a pass's norms and adds: see core/ops.h
     if (stage == 0) decode_trunk_batch(c_, L_, W_, dw_, seqs, ns, scratch_[0], a_);
     else decode_mtp_batch(c_, L_, W_, dw_, stage, seqs, ns, scratch_[size_t(stage)], a_);
 }

@@ -8,12 +8,14 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <omp.h>
 
 #include "core/ops.h"
 #include "core/rng.h"
+#include "random_inputs.h"
 #include "../fd_harness.h"
 
 namespace {
@@ -427,3 +429,37 @@ TEST(OpsFiniteDifference, DetectsAWrongGradient) {
 }
 
 } // namespace
+
+// serial_ops_scope: the elementwise ops ask for no OpenMP team while one is alive on the calling thread (nested
+// scopes restore the outer state; other threads are unaffected), and give the same bits either way.
+TEST(OpsSerialScope, NoForkRequestsInsideAndSameResults) {
+    const int T = 256, n = 256;                     // T * n above the fork threshold
+    const auto x = mtp::test::randn(size_t(T) * n, 3), w = mtp::test::randn(size_t(n), 4);
+    std::vector<float> y1(x.size()), y2(x.size());
+    std::vector<float> r1(static_cast<size_t>(T)), r2(static_cast<size_t>(T));
+    const long long f0 = mtp::ops_fork_requests();
+    mtp::rmsnorm_forward(y1.data(), r1.data(), x.data(), w.data(), T, n, 1e-5f);
+    const long long f1 = mtp::ops_fork_requests();
+    EXPECT_GT(f1, f0);
+    {
+        mtp::serial_ops_scope outer;
+        {
+            mtp::serial_ops_scope inner;
+        }
+        mtp::rmsnorm_forward(y2.data(), r2.data(), x.data(), w.data(), T, n, 1e-5f);
+        mtp::add_inplace(y2.data(), x.data(), x.size());
+        long long other = 0;
+        std::thread([&] {
+            const long long g0 = mtp::ops_fork_requests();
+            std::vector<float> z(x.size(), 0.0f);
+            mtp::add_inplace(z.data(), x.data(), x.size());
+            other = mtp::ops_fork_requests() - g0;
+        }).join();
+        EXPECT_EQ(other, 1);                        // another thread still forks
+        EXPECT_EQ(mtp::ops_fork_requests(), f1 + 1);     // only that thread's request
+    }
+    mtp::add_inplace(y1.data(), x.data(), x.size());     // after the scope: forks again
+    EXPECT_EQ(mtp::ops_fork_requests(), f1 + 2);
+    EXPECT_EQ(y1, y2);
+    EXPECT_EQ(r1, r2);
+}

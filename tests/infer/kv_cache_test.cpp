@@ -264,3 +264,24 @@ TEST(KvCache, ContractViolationsThrow) {
 }
 
 } // namespace
+
+// A decode pass asks OpenMP for no team for its norms and adds (core/ops.h serial_ops_scope): 600 rows x 32 is above
+// the elementwise ops' fork threshold, and without the scope rmsnorm_forward would request one (checked first).
+TEST(KvCache, PassesRequestNoElementwiseFork) {
+    const model_files m = mtp::test::random_model(mtp::test::small_config(2, true, true, false, 40, 1024), 5);
+    const int T = 600, d = m.config.hidden_size, V = m.config.vocab_size;
+    ASSERT_GT(size_t(T) * d, size_t(1) << 14);
+    std::vector<float> x(size_t(T) * d, 0.5f), y(x.size()), w(static_cast<size_t>(d), 1.0f);
+    std::vector<float> r(static_cast<size_t>(T));
+    const long long f0 = mtp::ops_fork_requests();
+    mtp::rmsnorm_forward(y.data(), r.data(), x.data(), w.data(), T, d, 1e-6f);
+    ASSERT_GT(mtp::ops_fork_requests(), f0);
+    std::vector<int> tok(static_cast<size_t>(T));
+    for (int i = 0; i < T; ++i) tok[size_t(i)] = (i * 7 + 3) % V;
+    cpu_model cm(m, 1024);
+    std::vector<float> h(size_t(T) * d), lg(static_cast<size_t>(V));
+    const long long f1 = mtp::ops_fork_requests();
+    cm.eval(0, 0, T, tok.data(), nullptr, h.data(), lg.data(), T - 1);
+    cm.eval(1, 0, T - 1, tok.data() + 1, h.data(), h.data(), lg.data(), T - 2);
+    EXPECT_EQ(mtp::ops_fork_requests(), f1);
+}
