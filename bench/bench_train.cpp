@@ -23,8 +23,11 @@ int main(int argc, char** argv) {
     int seq = 128, batch = 4, steps = 5, threads = 0, pass_tokens = 4096;
     std::string precision = "fp32";
     bool profile = false, peak_json = false;
+    const char* usage = "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--precision fp32|bf16] "
+                        "[--pass-tokens N] [--profile] [--peak] | --bf16-kernel\n";
     for (int i = 1; i < argc; i += 2) {
         std::string k = argv[i];
+        if (k == "--help" || k == "-h") { std::printf("%s", usage); return 0; }
         if (k == "--profile") { profile = true; --i; continue; }
         if (k == "--peak") { peak_json = true; --i; continue; }
         if (k == "--bf16-kernel") { std::printf("%s\n", mtp::bf16_kernel_name(mtp::gemm_bf16_kernel())); return 0; }
@@ -40,9 +43,7 @@ int main(int argc, char** argv) {
         else { std::fprintf(stderr, "error: unknown flag %s\n", k.c_str()); return 1; }
     }
     if (config.empty()) {
-        std::fprintf(stderr,
-                     "usage: bench_train --config C [--seq T --batch B --steps N --threads P] [--precision fp32|bf16] "
-                     "[--pass-tokens N] [--profile] [--peak] | --bf16-kernel\n");
+        std::fprintf(stderr, "%s", usage);
         return 1;
     }
     try {
