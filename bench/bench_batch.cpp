@@ -3,7 +3,8 @@
 // aggregate tokens/s and its ratio to N = 1, and rows / sequences per shared pass. The engine-side ceiling of what
 // `mtp serve --parallel` can give (bench/serve_load.py measures the server, client on the same machine).
 // The whole ladder runs --rounds times in turn (machine drift hits every level alike); each cell is the median over
-// the rounds, and each ratio the median of the ratios measured within a round, with their range.
+// the rounds, and each ratio the median of the ratios measured within a round, with their range (rows and sequences
+// per pass: the last round's).
 //   build/bench_batch MODEL DATA/val_000.bin [--levels 1,2,4,8,16] [--n-gen 64] [--n-prompt 32] [--reps 2]
 //       [--rounds 5] [--threads 2] [--weights f32]
 #include <algorithm>
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
             else if (k == "--n-prompt") n_prompt = std::atoi(v.c_str());
             else if (k == "--reps") reps = std::atoi(v.c_str());
             else if (k == "--rounds") rounds = std::max(1, std::atoi(v.c_str()));
+            if (k == "--reps" && reps < 1) fail("--reps", "must be at least 1");
             else if (k == "--threads") threads = std::atoi(v.c_str());
             else if (k == "--weights") { if (!wtype_from_name(v, t)) fail("--weights", "expected f32, bf16 or q8_0"); }
             else fail(k, "unknown flag");

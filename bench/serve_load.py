@@ -129,7 +129,7 @@ finally:
 # machine's drift between repetitions cancels out of them
 rows = {k: sorted(v, key=lambda r: r["agg"])[len(v) // 2] for k, v in samples.items()}
 def ratio(num, den):
-    rs = sorted(x["agg"] / y["agg"] for x, y in zip(num, den))
+    rs = sorted(x["agg"] / y["agg"] for x, y in zip(num, den) if y["agg"] > 0) or [0.0]
     return statistics.median(rs), rs[0], rs[-1]
 
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")

@@ -204,10 +204,10 @@ struct impl {
     // Tile shapes, 8-12 accumulators each. f32 / bf16: T = 1: 1 x 8; 2: 2 x 6; 3: 3 x 4; 4: 4 x 3; more rows: blocks
     // of 3 (and 2) rows x 4 panels, never a lone row (too few independent FMA chains). q8_0 (an int32 and an fp32
     // accumulator each): 1 x 4, 2 x 2, 3 x 2, more rows: blocks of 3 (and 2) x 2.
-    // With 32 vector registers (V::wide, AVX-512), f32 / bf16 calls of 5+ rows use blocks of up to 6 rows x 4
-    // panels (20-24 accumulators): half the weight loads per FMA of 3 x 4. Any tile shape computes each output with
+    // With 32 vector registers (V::wide, AVX-512), f32 / bf16 calls of 4+ rows use 4 panels and row blocks of 3 to 6
+    // (12-24 accumulators; 6 x 4 has half the weight loads per FMA of 3 x 4). Any tile shape computes each output with
     // the same in-order chain, so results do not depend on the shape.
-    static constexpr bool wide = requires { V::wide; };
+    static constexpr bool wide = requires { requires V::wide; };
     template <class WT>
     static fp_fn pick_fp(int rb, int pb) {
         switch (rb) {
@@ -215,10 +215,12 @@ struct impl {
             case 2: return pick_fp_n<WT, 2>(pb, std::make_integer_sequence<int, 6>{});
             case 3: return pick_fp_n<WT, 3>(pb, std::make_integer_sequence<int, 4>{});
             case 4: return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, wide ? 4 : 3>{});
-            case 5: if constexpr (wide) return pick_fp_n<WT, 5>(pb, std::make_integer_sequence<int, 4>{});
-                    [[fallthrough]];
-            default: if constexpr (wide) return pick_fp_n<WT, 6>(pb, std::make_integer_sequence<int, 4>{});
-                     else return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, 3>{});
+            default:                                   // 5 or 6 rows: wide only (row_blocks)
+                if constexpr (wide)
+                    return rb == 5 ? pick_fp_n<WT, 5>(pb, std::make_integer_sequence<int, 4>{})
+                                   : pick_fp_n<WT, 6>(pb, std::make_integer_sequence<int, 4>{});
+                else
+                    return nullptr;
         }
     }
     static q8_fn pick_q8(int rb, int pb) {

@@ -12,11 +12,10 @@ void linear_forward(float* y, const float* x, const float* w, int T, int in, int
 // dx[T,in] += dy[T,out] · w[out,in];  dw[out,in] += dy^T · x
 void linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int T, int in, int out);
 
-// y[T,n] = w[n] * x / sqrt(mean(x^2) + eps); rstd[T] saved for backward. y may alias x.
-// While one is alive on a thread, the elementwise ops below (norms, RoPE, adds) run on that thread alone, without an
-// OpenMP fork. For decoding, whose passes are a few hundred rows at most and whose GEMVs have helper threads of their
-// own: a fork there wakes libgomp's workers, which then spin (GOMP_SPINCOUNT) and take a core from the process's
-// other threads (a server's slot and HTTP threads) for longer than the fork saved.
+// While one is alive on a thread, the elementwise ops below (norms, RoPE, adds; not the cross-entropy) run on that
+// thread alone, without an OpenMP fork. For decoding, whose passes are a few hundred rows at most and whose GEMVs have
+// helper threads of their own: a fork there wakes libgomp's workers, which then spin (GOMP_SPINCOUNT) and take a core
+// from the process's other threads (a server's slot and HTTP threads) for longer than the fork saved.
 class serial_ops_scope {
 public:
     serial_ops_scope();
@@ -29,6 +28,7 @@ private:
 // How many times the elementwise ops here have asked OpenMP for a team, on any thread (tests).
 long long ops_fork_requests();
 
+// y[T,n] = w[n] * x / sqrt(mean(x^2) + eps); rstd[T] saved for backward. y may alias x.
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps);
 // dx[T,n] += ..., dw[n] += ...   (x is the forward input)
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, const float* rstd,

@@ -174,8 +174,9 @@ double draft_policy::round_seconds_locked(int batch, int k) const {
 }
 
 int draft_policy::next(int batch, int refill, int remaining) {
-    int k = choose(batch);
     std::lock_guard<std::mutex> l(mu_);
+    int model_k = 0;
+    int k = choose_locked(batch, &model_k);
     const double B = std::max(1, batch);
     if (k > 0 && refill > 0) {
         // seconds per token of this sequence at k and at 0 (a round serves B sequences)
@@ -192,6 +193,9 @@ int draft_policy::next(int batch, int refill, int remaining) {
     // Drafting fully: the probe measures a plain round instead. Drafting part-way: every other probe is plain, so
     // that the measured veto of choose() can compare this choice with not drafting at all.
     if (k == K_ || (k > 0 && (round / probe_every) % 2 == 0)) return 0;
+    // Vetoed part-way choice: every other probe drafts it again, so that the veto lifts once it measures faster (the
+    // K probes below would never re-measure it).
+    if (k == 0 && model_k > 0 && model_k < K_ && (round / probe_every) % 2 == 0) return model_k;
     // A probe is worth its cost only when drafting could pay at this load with every draft accepted.
     const double plain = B / c_.main(B);
     for (int j = 1; j <= K_; ++j) {
@@ -204,6 +208,10 @@ int draft_policy::next(int batch, int refill, int remaining) {
 
 int draft_policy::choose(int batch) const {
     std::lock_guard<std::mutex> l(mu_);
+    return choose_locked(batch, nullptr);
+}
+
+int draft_policy::choose_locked(int batch, int* model_best) const {
     int best = 0;
     double best_tps = 0;
     for (int k = 0; k <= K_; ++k) {
@@ -214,6 +222,7 @@ int draft_policy::choose(int batch) const {
             best_tps = tps;
         }
     }
+    if (model_best) *model_best = best;
     // Measured veto: rounds at this load drafting `best` were slower than rounds not drafting.
     const auto& mt = meas_tps_[size_t(bucket(batch))];
     const auto& mn = meas_n_[size_t(bucket(batch))];

@@ -36,7 +36,7 @@ public:
     int choose(int batch) const;                 // 0..K: the best k for the current estimates
     // The draft length of a decode round: choose(batch), except that every probe_every-th round (of all sequences
     // at once) is a probe: a plain round when the choice is K (for observe_round's comparison; every other probe when
-    // the choice is between 0 and K), else it drafts K when
+    // the choice is between 0 and K; when such a choice is vetoed, every other probe drafts it), else it drafts K when
     // drafting could pay at this load if every draft were accepted, so that the acceptance of depths the choice no
     // longer drafts is still measured (a stale estimate could keep speculation off for good after a bad start).
     // refill: the sequence's refill_rows(K) (its modules' backlog); remaining: tokens it may still produce. A
@@ -58,6 +58,7 @@ public:
     pass_cost_table costs() const;
 
 private:
+    int choose_locked(int batch, int* model_best) const;   // model_best: the cost model's choice before the veto
     double expected_tokens_locked(int k) const;
     double round_seconds_locked(int batch, int k) const;
     static constexpr double margin = 1.05;       // a longer draft must promise 5% more tokens/s to be chosen

@@ -66,17 +66,22 @@ int find_connection_fd(const std::string& local_addr, int local_port, const std:
 }
 
 bool widen_listen_backlog(int local_port, int backlog) {
-    const int fd = find_socket([&](int fd) {
+    // Every listening socket on the port (SO_REUSEPORT would allow more than one), each re-listened.
+    bool any = false;
+    find_socket([&](int s) {
         int listening = 0;
         socklen_t n = sizeof listening;
-        if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) return false;
+        if (getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) != 0 || !listening) return false;
         sockaddr_storage ls{};
         socklen_t ll = sizeof ls;
         std::string lh;
         int lp = 0;
-        return getsockname(fd, reinterpret_cast<sockaddr*>(&ls), &ll) == 0 && addr_of(ls, lh, lp) && lp == local_port;
+        if (getsockname(s, reinterpret_cast<sockaddr*>(&ls), &ll) == 0 && addr_of(ls, lh, lp) && lp == local_port &&
+            ::listen(s, backlog) == 0)
+            any = true;
+        return false;                                   // keep looking
     });
-    return fd >= 0 && ::listen(fd, backlog) == 0;
+    return any;
 }
 
 bool peer_closed(int fd) {

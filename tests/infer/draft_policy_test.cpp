@@ -79,13 +79,21 @@ TEST(DraftPolicy, MeasuredRoundsVetoAPartialDraft) {
     for (int i = 0; i < 64 * draft_policy::probe_every * B; ++i) {
         const int k = p.next(B);
         plain += k == 0;
-        // as measured: a round drafting 1 takes 2 s for 1.9 tokens, a plain round 1 s for 1 token, K 3 s for 1.9
+        // as measured: a plain round gives 1 token in 1 s, drafting 1 gives 2 tokens in 2.2 s, drafting K 2 in 3 s
         if (k == 0) p.observe_round(B, 0, 1, 1.0);
         else p.observe_round(B, k, 2, k == 1 ? 2.2 : 3.0);
+        if (p.choose(B) == 0) break;
     }
-    EXPECT_GE(plain, 8 * B);
+    EXPECT_GE(plain, 8);                          // the plain probe calls that fed the veto (8 measured)
     EXPECT_EQ(p.choose(B), 0);
     EXPECT_EQ(p.choose(1), 1);                    // another load bucket: nothing measured there
+    // The veto lifts: probes draft the vetoed choice again, and drafting 1 now measures 2 tokens in 1.2 s.
+    for (int i = 0; i < 256 * draft_policy::probe_every * B && p.choose(B) == 0; ++i) {
+        const int k = p.next(B);
+        if (k == 0) p.observe_round(B, 0, 1, 1.0);
+        else p.observe_round(B, k, 2, k == 1 ? 1.2 : 3.0);
+    }
+    EXPECT_EQ(p.choose(B), 1);
 }
 
 TEST(DraftPolicy, NoAcceptanceNoDraftsButProbes) {

@@ -160,6 +160,8 @@ try:
     # so the kernel completes handshakes only while the listen backlog has room; cpp-httplib's own backlog of 5 would
     # drop the 7th SYN (the client retries after 1 s, past the 0.5 s connect timeout here)
     burst, held = 32, []
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())   # the kernel's cap on any backlog
+    if somaxconn < burst: burst = somaxconn
     os.kill(proc.pid, signal.SIGSTOP)
     try:
         for _ in range(burst):
