@@ -85,9 +85,10 @@ int main(int argc, char** argv) {
                 }
             } else if (k == "--n-gen") n_gen = std::atoi(v.c_str());
             else if (k == "--n-prompt") n_prompt = std::atoi(v.c_str());
-            else if (k == "--reps") reps = std::atoi(v.c_str());
-            else if (k == "--rounds") rounds = std::max(1, std::atoi(v.c_str()));
-            if (k == "--reps" && reps < 1) fail("--reps", "must be at least 1");
+            else if (k == "--reps") {
+                reps = std::atoi(v.c_str());
+                if (reps < 1) fail("--reps", "must be at least 1");
+            } else if (k == "--rounds") rounds = std::max(1, std::atoi(v.c_str()));
             else if (k == "--threads") threads = std::atoi(v.c_str());
             else if (k == "--weights") { if (!wtype_from_name(v, t)) fail("--weights", "expected f32, bf16 or q8_0"); }
             else fail(k, "unknown flag");
