@@ -15,6 +15,8 @@ namespace mtp {
 
 namespace {
 // Parallelise only when there is enough work to pay for the fork (and no serial_ops_scope is alive on this thread).
+// Callers evaluate it once into a bool for the `if` clause: GCC may evaluate an if clause once per construct
+// (parallel and simd), which would count a request twice.
 constexpr size_t omp_min_work = 1 << 14;
 thread_local bool serial_ops = false;
 std::atomic<long long> fork_requests{0};
@@ -53,7 +55,7 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps) {
     prof_scope ps(prof::norm);
-    const bool fork = par_work(size_t(T) * n);   // once: an if clause may be evaluated per construct
+    const bool fork = par_work(size_t(T) * n);
 #pragma omp parallel for if (fork)
     for (int t = 0; t < T; ++t) {
         const float* xr = x + size_t(t) * n;
@@ -70,7 +72,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
                       int T, int n) {
     prof_scope ps(prof::norm);
     if (dx) {
-        const bool fork = par_work(size_t(T) * n);   // once: an if clause may be evaluated per construct
+        const bool fork = par_work(size_t(T) * n);
 #pragma omp parallel for if (fork)
         for (int t = 0; t < T; ++t) {
             const float* xr = x + size_t(t) * n;
@@ -97,7 +99,7 @@ static void rope_apply(float* x, int T, int ld, int n_heads, int head_stride, in
                        const float* cos, const float* sin, float sign) {
     prof_scope ps(prof::rope);
     int half = rope / 2;
-    const bool fork = par_work(size_t(T) * n_heads * rope);   // once: an if clause may be evaluated per construct
+    const bool fork = par_work(size_t(T) * n_heads * rope);
 #pragma omp parallel for if (fork)
     for (int t = 0; t < T; ++t) {
         const float* c = cos + size_t(t) * half;
@@ -129,7 +131,7 @@ namespace {
 template <class F>
 void by8(size_t n, F f) {
     const size_t nb = n / 8;
-    const bool fork = par_work(n);   // once: an if clause may be evaluated per construct
+    const bool fork = par_work(n);
 #pragma omp parallel for if (fork)
     for (size_t b = 0; b < nb; ++b) f(b * 8, 8);
     if (n % 8) f(nb * 8, int(n % 8));
@@ -230,13 +232,13 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
 }
 
 void add_inplace(float* y, const float* x, size_t n) {
-    const bool fork = par_work(n);   // once: an if clause may be evaluated per construct
+    const bool fork = par_work(n);
 #pragma omp parallel for simd if (fork)
     for (size_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
 void scale_inplace(float* y, float s, size_t n) {
-    const bool fork = par_work(n);   // once: an if clause may be evaluated per construct
+    const bool fork = par_work(n);
 #pragma omp parallel for simd if (fork)
     for (size_t i = 0; i < n; ++i) y[i] *= s;
 }
