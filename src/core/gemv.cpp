@@ -1,25 +1,19 @@
 // Packed multi-row GEMV (see gemv.h): weight packing per type and lane width, the activation quantisation of q8_0,
-// helper threads, and the dispatch to the tiles of the chosen ISA (gemv_avx2.cpp, gemv_avx512.cpp).
+// large calls shared with the helper threads of core/task_pool, and the dispatch to the tiles of the chosen ISA.
 #include "core/gemv.h"
 
 #include <algorithm>
-#include <atomic>
-#include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <new>
-#include <thread>
 #include <vector>
-
-#include <omp.h>
 
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/gemv_impl.h"
 #include "core/quant.h"
+#include "core/task_pool.h"
 
 namespace mtp {
 
@@ -116,94 +110,6 @@ void pack_with(packed_weight& p, int out, int in, wtype t, isa k, Row row) {
         }
     }
 }
-
-// ---------------------------------------------------------------------------------------------------------------
-// Helper threads for the large GEMVs. Not an OpenMP team: the calling thread claims tasks from an atomic counter
-// together with the helpers and only waits for tasks a helper has actually started, so a helper that the OS has
-// descheduled (a machine shared with other jobs) costs nothing instead of stalling a fork/join barrier for a time
-// slice. Helpers spin briefly after each job (decode issues GEMVs microseconds apart), then sleep.
-class helper_pool {
-public:
-    static helper_pool& get() {
-        static helper_pool* p = new helper_pool();                 // never destroyed: helpers are detached
-        return *p;
-    }
-
-    // fn(ctx, task) for task in [0, n) on the calling thread and up to `helpers` helper threads.
-    void run(int n, int helpers, void (*fn)(void*, int), void* ctx) {
-        std::lock_guard<std::mutex> one(run_mu_);                   // one job at a time
-        while (int(threads_.size()) < helpers) {
-            const int id = int(threads_.size());
-            threads_.emplace_back([this, id] { work(id); });
-            threads_.back().detach();
-        }
-        const uint64_t gen = (state_.load() >> 32) + 1;
-        n_.store(n);
-        fn_.store(fn);
-        ctx_.store(ctx);
-        done_.store(0);
-        want_.store(helpers);
-        state_.store(gen << 32);                                      // publish: task 0 of job `gen`
-        if (sleeping_.load() > 0) {
-            { std::lock_guard<std::mutex> lk(mu_); }
-            cv_.notify_all();
-        }
-        claim(gen);
-        while (done_.load() < n) cpu_relax();
-        state_.store((gen << 32) | closed);                           // no stale claim can succeed any more
-    }
-
-private:
-    static constexpr uint64_t closed = 0xffffffffu;
-
-    static void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
-
-    // Claims and runs tasks of job `gen` until none is left.
-    void claim(uint64_t gen) {
-        for (;;) {
-            uint64_t s = state_.load();
-            if ((s >> 32) != gen) return;
-            const uint64_t idx = s & closed;
-            if (idx >= uint64_t(n_.load())) return;
-            if (!state_.compare_exchange_weak(s, s + 1)) continue;
-            // A successful claim means job `gen` is still open, so fn_/ctx_ are its own.
-            fn_.load()(ctx_.load(), int(idx));
-            done_.fetch_add(1);
-        }
-    }
-
-    void work(int id) {
-        uint64_t seen = state_.load() >> 32;
-        for (;;) {
-            // Wait for a new job: spin ~200 µs, then sleep.
-            const auto t0 = std::chrono::steady_clock::now();
-            int spins = 0;
-            while ((state_.load() >> 32) == seen) {
-                cpu_relax();
-                if (++spins % 256 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(200)) {
-                    std::unique_lock<std::mutex> lk(mu_);
-                    sleeping_.fetch_add(1);
-                    cv_.wait(lk, [&] { return (state_.load() >> 32) != seen; });
-                    sleeping_.fetch_sub(1);
-                }
-            }
-            seen = state_.load() >> 32;
-            if (id < want_.load()) claim(seen);
-        }
-    }
-
-    std::mutex run_mu_, mu_;
-    std::condition_variable cv_;
-    std::vector<std::thread> threads_;
-    std::atomic<uint64_t> state_{closed};                             // job generation << 32 | next task
-    std::atomic<int> n_{0}, done_{0}, want_{0}, sleeping_{0};
-    std::atomic<void (*)(void*, int)> fn_{nullptr};
-    std::atomic<void*> ctx_{nullptr};
-};
 
 } // namespace
 
@@ -349,7 +255,7 @@ void run_rows(const gemv_detail::args& a, isa k) {
     const gemv_detail::plan pl = plan_for(k, a);
     const int panels = (a.out + a.lanes - 1) / a.lanes;
     const int n_tiles = (panels + pl.pb - 1) / pl.pb;
-    const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const int threads = task_helpers() + 1;                  // 1 inside a task or an OpenMP team
     if (threads <= 1 || size_t(a.out) * a.in * size_t(a.T) < (size_t(1) << 17) || n_tiles < 8) {
         pl.run(a, 0, n_tiles);
         return;
@@ -360,10 +266,10 @@ void run_rows(const gemv_detail::args& a, isa k) {
         int chunk, n_tiles;
     } jb{&a, pl.run, std::max(1, n_tiles / (6 * threads)), n_tiles};
     const int n_tasks = (n_tiles + jb.chunk - 1) / jb.chunk;
-    helper_pool::get().run(n_tasks, threads - 1, [](void* c, int task) {
+    run_tasks(n_tasks, [](void* c, int task) {
         const job& j = *static_cast<const job*>(c);
         j.run(*j.a, task * j.chunk, std::min(j.n_tiles, (task + 1) * j.chunk));
-    }, &jb);
+    }, &jb, threads - 1);
 }
 
 constexpr int max_rows_per_call = 128;     // more rows are done in chunks (the kernels are for few rows);

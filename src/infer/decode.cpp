@@ -13,6 +13,7 @@
 #endif
 
 #include "core/ops.h"
+#include "core/task_pool.h"
 
 namespace mtp {
 
@@ -216,14 +217,18 @@ void silu_rows(float* a, const float* gu, int T, int f) {
     for (int t = 0; t < T; ++t) silu_mul_row(a + size_t(t) * f, gu + size_t(t) * 2 * f, gu + size_t(t) * 2 * f + f, f);
 }
 
-// y[T, d] = down(silu(gate x) * up x), packed.
+// y[T, d] = down(silu(gate x) * up x), packed; gu[T, 2*inner] and act[T, inner] are scratch.
+void ffn_packed(const decode_ffn& f, float* y, const float* x, int T, int d, float* gu, float* act) {
+    gemv_packed(gu, 2 * f.inner, x, d, T, f.gate_up);
+    silu_rows(act, gu, T, f.inner);
+    gemv_packed(y, d, act, f.inner, T, f.down);
+}
+
 void ffn_packed(const decode_ffn& f, float* y, const float* x, int T, int d, arena& a) {
     auto mk = a.mark();
     float* gu = a.alloc(size_t(T) * 2 * f.inner);
     float* act = a.alloc(size_t(T) * f.inner);
-    gemv_packed(gu, 2 * f.inner, x, d, T, f.gate_up);
-    silu_rows(act, gu, T, f.inner);
-    gemv_packed(y, d, act, f.inner, T, f.down);
+    ffn_packed(f, y, x, T, d, gu, act);
     a.rewind(mk);
 }
 
@@ -260,6 +265,12 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
     for (int h = 0; h < H; ++h) gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, M, lw.uk[h]);
     float* olat = a.alloc(size_t(R) * kvl);                              // [M, H, kvl] = P · c_kv
 
+    // Append every sequence's new latents to its cache (cheap; done first, so that no cache moves while the
+    // attention below reads them), then the attention of each block of up to TB rows of a sequence as one task
+    // (core/task_pool): blocks read only their own sequence's cache and write only their own rows of olat.
+    constexpr int TB = 16;
+    int* tk = a.alloc_int(size_t(M) * 6 + 6);                            // tasks: {si, row0, nb, b0, n0, n}
+    int n_tasks = 0, n_max = 0;
     for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
         const seq_pass& sp = seqs[si];
         const int T = sp.m;
@@ -278,56 +289,64 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
         rope_forward(kpe_new, T, rope, 1, rope, 0, rope, cos + size_t(r0) * half, sin + size_t(r0) * half);
         lc.n = n;
         fill_panels(lp, lc, n0, n, kvl, rope);
-
-        // Score rows in blocks of rows (the T x n score matrix of a long prompt chunk is never held at once).
+        n_max = std::max(n_max, n);
+        for (int b0 = 0; b0 < T; b0 += TB, ++n_tasks) {
+            int* t = tk + size_t(n_tasks) * 6;
+            t[0] = si, t[1] = r0 + b0, t[2] = std::min(TB, T - b0), t[3] = b0, t[4] = n0, t[5] = n;
+        }
+    }
+    // Per-thread scratch: two score blocks [TB*H, np] and the gathered tree row.
+    const int n_workers = task_helpers() + 1, np_max = (n_max + 7) / 8 * 8;
+    const size_t per_worker = (size_t(2) * TB * H * np_max + size_t(n_max) + 8 + 15) / 16 * 16;
+    float* scratch = a.alloc(per_worker * size_t(n_workers));
+    for_tasks(n_tasks, [&](int task) {
+        const int* t = tk + size_t(task) * 6;
+        const seq_pass& sp = seqs[t[0]];
+        const int row0 = t[1], nb = t[2], b0 = t[3], n0 = t[4], n = t[5], RB = nb * H;
+        const mla_latent_cache& lc = sp.kv->layers[size_t(li)];
+        const latent_panels& lp = sp.kv->panels[size_t(li)];
         const int np = (n + 7) / 8 * 8;                                  // score row stride
-        const int TB = std::max(1, std::min(T, 16));
-        auto mk2 = a.mark();
-        float* sa = a.alloc(size_t(TB) * H * np);
-        float* sb = a.alloc(size_t(TB) * H * np);
-        float* g = sp.rows ? a.alloc(size_t(n) + 8) : nullptr;
-        for (int b0 = 0; b0 < T; b0 += TB) {
-            const int nb = std::min(TB, T - b0), RB = nb * H;
-            const size_t q0 = size_t(r0 + b0) * H;                       // first (t, h) row of the block
-            gemv_panels(sa, np, qabs + q0 * kvl, kvl, RB, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
-            gemv_panels(sb, np, q + size_t(r0 + b0) * H * dq + nope, dq, RB, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
-            for (int tb = 0; tb < nb; ++tb) {
-                const int t = b0 + tb;
-                for (int h = 0; h < H; ++h) {
-                    float* sh = sa + size_t(tb * H + h) * np;
-                    const float* bh = sb + size_t(tb * H + h) * np;
-                    if (sp.rows) {
-                        // Tree rows: the same operations on the attended scores gathered in ascending order, so a
-                        // row gives bitwise what it gives in a chain whose entries are its ancestors.
-                        const int* sl = sp.rows->slots + sp.rows->off[t];
-                        const int cnt = sp.rows->off[t + 1] - sp.rows->off[t];
-                        float mx = -INFINITY;
-                        for (int j = 0; j < cnt; ++j) {
-                            g[j] = scale * (sh[sl[j]] + bh[sl[j]]);
-                            mx = g[j] > mx ? g[j] : mx;
-                        }
-                        exp_sub(g, cnt, mx);
-                        const float inv = 1.0f / sum_fixed(g, cnt);
-                        std::memset(sh, 0, sizeof(float) * size_t(n));
-                        for (int j = 0; j < cnt; ++j) sh[sl[j]] = g[j] * inv;
-                    } else {
-                        const int lim = n0 + t;                          // attends to 0..lim
-                        float mx = -INFINITY;
-                        for (int j = 0; j <= lim; ++j) {
-                            sh[j] = scale * (sh[j] + bh[j]);
-                            mx = sh[j] > mx ? sh[j] : mx;
-                        }
-                        exp_sub(sh, lim + 1, mx);
-                        const float inv = 1.0f / sum_fixed(sh, lim + 1);
-                        for (int j = 0; j <= lim; ++j) sh[j] *= inv;
-                        for (int j = lim + 1; j < n; ++j) sh[j] = 0.0f;
+        float* sa = scratch + per_worker * size_t(task_worker());
+        float* sb = sa + size_t(TB) * H * np_max;
+        float* g = sb + size_t(TB) * H * np_max;
+        const size_t q0 = size_t(row0) * H;                              // first (t, h) row of the block
+        gemv_panels(sa, np, qabs + q0 * kvl, kvl, RB, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
+        gemv_panels(sb, np, q + size_t(row0) * H * dq + nope, dq, RB, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
+        for (int tb = 0; tb < nb; ++tb) {
+            const int tr = b0 + tb;                                      // row within the sequence's pass
+            for (int h = 0; h < H; ++h) {
+                float* sh = sa + size_t(tb * H + h) * np;
+                const float* bh = sb + size_t(tb * H + h) * np;
+                if (sp.rows) {
+                    // Tree rows: the same operations on the attended scores gathered in ascending order, so a
+                    // row gives bitwise what it gives in a chain whose entries are its ancestors.
+                    const int* sl = sp.rows->slots + sp.rows->off[tr];
+                    const int cnt = sp.rows->off[tr + 1] - sp.rows->off[tr];
+                    float mx = -INFINITY;
+                    for (int j = 0; j < cnt; ++j) {
+                        g[j] = scale * (sh[sl[j]] + bh[sl[j]]);
+                        mx = g[j] > mx ? g[j] : mx;
                     }
+                    exp_sub(g, cnt, mx);
+                    const float inv = 1.0f / sum_fixed(g, cnt);
+                    std::memset(sh, 0, sizeof(float) * size_t(n));
+                    for (int j = 0; j < cnt; ++j) sh[sl[j]] = g[j] * inv;
+                } else {
+                    const int lim = n0 + tr;                             // attends to 0..lim
+                    float mx = -INFINITY;
+                    for (int j = 0; j <= lim; ++j) {
+                        sh[j] = scale * (sh[j] + bh[j]);
+                        mx = sh[j] > mx ? sh[j] : mx;
+                    }
+                    exp_sub(sh, lim + 1, mx);
+                    const float inv = 1.0f / sum_fixed(sh, lim + 1);
+                    for (int j = 0; j <= lim; ++j) sh[j] *= inv;
+                    for (int j = lim + 1; j < n; ++j) sh[j] = 0.0f;
                 }
             }
-            gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 8, kvl);
         }
-        a.rewind(mk2);
-    }
+        gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 8, kvl);
+    });
     float* o = a.alloc(size_t(M) * H * dv);                              // [M, H*dv]
     for (int h = 0; h < H; ++h) gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, M, lw.uv[h]);
     gemv_packed(y, d, o, H * dv, M, lw.o_proj);
@@ -377,13 +396,36 @@ int moe_packed(const model_config& c, const layer_offsets& l, const decode_layer
     float* ye = a.alloc(size_t(T) * K * d);
     for (int r = 0; r < T * K; ++r) std::memcpy(xe + size_t(r) * d, x + size_t(rows[r]) * d, sizeof(float) * d);
     int used = 0;
-    for (int e = 0; e < E; ++e) {
-        const int ne = cnt[e + 1] - cnt[e];
-        if (ne > 0) ffn_packed(lw.experts[e], ye + size_t(cnt[e]) * d, xe + size_t(cnt[e]) * d, ne, d, a);
-        used += ne > 0;
+    int* act_e = a.alloc_int(E);                                         // the experts with rows
+    for (int e = 0; e < E; ++e)
+        if (cnt[e + 1] > cnt[e]) act_e[used++] = e;
+    // A few rows per expert make GEMVs too small to share among threads, so with enough experts each expert is a
+    // task of its own (core/task_pool) and the experts run side by side; the results are the same either way.
+    // The shared expert is the first task (the largest: every row).
+    const int workers = task_helpers() + 1;
+    const bool shared = lw.shared.inner > 0;
+    if (!shared) std::memset(y, 0, sizeof(float) * size_t(T) * d);
+    if (workers > 1 && used >= 2 * workers) {
+        const int inner = lw.experts[size_t(act_e[0])].inner, si = lw.shared.inner;
+        float* gu = a.alloc(size_t(T) * K * 2 * inner);                  // scratch at each expert's first row
+        float* act = a.alloc(size_t(T) * K * inner);
+        float* sgu = a.alloc(size_t(T) * 2 * si);
+        float* sact = a.alloc(size_t(T) * si);
+        for_tasks(used + shared, [&](int i) {
+            if (shared && i == 0) return ffn_packed(lw.shared, y, x, T, d, sgu, sact);
+            const int e = act_e[i - shared];
+            const size_t r = size_t(cnt[e]);
+            ffn_packed(lw.experts[size_t(e)], ye + r * d, xe + r * d, cnt[e + 1] - cnt[e], d, gu + r * 2 * inner,
+                       act + r * inner);
+        });
+    } else {
+        for (int i = 0; i < used; ++i) {
+            const int e = act_e[i];
+            ffn_packed(lw.experts[size_t(e)], ye + size_t(cnt[e]) * d, xe + size_t(cnt[e]) * d, cnt[e + 1] - cnt[e],
+                       d, a);
+        }
+        if (shared) ffn_packed(lw.shared, y, x, T, d, a);
     }
-    if (lw.shared.inner > 0) ffn_packed(lw.shared, y, x, T, d, a);
-    else std::memset(y, 0, sizeof(float) * size_t(T) * d);
     for (int t = 0; t < T; ++t)                                          // y += Σ_k w_k y_k, fixed k order
         for (int k = 0; k < K; ++k) axpy_fixed(y + size_t(t) * d, w[t * K + k], ye + size_t(where[t * K + k]) * d, d);
     a.rewind(mk);
