@@ -12,6 +12,7 @@
 #include "core/arena.h"
 #include "core/error.h"
 #include "core/gemm_bf16.h"
+#include "core/blas_core.h"
 #include "core/profile.h"
 #include "core/rng.h"
 #include "model/model.h"
@@ -87,8 +88,9 @@ int main(int argc, char** argv) {
         double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / steps;
         mtp::prof_enable(false);
         std::printf("{\"impl\":\"mtp.cpp\",\"ms_per_step\":%.2f,\"tokens_per_s\":%.1f,\"params\":%zu,\"loss\":%.4f,"
-                    "\"threads\":%d,\"precision\":\"%s\"",
-                    ms, batch * seq / (ms / 1000.0), n_params, loss, omp_get_max_threads(), precision.c_str());
+                    "\"threads\":%d,\"precision\":\"%s\",\"blas\":\"%s\"",
+                    ms, batch * seq / (ms / 1000.0), n_params, loss, omp_get_max_threads(), precision.c_str(),
+                    mtp::blas_core_name().c_str());
         if (peak_json)   // the SGEMM peak with these threads and the step's model FLOPs, for MFU
             std::printf(",\"peak_gflops\":%.2f,\"flops_per_step\":%.6g", mtp::measure_peak_gflops(),
                         3.0 * mtp::model_forward_flops(c, seq) * batch);
@@ -98,9 +100,9 @@ int main(int argc, char** argv) {
             // SGEMM peak measured now with the same threads.
             const double peak = mtp::measure_peak_gflops();
             const double step_flops = 3.0 * mtp::model_forward_flops(c, seq) * batch;
-            std::printf("\nprofile: %s, seq %d x batch %d, %d threads, %.1f ms/step, SGEMM peak %.1f GFLOP/s, "
-                        "step MFU %.1f%%\n",
-                        config.c_str(), seq, batch, omp_get_max_threads(), ms, peak,
+            std::printf("\nprofile: %s, seq %d x batch %d, %d threads, %.1f ms/step, SGEMM peak %.1f GFLOP/s "
+                        "(OpenBLAS %s), step MFU %.1f%%\n",
+                        config.c_str(), seq, batch, omp_get_max_threads(), ms, peak, mtp::blas_core_name().c_str(),
                         100.0 * step_flops / (ms / 1000.0) / (peak * 1e9));
             std::printf("%-30s %9s %7s %10s %9s %8s\n", "phase", "ms/step", "share", "GFLOP/step", "GFLOP/s", "of peak");
             double attributed = 0;

@@ -4,13 +4,16 @@ PyTorch (Debian python3-torch, float32) at PyTorch's best thread count, side by 
 MFU against the fp32 SGEMM peak measured in the same run.
 
   /usr/bin/python3 bench/compare_train.py [--cases CONFIG:SEQ:BATCH ...] [--threads 2] [--steps 5] [--reps 2]
+      [--blas-core env|auto|NAME]
 
 Default cases: bench/moe_10m.json at 128 x 4 and 256 x 4, bench/configs/model_moe_16m.json at 128 x 8 and
 256 x 8. For each case and repetition: mtp.cpp fp32 and bf16 (bench_train, --threads threads; bf16 only where the
 CPU has a bf16 kernel, else the column says "-"), PyTorch with 1 thread and with `threads` threads, one after the
 other, so machine drift hits all alike; each implementation's best repetition counts. bf16 MFU above 100% means
 faster than the fp32 peak allows. MFU = model FLOPs of the step (3 x forward matmul + attention FLOPs, train/flops.h) / time /
-peak. Prints one table row per case: ms/step of each, PyTorch's best, the ratio and the MFUs.
+peak. Both sides' fp32 products run on OpenBLAS; --blas-core gives both the same kernels: env (default) keeps
+the environment's OPENBLAS_CORETYPE, auto unsets it (OpenBLAS detects the CPU), a name (e.g. SkylakeX) sets it.
+Prints one table row per case: ms/step of each, PyTorch's best, the ratio and the MFUs.
 """
 import argparse
 import json
@@ -37,12 +40,20 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--bench-train", default=os.path.join(ROOT, "build", "bench_train"))
+    ap.add_argument("--blas-core", default="env",
+                    help="OpenBLAS kernels for both sides: env (as the environment has it), auto (unset), or a name")
     args = ap.parse_args()
+    base_env = dict(os.environ)
+    if args.blas_core == "auto":
+        base_env.pop("OPENBLAS_CORETYPE", None)
+    elif args.blas_core != "env":
+        base_env["OPENBLAS_CORETYPE"] = args.blas_core
     if not os.access(args.bench_train, os.X_OK):
         sys.exit(f"error: {args.bench_train} not built (run scripts/build.sh)")
     P = args.threads
     rows = []
     kernel = bf16_kernel(args.bench_train)
+    blas = "?"
     has_bf16 = kernel is not None
     for case in args.cases:
         cfg, seq, batch = case.rsplit(":", 2)
@@ -51,16 +62,16 @@ def main():
         best = {"mtp": None, "bf16": None, "torch1": None, f"torch{P}": None}
         peak = flops = None
         for rep in range(args.reps):
-            env = dict(os.environ, OMP_NUM_THREADS=str(P))
+            env = dict(base_env, OMP_NUM_THREADS=str(P))
             r = run_json([args.bench_train] + common + ["--threads", str(P), "--peak"], env)
-            peak, flops = r["peak_gflops"], r["flops_per_step"]
+            peak, flops, blas = r["peak_gflops"], r["flops_per_step"], r.get("blas", "?")
             res = {"mtp": r["ms_per_step"]}
             if has_bf16:
                 res["bf16"] = run_json([args.bench_train] + common + ["--threads", str(P), "--precision", "bf16"],
                                        env)["ms_per_step"]
             for t in (1, P):
                 r = run_json(["/usr/bin/python3", os.path.join(ROOT, "bench", "bench_train_torch.py")] + common +
-                             ["--threads", str(t)], dict(os.environ, OMP_NUM_THREADS=str(t)))
+                             ["--threads", str(t)], dict(base_env, OMP_NUM_THREADS=str(t)))
                 res[f"torch{t}"] = r["ms_per_step"]
             for k, v in res.items():
                 best[k] = v if best[k] is None else min(best[k], v)
@@ -73,7 +84,7 @@ def main():
                      tbest / best["mtp"], mfu(best["mtp"]), mfu(tbest), peak, best["bf16"]))
     print(f"\nmtp.cpp with {P} threads ({'bf16 kernel ' + kernel if has_bf16 else 'no bf16 kernel on this CPU'}); "
           f"PyTorch {torch_version()} with 1 and {P} threads; best of {args.reps} runs of {args.steps} steps; MFU "
-          f"against the fp32 SGEMM peak measured by bench_train with {P} threads")
+          f"against the fp32 SGEMM peak measured by bench_train with {P} threads; OpenBLAS {blas} kernels for both")
     print(f"{'config':<22s} {'seq x B':>8s} {'mtp ms':>8s} {'bf16 ms':>8s} {'torch1 ms':>10s} {f'torch{P} ms':>10s} "
           f"{'best':>5s} {'ratio':>6s} {'bf16':>6s} {'MFU mtp':>8s} {'MFU bf16':>9s} {'MFU torch':>10s} {'peak':>7s}")
     for r in rows:

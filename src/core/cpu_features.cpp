@@ -38,6 +38,7 @@ cpu_features detect() {
     f.f16c = f.f16c && ymm_os;
     f.avx512f = zmm_os && (b & (1u << 16));
     f.avx512bw = f.avx512f && (b & (1u << 30));
+    f.avx512dq = f.avx512f && (b & (1u << 17));
     f.avx512vl = f.avx512f && (b & (1u << 31));
     f.avx512vnni = f.avx512f && (c & (1u << 11));
     const bool amx_os = (xcr0 & 0x60000) == 0x60000;           // XTILECFG + XTILEDATA state enabled
@@ -128,6 +129,7 @@ std::string isa_report() {
     add(f.f16c, "f16c");
     add(f.avx512f, "avx512f");
     add(f.avx512bw, "avx512bw");
+    add(f.avx512dq, "avx512dq");
     add(f.avx512vl, "avx512vl");
     add(f.avx512vnni, "avx512vnni");
     add(f.avx512bf16, "avx512bf16");

@@ -8,6 +8,7 @@ namespace mtp {
 struct cpu_features {
     bool avx2 = false, fma = false, f16c = false;               // the baseline this build is compiled for
     bool avx512f = false, avx512bw = false, avx512vl = false;   // with the OS saving zmm state
+    bool avx512dq = false;
     bool avx512vnni = false, avx512bf16 = false, avx_vnni = false;
     bool amx_bf16 = false;                                       // AMX tiles + BF16, with the OS saving tile state
 };

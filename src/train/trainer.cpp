@@ -16,6 +16,7 @@
 #include <omp.h>
 
 #include "core/arena.h"
+#include "core/blas_core.h"
 #include "core/comm.h"
 #include "core/error.h"
 #include "core/gemm_bf16.h"
@@ -244,9 +245,12 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             bf16_kernel_name(gemm_bf16_kernel()));
     say("model: %zu parameters, %d layers (+%d MTP), vocab %d | data: %zu train / %zu val tokens\n",
                 n_params, c.num_hidden_layers, D, c.vocab_size, data.train.size(), data.val.size());
-    say("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s\n",
+    const std::string narrow = blas_narrowed_warning(cpu_detect(), blas_core_name(), std::getenv("OPENBLAS_CORETYPE"));
+    if (!narrow.empty()) say("%s\n", narrow.c_str());
+    say("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s "
+        "(OpenBLAS %s kernels)\n",
                 tc.max_steps, A, B, T, tc.lr, tc.mtp_lambda, tc.bias_update_speed, tc.bal_alpha,
-                omp_get_max_threads(), peak);
+                omp_get_max_threads(), peak, blas_core_name().c_str());
     if (world.size > 1)
         say("distributed: %d ranks (data parallel%s), %d sequences per rank per micro-batch\n", world.size,
             dp.zero1 ? ", ZeRO-1 optimizer shards" : "", tc.batch_size / world.size);

@@ -65,6 +65,31 @@ if pa.returncode == 0 and pb2.returncode == 0:
     check("resume: identical validation log", ea == eb and len(ea) >= 2)
     check("every MTP depth is logged", all(len(r["mtp"]) == 2 for r in ra))
 
+# --- OpenBLAS's kernels are named in the log; OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU gets a warning (it halves
+# fp32 products on AMD Zen 5). The expectation comes from OpenBLAS's own detection, here.
+import re  # noqa: E402
+env0 = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+probe = subprocess.run([sys.executable, "-c", "import ctypes; l = ctypes.CDLL('libopenblas.so.0'); "
+                        "l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())"],
+                       capture_output=True, text=True, env=env0)
+detected = probe.stdout.strip()
+flags = set()
+for line in open("/proc/cpuinfo"):
+    if line.startswith("flags"):
+        flags = set(line.split(":", 1)[1].split()); break
+wide_cpu = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags
+def blas_of(env, out):
+    p = subprocess.run([mtp, "train"] + base + ["--max-steps", "1", "--out-dir", os.path.join(work, out)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    m = re.search(r"\(OpenBLAS (\S+) kernels\)", p.stdout + p.stderr)
+    return (m.group(1) if m else f"(no kernel line; rc {p.returncode})"), "OPENBLAS_CORETYPE=Haswell" in p.stdout + p.stderr
+got, warned = blas_of(env0, "blas_own")
+check("OpenBLAS kernels: named in the log, OpenBLAS's own choice", probe.returncode == 0 and got == detected and not warned,
+      f"(detected {detected!r}, ran {got}, warned {warned})")
+got, warned = blas_of(dict(env0, OPENBLAS_CORETYPE="Haswell"), "blas_haswell")
+check("OpenBLAS kernels: OPENBLAS_CORETYPE kept, warned about iff the CPU has AVX-512", got == "Haswell" and warned == wide_cpu,
+      f"(ran {got}, warned {warned}, avx512 f/bw/dq/vl {wide_cpu})")
+
 # --- parallel heads (mtp_style "parallel"): exact resume too, and the checkpoint keeps the style
 pcfg = os.path.join(work, "model_parallel.json"); json.dump(dict(MODEL, mtp_style="parallel"), open(pcfg, "w"))
 pa_dir, pb_dir = os.path.join(work, "p_straight"), os.path.join(work, "p_resumed")
