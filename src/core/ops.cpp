@@ -179,6 +179,29 @@ void silu_mul_backward(float* dg, float* du, const float* da, const float* g, co
 
 namespace {
 
+// max_v x[v], as the loop `m = x[v] > m ? x[v] : m` from m = x[0] gives it (a NaN x[0] stays; later NaNs are
+// skipped; which zero's sign wins can differ, which no caller sees: it is only subtracted and added back).
+float max_of(const float* x, int n) {
+    if (n < 16) {
+        float m = x[0];
+        for (int v = 1; v < n; ++v) m = x[v] > m ? x[v] : m;
+        return m;
+    }
+    __m256 m0 = _mm256_set1_ps(x[0]), m1 = m0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {                      // max_ps(v, m) keeps m when v is NaN, as the loop does
+        m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+        m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+    }
+    alignas(32) float l[16];
+    _mm256_store_ps(l, m0);
+    _mm256_store_ps(l + 8, m1);
+    float m = l[0];
+    for (int j = 1; j < 16; ++j) m = l[j] > m ? l[j] : m;
+    for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return std::isnan(x[0]) ? x[0] : m;
+}
+
 // Σ_v exp(x[v] - sub) in double, in a fixed order (8 lanes, then lane by lane); e[v] gets the terms when given.
 double sum_exp(const float* x, int n, float sub, float* e) {
     const __m256 s = _mm256_set1_ps(sub);
@@ -216,8 +239,7 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
             continue;
         }
         const float lt = l[tgt];                         // read before d (which may alias l) is written
-        float mx = l[0];
-        for (int v = 1; v < V; ++v) mx = l[v] > mx ? l[v] : mx;
+        const float mx = max_of(l, V);
         const double sum = sum_exp(l, V, mx, d);        // d (may alias l) receives the exp terms
         if (d) {
             const float inv = float(scale / sum);

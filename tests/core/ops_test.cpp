@@ -356,6 +356,26 @@ TEST(OpsCrossEntropy, ForwardGradientIgnoredRowsAliasAndStability) {
     EXPECT_EQ(alias, d);
 }
 
+// The row maximum (vectorised for rows of 16 or more) must see every position: a logit 200 above the rest that it
+// missed would overflow the exps (exp(200) > FLT_MAX) and make the loss infinite.
+TEST(OpsCrossEntropy, RowMaximumSeesEveryPosition) {
+    rng r(13);
+    for (int V : {15, 16, 17, 31, 32, 33, 100, 1000}) {
+        for (int p : {0, 1, 7, 8, 15, 16, 17, V / 2, V - 2, V - 1}) {
+            if (p < 0 || p >= V) continue;
+            auto logits = randn(r, V, 1.0);
+            logits[size_t(p)] += 200.0f;
+            const int tgt = (p + 3) % V;
+            std::vector<float> d(static_cast<size_t>(V));
+            const double L = mtp::cross_entropy(d.data(), logits.data(), &tgt, 1, V, 1.0f);
+            const double ref = ref_ce_row(logits.data(), V, tgt);
+            ASSERT_TRUE(std::isfinite(L)) << "V " << V << ", peak at " << p;
+            EXPECT_NEAR(L, ref, 4 * u32 * 210.0) << "V " << V << ", peak at " << p;
+            EXPECT_NEAR(d[size_t(p)], 1.0, 1e-5) << "V " << V << ", peak at " << p;   // all the mass on the peak
+        }
+    }
+}
+
 TEST(OpsCrossEntropy, GradientMatchesFiniteDifferences) {
     rng r(13);
     const int T = 4, V = 9;
