@@ -1,4 +1,5 @@
-// AVX-512 BF16 kernel of gemm_bf16 (core/gemm_bf16.h): both operands packed once into bf16 pairs, then 12 x 32
+// AVX-512 BF16 kernel of gemm_bf16 (core/gemm_bf16.h): both operands packed once into bf16 pairs (rounded 16 lanes
+// at a time), then 12 x 32
 // register tiles of `vdpbf16ps`; each C element is one chain in k order (a k block resumes from the stored partial).
 #include <immintrin.h>
 
@@ -15,13 +16,42 @@ constexpr int MR = 12, NR = 32;          // register tile: 12 rows x 2 zmm of 16
 constexpr int KCP = 256;                 // k pairs per block: the B panel slice (32 KiB) stays in L1
 constexpr int MCP = 8, NCP = 8;          // panels per thread tile: 96 rows x 256 columns (A slices in L2)
 
-inline uint32_t bf16_bits(float f) {     // round to nearest even; NaN stays a (quiet) NaN
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (x >> 16) | 0x40u;
-    return (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16;
+// Shifts of 16 lanes by 16 bits. The maskz forms are used here and for the narrowing below, because GCC 12's
+// unmasked ones start from an "undefined" vector that -Wmaybe-uninitialized reports.
+inline __m512i shr16(__m512i x) { return _mm512_maskz_srli_epi32(__mmask16(0xFFFF), x, 16); }
+inline __m512i shl16(__m512i x) { return _mm512_maskz_slli_epi32(__mmask16(0xFFFF), x, 16); }
+
+// The bf16 bits of 16 floats (as core/dtype's f32_to_bf16: round to nearest even, a NaN stays a quiet NaN), in the
+// low half of each lane.
+inline __m512i bf16_bits16(__m512 v) {
+    const __m512i x = _mm512_castps_si512(v);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7FFFFFFF)),
+                                                  _mm512_set1_epi32(0x7F800000));
+    const __m512i odd = _mm512_and_si512(shr16(x), _mm512_set1_epi32(1));
+    const __m512i rne = shr16(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7FFF)), odd));
+    const __m512i quiet = _mm512_or_si512(shr16(x), _mm512_set1_epi32(0x40));
+    return _mm512_mask_blend_epi32(nan, rne, quiet);
 }
-inline uint32_t pair(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+// Pairs of two rows of n <= 16 floats: out[c] = bf16(lo[c]) | bf16(hi[c]) << 16 (hi null: 0).
+inline void pairs_of_rows(uint32_t* out, const float* lo, const float* hi, int n) {
+    const __mmask16 m = __mmask16((1u << n) - 1u);
+    const __m512i l = bf16_bits16(_mm512_maskz_loadu_ps(m, lo));
+    const __m512i h = hi ? bf16_bits16(_mm512_maskz_loadu_ps(m, hi)) : _mm512_setzero_si512();
+    _mm512_mask_storeu_epi32(out, m, _mm512_or_si512(l, shl16(h)));
+}
+
+// Pairs along one row of K floats: out[p * stride] = bf16(row[2p]) | bf16(row[2p + 1]) << 16 for p < Kp (past K: 0).
+inline void pairs_along_row(uint32_t* out, size_t stride, const float* row, int K, int Kp) {
+    alignas(64) uint32_t t[8];
+    for (int p0 = 0; p0 < Kp; p0 += 8) {
+        const int k0 = 2 * p0, n = std::min(16, K - k0);             // floats left in this chunk (> 0)
+        const __m512i b = bf16_bits16(_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1u), row + k0));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(t), _mm512_maskz_cvtepi32_epi16(__mmask16(0xFFFF), b));   // [b0 | b1 << 16, ...]
+        const int np = std::min(8, Kp - p0);
+        for (int j = 0; j < np; ++j) out[size_t(p0 + j) * stride] = t[j];
+    }
+}
 
 // op(A) [M, K] -> panels of MR rows, each [Kp][MR] pairs (k even in the low half); rows past M are zero.
 void pack_a(uint32_t* pa, const float* A, int lda, bool tr, int M, int K, int Kp) {
@@ -33,19 +63,15 @@ void pack_a(uint32_t* pa, const float* A, int lda, bool tr, int M, int K, int Kp
         if (!tr) {
             for (int r = 0; r < MR; ++r) {
                 if (r >= mr) { for (int p = 0; p < Kp; ++p) d[size_t(p) * MR + r] = 0; continue; }
-                const float* row = A + size_t(m0 + r) * lda;
-                for (int p = 0; p < Kp; ++p) {
-                    const int k = 2 * p;
-                    d[size_t(p) * MR + r] = pair(row[k], k + 1 < K ? row[k + 1] : 0.0f);
-                }
+                pairs_along_row(d + r, MR, A + size_t(m0 + r) * lda, K, Kp);
             }
         } else {
             for (int p = 0; p < Kp; ++p) {
                 const int k = 2 * p;
                 const float* r0 = A + size_t(k) * lda + m0;
-                const float* r1 = k + 1 < K ? r0 + lda : nullptr;
                 uint32_t* o = d + size_t(p) * MR;
-                for (int r = 0; r < MR; ++r) o[r] = r < mr ? pair(r0[r], r1 ? r1[r] : 0.0f) : 0u;
+                pairs_of_rows(o, r0, k + 1 < K ? r0 + lda : nullptr, mr);
+                for (int r = mr; r < MR; ++r) o[r] = 0u;
             }
         }
     }
@@ -64,20 +90,16 @@ void pack_b(uint32_t* pb, const float* B, int ldb, bool tr, int N, int K, int Kp
                 const float* r0 = B + size_t(k) * ldb + n0;
                 const float* r1 = k + 1 < K ? r0 + ldb : nullptr;
                 uint32_t* o = d + size_t(p) * NR;
-                if (nr == NR && r1) {
-                    for (int c = 0; c < NR; ++c) o[c] = pair(r0[c], r1[c]);
-                } else {
-                    for (int c = 0; c < NR; ++c) o[c] = c < nr ? pair(r0[c], r1 ? r1[c] : 0.0f) : 0u;
+                for (int c0 = 0; c0 < NR; c0 += 16) {
+                    const int n = std::max(0, std::min(16, nr - c0));
+                    if (n > 0) pairs_of_rows(o + c0, r0 + c0, r1 ? r1 + c0 : nullptr, n);
+                    for (int c = c0 + n; c < c0 + 16; ++c) o[c] = 0u;
                 }
             }
         } else {
             for (int c = 0; c < NR; ++c) {
                 if (c >= nr) { for (int p = 0; p < Kp; ++p) d[size_t(p) * NR + c] = 0; continue; }
-                const float* col = B + size_t(n0 + c) * ldb;
-                for (int p = 0; p < Kp; ++p) {
-                    const int k = 2 * p;
-                    d[size_t(p) * NR + c] = pair(col[k], k + 1 < K ? col[k + 1] : 0.0f);
-                }
+                pairs_along_row(d + c, NR, B + size_t(n0 + c) * ldb, K, Kp);
             }
         }
     }

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <tuple>
 #include <vector>
@@ -123,6 +124,34 @@ TEST(GemmBf16, KernelMatchesItsDefinitionForEveryLayoutAndShape) {
                 check_kernel(kern, ta, tb, 100, 70, 333, 1);                            // partial tiles both ways
                 check_kernel(kern, ta, tb, 97, 300, 1100, 1);                           // k blocks, thread tiles
             }
+}
+
+// Inputs whose rounding to bf16 is a tie (low 16 bits exactly 0x8000, even and odd upper halves, either sign) or
+// carries into the exponent: the packing must round them as the definition does, bit for bit.
+TEST(GemmBf16, RoundingTiesAndCarriesAsTheDefinition) {
+    if (hardware_kernels().empty()) GTEST_SKIP() << "no AVX-512 BF16 or AMX here";
+    const uint32_t special[] = {0x3f808000u, 0x3f818000u, 0xbf808000u, 0xbf818000u, 0x3f7fffffu, 0xbf7fffffu,
+                                0x40ff8000u, 0x3e7f8000u, 0x00000000u, 0x80000000u, 0x3f800001u, 0x3f807fffu};
+    for (bf16_kernel kern : hardware_kernels()) {
+        if (kern == bf16_kernel::amx) continue;                          // not bitwise by definition
+        for (bool ta : {false, true})
+            for (bool tb : {false, true}) {
+                SCOPED_TRACE(std::string("ta ") + std::to_string(ta) + " tb " + std::to_string(tb));
+                const int M = 29, N = 45, K = 67;
+                operands o = make(ta, tb, M, N, K, 99);
+                for (size_t i = 0; i < o.A.size(); ++i)
+                    if (i % 3 != 1) std::memcpy(&o.A[i], &special[(i * 7) % 12], 4);
+                for (size_t i = 0; i < o.B.size(); ++i)
+                    if (i % 2 == 0) std::memcpy(&o.B[i], &special[(i * 5) % 12], 4);
+                std::vector<float> got = o.C0, ref = o.C0;
+                gemm_bf16_with(kern, ta, tb, M, N, K, o.A.data(), o.lda, o.B.data(), o.ldb, 1.0f, got.data(), o.ldc);
+                gemm_bf16_reference(ta, tb, M, N, K, o.A.data(), o.lda, o.B.data(), o.ldb, 1.0f, ref.data(), o.ldc,
+                                    bf16_kernel_odd_first(kern));
+                for (int m = 0; m < M; ++m)
+                    for (int n = 0; n < N; ++n)
+                        ASSERT_EQ(got[size_t(m) * o.ldc + n], ref[size_t(m) * o.ldc + n]) << m << "," << n;
+            }
+    }
 }
 
 TEST(GemmBf16, ResultsDoNotDependOnShapeOrThreads) {
