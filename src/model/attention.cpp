@@ -2,29 +2,54 @@
 #include "model/attention.h"
 
 #include <cblas.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "core/ops.h"
 #include "core/profile.h"
+#include "core/vec_math.h"
 
 namespace mtp {
 
 namespace {
 
-// In-place causal softmax of the rows of s[T, n_ctx]: row i may see columns 0..limit(i).
+constexpr int causal_block = 64;         // rows per causal block of the attention core's products
+
+// In-place causal softmax of the rows of s[T, n_ctx]: row i may see columns 0..limit(i); the rest become 0.
+// 8 lanes at a time: the maximum (exact in any order), exp(s - max) (core/vec_math.h's exp8), the sum as 8 lane
+// partials combined in a fixed order, so a row's result depends only on the row.
 template <class Limit>
 void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
     for (int i = 0; i < T; ++i) {
         float* r = s + size_t(i) * n_ctx;
-        int lim = limit(i);
-        float mx = r[0];
-        for (int j = 1; j <= lim; ++j) mx = r[j] > mx ? r[j] : mx;
-        float sum = 0;
-        for (int j = 0; j <= lim; ++j) { r[j] = std::exp(r[j] - mx); sum += r[j]; }
-        float inv = 1.0f / sum;
-        for (int j = 0; j <= lim; ++j) r[j] *= inv;
-        for (int j = lim + 1; j < n_ctx; ++j) r[j] = 0.0f;
+        const int n = limit(i) + 1;                                      // columns seen
+        __m256 m8 = _mm256_set1_ps(r[0]);
+        int j = 0;
+        for (; j + 8 <= n; j += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(r + j), m8);
+        alignas(32) float l[8];
+        _mm256_store_ps(l, m8);
+        float mx = l[0];
+        for (int k = 1; k < 8; ++k) mx = l[k] > mx ? l[k] : mx;
+        for (; j < n; ++j) mx = r[j] > mx ? r[j] : mx;
+        const __m256 sub = _mm256_set1_ps(mx);
+        __m256 s8 = _mm256_setzero_ps();
+        for (j = 0; j < n; j += 8) {
+            const int k = std::min(8, n - j);
+            alignas(32) float t[8];
+            for (int q = 0; q < 8; ++q) t[q] = q < k ? r[j + q] : -INFINITY;   // exp(-inf) = 0 in the tail
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(t), sub));
+            s8 = _mm256_add_ps(s8, e);
+            _mm256_store_ps(t, e);
+            for (int q = 0; q < k; ++q) r[j + q] = t[q];
+        }
+        _mm256_store_ps(l, s8);
+        const float sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+        const __m256 inv = _mm256_set1_ps(1.0f / sum);
+        for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(r + j, _mm256_mul_ps(_mm256_loadu_ps(r + j), inv));
+        for (; j < n; ++j) r[j] *= 1.0f / sum;
+        for (j = n; j < n_ctx; ++j) r[j] = 0.0f;
     }
 }
 
@@ -107,13 +132,19 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
             std::memcpy(kh + size_t(t) * dq, m.kv + (r0 + t) * H * dkv + size_t(h) * dkv, sizeof(float) * nope);
             std::memcpy(kh + size_t(t) * dq + nope, m.kpe + (r0 + t) * rope, sizeof(float) * rope);
         }
-        float* ph = m.p + size_t(bh) * T * T;                            // [T, T]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dq, scale, m.q + r0 * H * dq + size_t(h) * dq,
-                    H * dq, kh, dq, 0.0f, ph, T);
-        causal_softmax(ph, T, T, [](int i) { return i; });
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T,
-                    m.kv + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv, 0.0f, m.o + r0 * H * dv + size_t(h) * dv,
-                    H * dv);
+        float* ph = m.p + size_t(bh) * T * T;                            // [T, T], 0 above the diagonal
+        // Row blocks of causal_block rows: block [i0, i0 + ni) sees columns [0, i0 + ni) only, so the products
+        // skip most of the upper triangle (with 4 blocks, 10/16 of the full T x T work).
+        for (int i0 = 0; i0 < T; i0 += causal_block) {
+            const int ni = std::min(causal_block, T - i0), nc = i0 + ni;
+            float* pb = ph + size_t(i0) * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nc, dq, scale,
+                        m.q + (r0 + i0) * H * dq + size_t(h) * dq, H * dq, kh, dq, 0.0f, pb, T);
+            causal_softmax(pb, ni, T, [i0](int i) { return i0 + i; });
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, dv, nc, 1.0f, pb, T,
+                        m.kv + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv, 0.0f,
+                        m.o + (r0 + i0) * H * dv + size_t(h) * dv, H * dv);
+        }
     }
     }   // attention core
     linear_forward(y, m.o, W + l.o_proj, R, H * dv, c.hidden_size);
@@ -146,25 +177,38 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
         float* dsh = ds + size_t(bh) * T * T;
         const float* vh = m.kv + r0 * H * dkv + size_t(h) * dkv + nope;
         const float* doh = d_o + r0 * H * dv + size_t(h) * dv;
-        // dV_h = P^T dO_h
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dv, T, 1.0f, ph, T, doh, H * dv, 0.0f,
-                    dkv_ + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv);
-        // dP = dO_h V_h^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, dv, 1.0f, doh, H * dv, vh, H * dkv, 0.0f, dsh, T);
-        // dS = scale * P * (dP - rowsum(P*dP))
-        for (int i = 0; i < T; ++i) {
-            float* r = dsh + size_t(i) * T;
-            const float* pr = ph + size_t(i) * T;
-            float dot = 0;
-            for (int j = 0; j <= i; ++j) dot += pr[j] * r[j];
-            for (int j = 0; j <= i; ++j) r[j] = scale * pr[j] * (r[j] - dot);
-            for (int j = i + 1; j < T; ++j) r[j] = 0.0f;
-        }
         const float* kh = m.k + size_t(bh) * T * dq;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, kh, dq, 0.0f,
-                    dq_ + r0 * H * dq + size_t(h) * dq, H * dq);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, dq, T, 1.0f, dsh, T, m.q + r0 * H * dq + size_t(h) * dq,
-                    H * dq, 0.0f, dk + size_t(bh) * T * dq, dq);
+        const float* qh = m.q + r0 * H * dq + size_t(h) * dq;
+        // Causal blocks as in the forward: a query block [i0, i0 + ni) has columns [0, i0 + ni); a key block
+        // [j0, j0 + nj) has rows [j0, T). P and dS are 0 above the diagonal inside the blocks read.
+        for (int i0 = 0; i0 < T; i0 += causal_block) {
+            const int ni = std::min(causal_block, T - i0), nc = i0 + ni;
+            float* db = dsh + size_t(i0) * T;
+            // dP = dO_h V_h^T
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nc, dv, 1.0f, doh + size_t(i0) * H * dv, H * dv,
+                        vh, H * dkv, 0.0f, db, T);
+            // dS = scale * P * (dP - rowsum(P*dP))
+            for (int i = i0; i < nc; ++i) {
+                float* r = dsh + size_t(i) * T;
+                const float* pr = ph + size_t(i) * T;
+                float dot = 0;
+                for (int j = 0; j <= i; ++j) dot += pr[j] * r[j];
+                for (int j = 0; j <= i; ++j) r[j] = scale * pr[j] * (r[j] - dot);
+                for (int j = i + 1; j < nc; ++j) r[j] = 0.0f;
+            }
+            // dQ_h = dS K_h
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, dq, nc, 1.0f, db, T, kh, dq, 0.0f,
+                        dq_ + (r0 + i0) * H * dq + size_t(h) * dq, H * dq);
+        }
+        for (int j0 = 0; j0 < T; j0 += causal_block) {
+            const int nj = std::min(causal_block, T - j0), nr = T - j0;
+            // dV_h = P^T dO_h and dK_h = dS^T Q_h over the rows that see the block
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nj, dv, nr, 1.0f, ph + size_t(j0) * T + j0, T,
+                        doh + size_t(j0) * H * dv, H * dv, 0.0f, dkv_ + (r0 + j0) * H * dkv + size_t(h) * dkv + nope,
+                        H * dkv);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nj, dq, nr, 1.0f, dsh + size_t(j0) * T + j0, T,
+                        qh + size_t(j0) * H * dq, H * dq, 0.0f, dk + size_t(bh) * T * dq + size_t(j0) * dq, dq);
+        }
     }
     // Split dK into k_nope (-> dkv) and the shared k_pe (summed over heads, fixed order).
     for (int b = 0; b < B; ++b)

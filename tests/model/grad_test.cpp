@@ -270,9 +270,9 @@ void condition_inputs(int T, double tau, const std::function<double(int)>& margi
 // MLA
 // ---------------------------------------------------------------------------------------------------------------
 
-void check_mla(const json& j, const std::string& what, uint64_t seed) {
+void check_mla(const json& j, const std::string& what, uint64_t seed, int T = 7) {
     fixture fx(j, seed);
-    const int T = 7, d = fx.c.hidden_size;
+    const int d = fx.c.hidden_size;
     const layer_offsets& l = fx.L.layers[0];
     rope_tab rt(fx.c, 3, T);                                     // positions 3..9
     rng r(seed + 1);
@@ -285,7 +285,20 @@ void check_mla(const json& j, const std::string& what, uint64_t seed) {
     fx.expect_no_stray_gradient();
     auto slots = fx.slots([](const std::string& n) { return n.find(".self_attn.") != std::string::npos; });
     EXPECT_EQ(slots.size(), fx.c.q_lora_rank > 0 ? 7u : 5u);
-    slots.push_back({"x", x.data(), gx.data(), gx.size(), 1.0});
+    if (T <= 64) {
+        slots.push_back({"x", x.data(), gx.data(), gx.size(), 1.0});
+    } else {
+        // x in slots that keep the rows at the causal blocks' edges apart (slots must not overlap), so that a term
+        // a block boundary drops from one row's gradient is not diluted among all the rows of a direction.
+        std::vector<int> cut{0};
+        for (int t : {63, 64, 65, 127, 128, 129, T - 1})
+            if (t > cut.back() && t < T) cut.push_back(t);
+        cut.push_back(T);
+        for (size_t i = 0; i + 1 < cut.size(); ++i)
+            slots.push_back({"x rows " + std::to_string(cut[i]) + ".." + std::to_string(cut[i + 1] - 1),
+                             x.data() + size_t(cut[i]) * d, gx.data() + size_t(cut[i]) * d,
+                             size_t(cut[i + 1] - cut[i]) * d, 1.0});
+    }
     loss_fn loss = [&](double* abs) {
         a.reset();
         mla_cache mc;
@@ -302,6 +315,9 @@ TEST(GradMla, WithQLora) { check_mla(base_json(), "mla q_lora", 101); }
 TEST(GradMla, WithoutQLora) { check_mla(without_q_lora(base_json()), "mla q_proj", 102); }
 TEST(GradMla, WithQLoraAndYarn) { check_mla(with_yarn(base_json()), "mla q_lora yarn", 103); }
 TEST(GradMla, WithoutQLoraAndYarn) { check_mla(with_yarn(without_q_lora(base_json())), "mla q_proj yarn", 104); }
+// Longer than the attention core's causal blocks (64 rows): 150 = 64 + 64 + 22, so every product over blocks and
+// the partial last block are checked.
+TEST(GradMla, SequenceOfSeveralCausalBlocks) { check_mla(base_json(), "mla q_lora T 150", 105, 150); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // SwiGLU
