@@ -2,8 +2,10 @@
 #include "core/blas_core.h"
 
 #include <cctype>
+#include <cstring>
 
 extern "C" char* openblas_get_corename(void);
+extern "C" char* openblas_get_config(void);
 
 namespace mtp {
 
@@ -12,8 +14,14 @@ std::string blas_core_name() {
     return n ? n : "unknown";
 }
 
-std::string blas_narrowed_warning(const cpu_features& f, const std::string& corename, const char* coretype) {
-    if (!coretype || !(f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl)) return "";
+bool blas_dynamic_arch() {
+    const char* c = openblas_get_config();
+    return c && std::strstr(c, "DYNAMIC_ARCH") != nullptr;
+}
+
+std::string blas_narrowed_warning(const cpu_features& f, const std::string& corename, const char* coretype,
+                                  bool dynamic) {
+    if (!coretype || !dynamic || !(f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl)) return "";
     std::string c;
     for (char ch : corename) c += char(std::tolower(static_cast<unsigned char>(ch)));
     if (c != "haswell" && c != "zen") return "";

@@ -127,7 +127,21 @@ void run_tasks(int n, void (*fn)(void*, int), void* ctx, int helpers) {
     if (n <= 0) return;
     const int most = task_helpers();
     helpers = helpers < 0 ? most : std::min(helpers, most);
-    if (helpers <= 0 || n == 1) {
+    if (n == 1 && helpers > 0) {
+        // One task: run it on the caller outside task mode, so that the kernels it calls can still share their
+        // work with the helpers (nothing else runs on them meanwhile).
+        const int worker = t_worker;
+        t_worker = 0;
+        try {
+            fn(ctx, 0);
+        } catch (...) {
+            t_worker = worker;
+            throw;
+        }
+        t_worker = worker;
+        return;
+    }
+    if (helpers <= 0) {
         struct scope {
             int worker = t_worker;
             scope() { ++t_in_task; t_worker = 0; }

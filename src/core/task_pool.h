@@ -10,6 +10,8 @@ namespace mtp {
 // and waits only for tasks a helper has actually started, so a helper the OS has descheduled (a shared machine)
 // costs nothing instead of stalling a barrier. Inside a task, inside an OpenMP team, or with no helper, the tasks
 // run on the calling thread in order: a task may itself call run_tasks (or a kernel that does) without deadlock.
+// A job of one task runs on the caller as plain code (not in task mode), so the kernels it calls still share
+// their work with the helpers.
 // If tasks throw, every task still runs and the first exception is rethrown to the caller.
 // Helpers spin ~200 µs after a job (decode issues jobs microseconds apart), then sleep.
 void run_tasks(int n, void (*fn)(void*, int), void* ctx, int helpers = -1);

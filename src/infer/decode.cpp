@@ -267,10 +267,12 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
 
     // Append every sequence's new latents to its cache (cheap; done first, so that no cache moves while the
     // attention below reads them), then the attention of each block of up to TB rows of a sequence as one task
-    // (core/task_pool): blocks read only their own sequence's cache and write only their own rows of olat.
+    // (core/task_pool) when there are at least as many blocks as threads: blocks read only their own sequence's cache
+    // and write only their own rows of olat. With fewer, the blocks run one after the other on this thread and their
+    // products share out their own work, as a single sequence's long context needs.
     constexpr int TB = 16;
     int* tk = a.alloc_int(size_t(M) * 6 + 6);                            // tasks: {si, row0, nb, b0, n0, n}
-    int n_tasks = 0, n_max = 0;
+    int n_tasks = 0, n_max = 0, tb_max = 1;
     for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
         const seq_pass& sp = seqs[si];
         const int T = sp.m;
@@ -290,25 +292,29 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
         lc.n = n;
         fill_panels(lp, lc, n0, n, kvl, rope);
         n_max = std::max(n_max, n);
+        tb_max = std::max(tb_max, std::min(TB, T));
         for (int b0 = 0; b0 < T; b0 += TB, ++n_tasks) {
             int* t = tk + size_t(n_tasks) * 6;
             t[0] = si, t[1] = r0 + b0, t[2] = std::min(TB, T - b0), t[3] = b0, t[4] = n0, t[5] = n;
         }
     }
-    // Per-thread scratch: two score blocks [TB*H, np] and the gathered tree row.
-    const int n_workers = task_helpers() + 1, np_max = (n_max + 7) / 8 * 8;
-    const size_t per_worker = (size_t(2) * TB * H * np_max + size_t(n_max) + 8 + 15) / 16 * 16;
+    // Per-thread scratch: two score blocks [tb_max*H, np] and the gathered tree row.
+    const int helpers = task_helpers(), np_max = (n_max + 7) / 8 * 8;
+    const bool as_tasks = helpers > 0 && n_tasks >= helpers + 1;
+    const int n_workers = as_tasks ? helpers + 1 : 1;
+    const size_t sblock = size_t(tb_max) * H * np_max;
+    const size_t per_worker = (2 * sblock + size_t(n_max) + 8 + 15) / 16 * 16;
     float* scratch = a.alloc(per_worker * size_t(n_workers));
-    for_tasks(n_tasks, [&](int task) {
+    auto attend = [&](int task, int worker) {
         const int* t = tk + size_t(task) * 6;
         const seq_pass& sp = seqs[t[0]];
         const int row0 = t[1], nb = t[2], b0 = t[3], n0 = t[4], n = t[5], RB = nb * H;
         const mla_latent_cache& lc = sp.kv->layers[size_t(li)];
         const latent_panels& lp = sp.kv->panels[size_t(li)];
         const int np = (n + 7) / 8 * 8;                                  // score row stride
-        float* sa = scratch + per_worker * size_t(task_worker());
-        float* sb = sa + size_t(TB) * H * np_max;
-        float* g = sb + size_t(TB) * H * np_max;
+        float* sa = scratch + per_worker * size_t(worker);
+        float* sb = sa + sblock;
+        float* g = sb + sblock;
         const size_t q0 = size_t(row0) * H;                              // first (t, h) row of the block
         gemv_panels(sa, np, qabs + q0 * kvl, kvl, RB, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
         gemv_panels(sb, np, q + size_t(row0) * H * dq + nope, dq, RB, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
@@ -346,7 +352,9 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
             }
         }
         gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 8, kvl);
-    });
+    };
+    if (as_tasks) for_tasks(n_tasks, [&](int task) { attend(task, task_worker()); });
+    else for (int task = 0; task < n_tasks; ++task) attend(task, 0);
     float* o = a.alloc(size_t(M) * H * dv);                              // [M, H*dv]
     for (int h = 0; h < H; ++h) gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, M, lw.uv[h]);
     gemv_packed(y, d, o, H * dv, M, lw.o_proj);

@@ -19,7 +19,8 @@ constexpr int causal_block = 64;         // rows per causal block of the attenti
 
 // In-place causal softmax of the rows of s[T, n_ctx]: row i may see columns 0..limit(i); the rest become 0.
 // 8 lanes at a time: the maximum (exact in any order), exp(s - max) (core/vec_math.h's exp8), the sum as 8 lane
-// partials combined in a fixed order, so a row's result depends only on the row.
+// partials combined in a fixed order, so a row's result depends only on the row. A NaN score, or a maximum of ±inf,
+// makes the row NaN.
 template <class Limit>
 void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
     for (int i = 0; i < T; ++i) {
@@ -34,15 +35,24 @@ void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
         for (int k = 1; k < 8; ++k) mx = l[k] > mx ? l[k] : mx;
         for (; j < n; ++j) mx = r[j] > mx ? r[j] : mx;
         const __m256 sub = _mm256_set1_ps(mx);
-        __m256 s8 = _mm256_setzero_ps();
+        __m256 s8 = _mm256_setzero_ps(), nan8 = _mm256_setzero_ps();
         for (j = 0; j < n; j += 8) {
             const int k = std::min(8, n - j);
             alignas(32) float t[8];
             for (int q = 0; q < 8; ++q) t[q] = q < k ? r[j + q] : -INFINITY;   // exp(-inf) = 0 in the tail
-            const __m256 e = exp8(_mm256_sub_ps(_mm256_load_ps(t), sub));
+            const __m256 v = _mm256_load_ps(t);
+            nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            const __m256 e = exp8(_mm256_sub_ps(v, sub));
             s8 = _mm256_add_ps(s8, e);
             _mm256_store_ps(t, e);
             for (int q = 0; q < k; ++q) r[j + q] = t[q];
+        }
+        if (!std::isfinite(mx) || _mm256_movemask_ps(nan8) != 0) {
+            // A NaN score, or a maximum of ±inf: the row is NaN, as exp would make it (exp8 clamps NaN), so that a
+            // diverging run shows in its loss.
+            for (j = 0; j < n; ++j) r[j] = NAN;
+            for (j = n; j < n_ctx; ++j) r[j] = 0.0f;
+            continue;
         }
         _mm256_store_ps(l, s8);
         const float sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));

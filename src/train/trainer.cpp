@@ -245,7 +245,8 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
             bf16_kernel_name(gemm_bf16_kernel()));
     say("model: %zu parameters, %d layers (+%d MTP), vocab %d | data: %zu train / %zu val tokens\n",
                 n_params, c.num_hidden_layers, D, c.vocab_size, data.train.size(), data.val.size());
-    const std::string narrow = blas_narrowed_warning(cpu_detect(), blas_core_name(), std::getenv("OPENBLAS_CORETYPE"));
+    const std::string narrow = blas_narrowed_warning(cpu_detect(), blas_core_name(), std::getenv("OPENBLAS_CORETYPE"),
+                                                     blas_dynamic_arch());
     if (!narrow.empty()) say("%s\n", narrow.c_str());
     say("train: %d steps of %d x %d x %d tokens, lr %.2g, λ %.2g, γ %.2g, α %.2g, %d threads, peak %.1f GFLOP/s "
         "(OpenBLAS %s kernels)\n",

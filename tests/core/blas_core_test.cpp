@@ -16,14 +16,15 @@ mtp::cpu_features avx512_cpu() {
 
 TEST(BlasCore, WarnsWhenTheEnvironmentNarrowsTheKernelsOnAnAvx512Cpu) {
     const mtp::cpu_features z = avx512_cpu();
-    const std::string w = mtp::blas_narrowed_warning(z, "Haswell", "Haswell");
+    const std::string w = mtp::blas_narrowed_warning(z, "Haswell", "Haswell", true);
     EXPECT_NE(w.find("OPENBLAS_CORETYPE=Haswell"), std::string::npos) << w;
     EXPECT_EQ(w.find('\n'), std::string::npos);                      // one line
-    EXPECT_NE(mtp::blas_narrowed_warning(z, "Zen", "zen"), "");
-    EXPECT_NE(mtp::blas_narrowed_warning(z, "HASWELL", "HASWELL"), "");
-    EXPECT_EQ(mtp::blas_narrowed_warning(z, "Haswell", nullptr), "");   // OpenBLAS's own choice: no warning
-    EXPECT_EQ(mtp::blas_narrowed_warning(z, "SkylakeX", "SkylakeX"), "");
-    EXPECT_EQ(mtp::blas_narrowed_warning(z, "Cooperlake", "Cooperlake"), "");
+    EXPECT_NE(mtp::blas_narrowed_warning(z, "Zen", "zen", true), "");
+    EXPECT_NE(mtp::blas_narrowed_warning(z, "HASWELL", "HASWELL", true), "");
+    EXPECT_EQ(mtp::blas_narrowed_warning(z, "Haswell", nullptr, true), "");   // OpenBLAS's own choice: no warning
+    EXPECT_EQ(mtp::blas_narrowed_warning(z, "Haswell", "Haswell", false), "");   // fixed at build time
+    EXPECT_EQ(mtp::blas_narrowed_warning(z, "SkylakeX", "SkylakeX", true), "");
+    EXPECT_EQ(mtp::blas_narrowed_warning(z, "Cooperlake", "Cooperlake", true), "");
 }
 
 TEST(BlasCore, NoWarningWithoutTheWholeAvx512Set) {
@@ -31,7 +32,7 @@ TEST(BlasCore, NoWarningWithoutTheWholeAvx512Set) {
         mtp::cpu_features f = avx512_cpu();
         bool* bits[] = {&f.avx512f, &f.avx512bw, &f.avx512dq, &f.avx512vl};
         *bits[drop] = false;
-        EXPECT_EQ(mtp::blas_narrowed_warning(f, "Haswell", "Haswell"), "") << "without feature " << drop;
+        EXPECT_EQ(mtp::blas_narrowed_warning(f, "Haswell", "Haswell", true), "") << "without feature " << drop;
     }
 }
 

@@ -1,5 +1,6 @@
-// Tests core/task_pool: every task runs once, each running thread has its own worker slot, nesting runs inline,
-// a task's exception reaches the caller and leaves the pool usable.
+// Tests core/task_pool: every task runs once, each running thread has its own worker slot, nesting runs inline
+// (except under a one-task job, whose kernels may still use the helpers), a task's exception reaches the caller and
+// leaves the pool usable.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -32,7 +33,7 @@ TEST(TaskPool, EveryTaskOnceAndWorkerSlotsNeverShared) {
             const int w = mtp::task_worker();
             if (w < 0 || w > 2) { bad_worker++; return; }
             if (busy[w].fetch_add(1) != 0) clash++;                  // two threads holding one slot at once
-            if (!mtp::in_task()) not_in_task++;
+            if (mtp::in_task() != (n > 1)) not_in_task++;               // a one-task job runs as plain code
             runs[size_t(t)]++;
             volatile double s = 0;
             for (int i = 0; i < 2000; ++i) s = s + i;                // long enough for helpers to join
@@ -78,6 +79,23 @@ TEST(TaskPool, NestedJobsRunInlineOnTheTaskThread) {
     EXPECT_EQ(inner_total.load(), 40);
     EXPECT_EQ(inner_elsewhere.load(), 0);
     EXPECT_EQ(nested_helpers.load(), 0);
+}
+
+TEST(TaskPool, AOneTaskJobLetsItsKernelsUseTheHelpers) {
+    threads_scope ts(2);
+    const auto me = std::this_thread::get_id();
+    std::atomic<int> elsewhere{0}, helpers_seen{-1};
+    for (int rep = 0; rep < 200 && elsewhere.load() == 0; ++rep)
+        mtp::for_tasks(1, [&](int) {
+            helpers_seen = mtp::task_helpers();
+            mtp::for_tasks(64, [&](int) {
+                if (std::this_thread::get_id() != me) elsewhere++;
+                volatile double s = 0;
+                for (int i = 0; i < 20000; ++i) s = s + i;
+            });
+        });
+    EXPECT_EQ(helpers_seen.load(), 1);
+    EXPECT_GT(elsewhere.load(), 0) << "the one task's nested job never reached a helper";
 }
 
 TEST(TaskPool, ZeroHelpersRunInOrderOnTheCaller) {

@@ -317,6 +317,27 @@ TEST(GradMla, WithQLoraAndYarn) { check_mla(with_yarn(base_json()), "mla q_lora 
 TEST(GradMla, WithoutQLoraAndYarn) { check_mla(with_yarn(without_q_lora(base_json())), "mla q_proj yarn", 104); }
 // Longer than the attention core's causal blocks (64 rows): 150 = 64 + 64 + 22, so every product over blocks and
 // the partial last block are checked.
+// A NaN that reaches the attention scores only (a NaN query weight) must make the output NaN, as exp would: the
+// vectorised softmax clamps NaN inside its exp, and a finite output here would hide a diverged run.
+TEST(GradMla, NanScoresGiveNanOutput) {
+    fixture fx(base_json(), 106);
+    const int T = 9, d = fx.c.hidden_size;
+    const layer_offsets& l = fx.L.layers[0];
+    rope_tab rt(fx.c, 0, T);
+    rng r(107);
+    auto x = randn(r, size_t(T) * d);
+    std::vector<float> y(size_t(T) * d);
+    arena a;
+    mla_cache m;
+    mla_forward(fx.c, l, fx.W.data(), m, y.data(), x.data(), T, rt.cos.data(), rt.sin.data(), a);
+    for (float v : y) ASSERT_TRUE(std::isfinite(v));
+    fx.W[l.q_b] = NAN;                                               // one query weight: every query row's scores
+    a.reset();
+    mla_cache m2;
+    mla_forward(fx.c, l, fx.W.data(), m2, y.data(), x.data(), T, rt.cos.data(), rt.sin.data(), a);
+    for (int t = 0; t < T; ++t) EXPECT_TRUE(std::isnan(y[size_t(t) * d])) << "row " << t;
+}
+
 TEST(GradMla, SequenceOfSeveralCausalBlocks) { check_mla(base_json(), "mla q_lora T 150", 105, 150); }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -847,7 +868,7 @@ void check_batched(const json& j, uint64_t seed, float alpha, int T, int B) {
     EXPECT_NEAR(lb.total, mean.total, 1e-6 * std::fabs(mean.total));
     EXPECT_NEAR(lb.main, mean.main, 1e-6 * std::fabs(mean.main));
     EXPECT_NEAR(lb.bal, mean.bal, 1e-6 * std::fabs(mean.bal) + 1e-12);
-    if (alpha > 0 && fx.c.n_routed_experts > 0) EXPECT_GT(lb.bal, 0.0);
+    if (alpha > 0 && fx.c.n_routed_experts > 0) { EXPECT_GT(lb.bal, 0.0); }
     for (int k = 0; k < D; ++k) EXPECT_NEAR(lb.mtp[k], mean.mtp[k], 1e-6 * std::fabs(mean.mtp[k]) + 1e-12) << k;
     size_t nonzero = 0;
     for (const auto& p : fx.L.params) {

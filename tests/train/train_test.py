@@ -69,10 +69,17 @@ if pa.returncode == 0 and pb2.returncode == 0:
 # fp32 products on AMD Zen 5). The expectation comes from OpenBLAS's own detection, here.
 import re  # noqa: E402
 env0 = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
-probe = subprocess.run([sys.executable, "-c", "import ctypes; l = ctypes.CDLL('libopenblas.so.0'); "
+# The OpenBLAS the binary itself loads (Debian has pthread and OpenMP variants), as ldd resolves it.
+ldd = subprocess.run(["ldd", mtp], capture_output=True, text=True).stdout
+lib = next((l.split("=>")[1].split("(")[0].strip() for l in ldd.splitlines() if "libopenblas" in l and "=>" in l),
+           "libopenblas.so.0")
+def corename(env):
+    p = subprocess.run([sys.executable, "-c", f"import ctypes; l = ctypes.CDLL({lib!r}); "
                         "l.openblas_get_corename.restype = ctypes.c_char_p; print(l.openblas_get_corename().decode())"],
-                       capture_output=True, text=True, env=env0)
-detected = probe.stdout.strip()
+                       capture_output=True, text=True, env=env)
+    return p.stdout.strip() if p.returncode == 0 else None
+detected = corename(env0)
+dynamic = corename(dict(env0, OPENBLAS_CORETYPE="Haswell")) == "Haswell"   # the variable only acts in DYNAMIC_ARCH
 flags = set()
 for line in open("/proc/cpuinfo"):
     if line.startswith("flags"):
@@ -84,11 +91,14 @@ def blas_of(env, out):
     m = re.search(r"\(OpenBLAS (\S+) kernels\)", p.stdout + p.stderr)
     return (m.group(1) if m else f"(no kernel line; rc {p.returncode})"), "OPENBLAS_CORETYPE=Haswell" in p.stdout + p.stderr
 got, warned = blas_of(env0, "blas_own")
-check("OpenBLAS kernels: named in the log, OpenBLAS's own choice", probe.returncode == 0 and got == detected and not warned,
-      f"(detected {detected!r}, ran {got}, warned {warned})")
-got, warned = blas_of(dict(env0, OPENBLAS_CORETYPE="Haswell"), "blas_haswell")
-check("OpenBLAS kernels: OPENBLAS_CORETYPE kept, warned about iff the CPU has AVX-512", got == "Haswell" and warned == wide_cpu,
-      f"(ran {got}, warned {warned}, avx512 f/bw/dq/vl {wide_cpu})")
+check("OpenBLAS kernels: named in the log, OpenBLAS's own choice", detected is not None and got == detected and not warned,
+      f"({lib}: detected {detected!r}, ran {got}, warned {warned})")
+if dynamic:
+    got, warned = blas_of(dict(env0, OPENBLAS_CORETYPE="Haswell"), "blas_haswell")
+    check("OpenBLAS kernels: OPENBLAS_CORETYPE kept, warned about iff the CPU has AVX-512",
+          got == "Haswell" and warned == wide_cpu, f"(ran {got}, warned {warned}, avx512 f/bw/dq/vl {wide_cpu})")
+else:
+    print(f"skip OpenBLAS kernels: {lib} is not a DYNAMIC_ARCH build, OPENBLAS_CORETYPE does not choose its kernels")
 
 # --- parallel heads (mtp_style "parallel"): exact resume too, and the checkpoint keeps the style
 pcfg = os.path.join(work, "model_parallel.json"); json.dump(dict(MODEL, mtp_style="parallel"), open(pcfg, "w"))
