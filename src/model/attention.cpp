@@ -2,6 +2,7 @@
 #include "model/attention.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,7 +23,7 @@ constexpr int causal_block = 64;         // rows per causal block of the attenti
 // partials combined in a fixed order, so a row's result depends only on the row. A NaN score, or a maximum of ±inf,
 // makes the row NaN.
 template <class Limit>
-void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
+void causal_softmax(float* s, int T, int n_ctx, Limit limit, float* lse = nullptr) {
     for (int i = 0; i < T; ++i) {
         float* r = s + size_t(i) * n_ctx;
         const int n = limit(i) + 1;                                      // columns seen
@@ -52,14 +53,29 @@ void causal_softmax(float* s, int T, int n_ctx, Limit limit) {
             // diverging run shows in its loss.
             for (j = 0; j < n; ++j) r[j] = NAN;
             for (j = n; j < n_ctx; ++j) r[j] = 0.0f;
+            if (lse) lse[i] = NAN;
             continue;
         }
         _mm256_store_ps(l, s8);
         const float sum = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+        if (lse) lse[i] = mx + std::log(sum);
         const __m256 inv = _mm256_set1_ps(1.0f / sum);
         for (j = 0; j + 8 <= n; j += 8) _mm256_storeu_ps(r + j, _mm256_mul_ps(_mm256_loadu_ps(r + j), inv));
         for (; j < n; ++j) r[j] *= 1.0f / sum;
         for (j = n; j < n_ctx; ++j) r[j] = 0.0f;
+    }
+}
+
+// p[j] = exp(p[j] - lse) for j < n (the scores of a row back to its probabilities), 8 lanes at a time.
+void probs_from_lse(float* p, int n, float lse) {
+    const __m256 sub = _mm256_set1_ps(lse);
+    int j = 0;
+    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(p + j, exp8(_mm256_sub_ps(_mm256_loadu_ps(p + j), sub)));
+    if (j < n) {
+        alignas(32) float t[8];
+        for (int q = 0; q < 8; ++q) t[q] = j + q < n ? p[j + q] : 0.0f;
+        _mm256_store_ps(t, exp8(_mm256_sub_ps(_mm256_load_ps(t), sub)));
+        for (int q = 0; j + q < n; ++q) p[j + q] = t[q];
     }
 }
 
@@ -128,11 +144,17 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
     linear_forward(m.kv, m.ckv, W + l.kv_b, R, kvl, H * dkv);
 
     m.k = a.alloc(size_t(B) * H * T * dq);
-    m.p = a.alloc(size_t(B) * H * T * T);
+    m.lse = a.alloc(size_t(B) * H * T);
     m.o = a.alloc(size_t(R) * H * dv);
     {
     prof_scope core(prof::attn_core);
     prof_add_flops(2.0 * B * H * T * T * (dq + dv));
+    // Fused per block of causal_block queries: the block's scores [ni, nc] (it sees keys 0..nc-1) live in a
+    // per-thread scratch, are turned into probabilities and multiplied by V at once; only each row's log-sum-exp
+    // is kept for the backward, so memory is O(T) per head rather than the T x T probabilities.
+    auto mk = a.mark();
+    const int n_threads = omp_get_max_threads();
+    float* scratch = a.alloc(size_t(n_threads) * causal_block * T);
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; ++bh) {
         const int b = bh / H, h = bh % H;
@@ -142,20 +164,18 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
             std::memcpy(kh + size_t(t) * dq, m.kv + (r0 + t) * H * dkv + size_t(h) * dkv, sizeof(float) * nope);
             std::memcpy(kh + size_t(t) * dq + nope, m.kpe + (r0 + t) * rope, sizeof(float) * rope);
         }
-        float* ph = m.p + size_t(bh) * T * T;                            // [T, T], 0 above the diagonal
-        // Row blocks of causal_block rows: block [i0, i0 + ni) sees columns [0, i0 + ni) only, so the products
-        // skip most of the upper triangle (with 4 blocks, 10/16 of the full T x T work).
+        float* pb = scratch + size_t(omp_get_thread_num()) * causal_block * T;   // [ni, nc], row stride nc
         for (int i0 = 0; i0 < T; i0 += causal_block) {
             const int ni = std::min(causal_block, T - i0), nc = i0 + ni;
-            float* pb = ph + size_t(i0) * T;
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nc, dq, scale,
-                        m.q + (r0 + i0) * H * dq + size_t(h) * dq, H * dq, kh, dq, 0.0f, pb, T);
-            causal_softmax(pb, ni, T, [i0](int i) { return i0 + i; });
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, dv, nc, 1.0f, pb, T,
+                        m.q + (r0 + i0) * H * dq + size_t(h) * dq, H * dq, kh, dq, 0.0f, pb, nc);
+            causal_softmax(pb, ni, nc, [i0](int i) { return i0 + i; }, m.lse + size_t(bh) * T + i0);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, dv, nc, 1.0f, pb, nc,
                         m.kv + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv, 0.0f,
                         m.o + (r0 + i0) * H * dv + size_t(h) * dv, H * dv);
         }
     }
+    a.rewind(mk);
     }   // attention core
     linear_forward(y, m.o, W + l.o_proj, R, H * dv, c.hidden_size);
 }
@@ -173,53 +193,56 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
 
     float* dkv_ = a.alloc_zero(size_t(R) * H * dkv);                     // [R, H*(nope+v)]
     float* dq_ = a.alloc_zero(size_t(R) * H * dq);                       // [R, H*dq]
-    float* dk = a.alloc(size_t(B) * H * T * dq);                         // [B, H, T, dq]
-    float* ds = a.alloc(size_t(B) * H * T * T);                          // [B, H, T, T]
+    float* dk = a.alloc_zero(size_t(B) * H * T * dq);                    // [B, H, T, dq]
     float* dkpe = a.alloc_zero(size_t(R) * rope);                        // [R, rope]
     {
     prof_scope core(prof::attn_core);
     prof_add_flops(2.0 * B * H * T * T * (2 * dv + 2 * dq));
+    // Per block of causal_block queries, as the forward: the probabilities are recomputed from the scores and the
+    // row's log-sum-exp, P = exp(S - lse) (0 above the diagonal), then dP = dO V^T, dS = scale P (dP - D) with
+    // D_i = Σ_j P_ij dP_ij (over the same P, so each row of dS sums to 0 up to rounding; flash attention's dO_i . O_i
+    // is equal in exact arithmetic, but not in rounding where the scores' gradient is a small difference),
+    // dQ = dS K, and dK += dS^T Q, dV += P^T dO over the blocks in order.
+    auto mk2 = a.mark();
+    const int n_threads = omp_get_max_threads();
+    float* scratch = a.alloc(size_t(n_threads) * 2 * causal_block * T);
 #pragma omp parallel for schedule(static)
     for (int bh = 0; bh < B * H; ++bh) {
         const int b = bh / H, h = bh % H;
         const size_t r0 = size_t(b) * T;
-        const float* ph = m.p + size_t(bh) * T * T;
-        float* dsh = ds + size_t(bh) * T * T;
+        float* pb = scratch + size_t(omp_get_thread_num()) * 2 * causal_block * T;
+        float* db = pb + size_t(causal_block) * T;                       // [ni, nc] each, row stride nc
         const float* vh = m.kv + r0 * H * dkv + size_t(h) * dkv + nope;
         const float* doh = d_o + r0 * H * dv + size_t(h) * dv;
         const float* kh = m.k + size_t(bh) * T * dq;
         const float* qh = m.q + r0 * H * dq + size_t(h) * dq;
-        // Causal blocks as in the forward: a query block [i0, i0 + ni) has columns [0, i0 + ni); a key block
-        // [j0, j0 + nj) has rows [j0, T). P and dS are 0 above the diagonal inside the blocks read.
+        const float* lse = m.lse + size_t(bh) * T;
         for (int i0 = 0; i0 < T; i0 += causal_block) {
             const int ni = std::min(causal_block, T - i0), nc = i0 + ni;
-            float* db = dsh + size_t(i0) * T;
-            // dP = dO_h V_h^T
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nc, dq, scale, qh + size_t(i0) * H * dq, H * dq,
+                        kh, dq, 0.0f, pb, nc);
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, ni, nc, dv, 1.0f, doh + size_t(i0) * H * dv, H * dv,
-                        vh, H * dkv, 0.0f, db, T);
-            // dS = scale * P * (dP - rowsum(P*dP))
-            for (int i = i0; i < nc; ++i) {
-                float* r = dsh + size_t(i) * T;
-                const float* pr = ph + size_t(i) * T;
-                float dot = 0;
-                for (int j = 0; j <= i; ++j) dot += pr[j] * r[j];
-                for (int j = 0; j <= i; ++j) r[j] = scale * pr[j] * (r[j] - dot);
-                for (int j = i + 1; j < nc; ++j) r[j] = 0.0f;
+                        vh, H * dkv, 0.0f, db, nc);
+            for (int r = 0; r < ni; ++r) {
+                const int i = i0 + r;
+                float* pr = pb + size_t(r) * nc;
+                float* dr = db + size_t(r) * nc;
+                probs_from_lse(pr, i + 1, lse[i]);
+                float D = 0;                                             // Σ_j P_ij dP_ij over the row's own P
+                for (int j = 0; j <= i; ++j) D += pr[j] * dr[j];
+                for (int j = 0; j <= i; ++j) dr[j] = scale * pr[j] * (dr[j] - D);
+                for (int j = i + 1; j < nc; ++j) pr[j] = dr[j] = 0.0f;
             }
-            // dQ_h = dS K_h
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, dq, nc, 1.0f, db, T, kh, dq, 0.0f,
+            // dQ_h = dS K_h ; dK_h += dS^T Q_h ; dV_h += P^T dO_h
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, ni, dq, nc, 1.0f, db, nc, kh, dq, 0.0f,
                         dq_ + (r0 + i0) * H * dq + size_t(h) * dq, H * dq);
-        }
-        for (int j0 = 0; j0 < T; j0 += causal_block) {
-            const int nj = std::min(causal_block, T - j0), nr = T - j0;
-            // dV_h = P^T dO_h and dK_h = dS^T Q_h over the rows that see the block
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nj, dv, nr, 1.0f, ph + size_t(j0) * T + j0, T,
-                        doh + size_t(j0) * H * dv, H * dv, 0.0f, dkv_ + (r0 + j0) * H * dkv + size_t(h) * dkv + nope,
-                        H * dkv);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nj, dq, nr, 1.0f, dsh + size_t(j0) * T + j0, T,
-                        qh + size_t(j0) * H * dq, H * dq, 0.0f, dk + size_t(bh) * T * dq + size_t(j0) * dq, dq);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, dq, ni, 1.0f, db, nc, qh + size_t(i0) * H * dq,
+                        H * dq, 1.0f, dk + size_t(bh) * T * dq, dq);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, dv, ni, 1.0f, pb, nc, doh + size_t(i0) * H * dv,
+                        H * dv, 1.0f, dkv_ + r0 * H * dkv + size_t(h) * dkv + nope, H * dkv);
         }
     }
+    a.rewind(mk2);
     // Split dK into k_nope (-> dkv) and the shared k_pe (summed over heads, fixed order).
     for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)

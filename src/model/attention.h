@@ -26,7 +26,8 @@ struct mla_cache {
     float* kpe = nullptr;         // [T, rope] shared rotated key
     float* kv = nullptr;          // [T, H*(nope+v)] kv_b_proj(ckv)
     float* k = nullptr;           // [B, H, T, dq] assembled keys [k_nope_h | k_pe]
-    float* p = nullptr;           // [B, H, T, T] causal attention probabilities
+    float* lse = nullptr;         // [B, H, T] log-sum-exp of each row of scaled scores (the backward recomputes
+                                  // the probabilities from it: no T x T matrix is kept)
     float* o = nullptr;           // [T, H*v] concatenated head outputs
     const float* cos = nullptr;   // [T, rope/2] (the same positions in every sequence)
     const float* sin = nullptr;   // [T, rope/2]

@@ -317,6 +317,28 @@ TEST(GradMla, WithQLoraAndYarn) { check_mla(with_yarn(base_json()), "mla q_lora 
 TEST(GradMla, WithoutQLoraAndYarn) { check_mla(with_yarn(without_q_lora(base_json())), "mla q_proj yarn", 104); }
 // Longer than the attention core's causal blocks (64 rows): 150 = 64 + 64 + 22, so every product over blocks and
 // the partial last block are checked.
+// The fused core keeps no T x T probabilities: what the forward leaves in the arena grows linearly with T.
+TEST(GradMla, ForwardMemoryIsLinearInTheSequence) {
+    fixture fx(base_json(), 108);
+    const layer_offsets& l = fx.L.layers[0];
+    auto used_after = [&](int T) {
+        rope_tab rt(fx.c, 0, T);
+        rng r(109);
+        auto x = randn(r, size_t(T) * fx.c.hidden_size);
+        std::vector<float> y(x.size());
+        arena a;
+        a.min_block = size_t(1) << 24;                               // one block: `used` is the whole footprint
+        mla_cache m;
+        mla_forward(fx.c, l, fx.W.data(), m, y.data(), x.data(), T, rt.cos.data(), rt.sin.data(), a);
+        EXPECT_EQ(a.mark().block, 0u);
+        return double(a.mark().used);
+    };
+    const double u256 = used_after(256), u1024 = used_after(1024);
+    // Linear: 4x the rows, 4x the floats (plus alignment). The T x T probabilities of the heads would make it ~13x
+    // at these sizes (2 heads: 2·T² floats against ~100·T for the rows).
+    EXPECT_LT(u1024, 4.5 * u256) << u256 << " floats at T=256, " << u1024 << " at T=1024";
+}
+
 // A NaN that reaches the attention scores only (a NaN query weight) must make the output NaN, as exp would: the
 // vectorised softmax clamps NaN inside its exp, and a finite output here would hide a diverged run.
 TEST(GradMla, NanScoresGiveNanOutput) {
