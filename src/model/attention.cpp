@@ -1,4 +1,5 @@
-// MLA forward/backward (naive, per-head GEMMs over the sequence) and the absorbed latent-cache form.
+// MLA forward/backward (the training form: projections, then a causal core fused per block of queries) and the
+// absorbed latent-cache form.
 #include "model/attention.h"
 
 #include <cblas.h>
