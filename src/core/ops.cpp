@@ -53,6 +53,45 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
     if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, 1.0f, dw, in);
 }
 
+namespace {
+
+// Σ_i a[i] * b[i] in double, as 8 lane chains (two 4-lane double accumulators) combined in a fixed order, then the
+// tail: the same value for the same row wherever it sits. a[i] * b[i] is exact in double.
+double dot_double(const float* a, const float* b, int n) {
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 va = _mm256_loadu_ps(a + i), vb = _mm256_loadu_ps(b + i);
+        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(va)), _mm256_cvtps_pd(_mm256_castps256_ps128(vb)), s0);
+        s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(va, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(vb, 1)), s1);
+    }
+    alignas(32) double l[8];
+    _mm256_store_pd(l, s0);
+    _mm256_store_pd(l + 4, s1);
+    double s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    for (; i < n; ++i) s += double(a[i]) * b[i];
+    return s;
+}
+
+// Σ_i float(w[i] * g[i]) * x[i] in double (the float product rounded as the scalar loop rounds it), as dot_double.
+double dot_double_wg(const float* w, const float* g, const float* x, int n) {
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 wg = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(g + i)), vx = _mm256_loadu_ps(x + i);
+        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(wg)), _mm256_cvtps_pd(_mm256_castps256_ps128(vx)), s0);
+        s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(wg, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(vx, 1)), s1);
+    }
+    alignas(32) double l[8];
+    _mm256_store_pd(l, s0);
+    _mm256_store_pd(l + 4, s1);
+    double s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    for (; i < n; ++i) s += double(w[i] * g[i]) * x[i];
+    return s;
+}
+
+} // namespace
+
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps) {
     prof_scope ps(prof::norm);
     const bool fork = par_work(size_t(T) * n);
@@ -60,8 +99,7 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int 
     for (int t = 0; t < T; ++t) {
         const float* xr = x + size_t(t) * n;
         float* yr = y + size_t(t) * n;
-        double ss = 0;
-        for (int i = 0; i < n; ++i) ss += double(xr[i]) * xr[i];
+        const double ss = dot_double(xr, xr, n);
         float r = float(1.0 / std::sqrt(ss / n + eps));
         rstd[t] = r;
         for (int i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * r);
@@ -79,8 +117,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
             const float* gr = dy + size_t(t) * n;
             float* dxr = dx + size_t(t) * n;
             float r = rstd[t];
-            double dot = 0;                                   // sum_i (w_i dy_i) x_i
-            for (int i = 0; i < n; ++i) dot += double(w[i] * gr[i]) * xr[i];
+            const double dot = dot_double_wg(w, gr, xr, n);   // sum_i (w_i dy_i) x_i
             float c = float(dot / n) * r * r * r;
             for (int i = 0; i < n; ++i) dxr[i] += w[i] * gr[i] * r - xr[i] * c;
         }

@@ -122,6 +122,30 @@ TEST(OpsRmsnorm, ForwardMatchesReferenceAndMayAlias) {
     EXPECT_EQ(rstd2, rstd);
 }
 
+// Rows long enough for the 8-lane sums (256 + 5: vector body and tail), forward against the reference and the
+// gradient against finite differences.
+TEST(OpsRmsnorm, LongRowsForwardAndGradient) {
+    rng r(7);
+    const int T = 3, n = 261;
+    const float eps = 1e-6f;
+    auto x = randn(r, T * n, 2.0), w = randn(r, n, 1.0), rr = randn(r, T * n);
+    for (auto& v : w) v += 1.0f;
+    std::vector<float> y(T * n), rstd(T), gx(T * n, 0.0f), gw(n, 0.0f);
+    mtp::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), T, n, eps);
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < n; ++i) {
+            const double ref = ref_rmsnorm(x.data() + t * n, w.data(), n, eps, i);
+            ASSERT_NEAR(y[t * n + i], ref, 4 * u32 * std::fabs(ref)) << t << "," << i;
+        }
+    mtp::rmsnorm_backward(gx.data(), gw.data(), rr.data(), x.data(), w.data(), rstd.data(), T, n);
+    std::vector<fd_slot> slots{{"x", x.data(), gx.data(), gx.size()}, {"w", w.data(), gw.data(), gw.size()}};
+    loss_fn loss = [&](double* abs) {
+        mtp::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), T, n, eps);
+        return dot_loss(rr.data(), y.data(), y.size(), abs);
+    };
+    fd_verify("rmsnorm long rows", slots, loss, 3e-3, rounding_c(4), 62);
+}
+
 TEST(OpsRmsnorm, BackwardAccumulates) {
     rng r(5);
     const int T = 3, n = 8;
