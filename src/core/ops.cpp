@@ -55,13 +55,16 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
 
 namespace {
 
-// Σ_i a[i] * b[i] in double, as 8 lane chains (two 4-lane double accumulators) combined in a fixed order, then the
-// tail: the same value for the same row wherever it sits. a[i] * b[i] is exact in double.
-double dot_double(const float* a, const float* b, int n) {
+// Σ_i a_i * b[i] in double, a_i = a[i], or float(w[i] * a[i]) when w is given (rounded as the scalar product is),
+// as 8 lane chains (two 4-lane double accumulators) combined in a fixed order, then the tail: the same value for
+// the same row wherever it sits. Each a_i * b[i] is exact in double.
+double dot_double(const float* a, const float* b, int n, const float* w = nullptr) {
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        const __m256 va = _mm256_loadu_ps(a + i), vb = _mm256_loadu_ps(b + i);
+        __m256 va = _mm256_loadu_ps(a + i);
+        if (w) va = _mm256_mul_ps(_mm256_loadu_ps(w + i), va);
+        const __m256 vb = _mm256_loadu_ps(b + i);
         s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(va)), _mm256_cvtps_pd(_mm256_castps256_ps128(vb)), s0);
         s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(va, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(vb, 1)), s1);
     }
@@ -69,24 +72,7 @@ double dot_double(const float* a, const float* b, int n) {
     _mm256_store_pd(l, s0);
     _mm256_store_pd(l + 4, s1);
     double s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
-    for (; i < n; ++i) s += double(a[i]) * b[i];
-    return s;
-}
-
-// Σ_i float(w[i] * g[i]) * x[i] in double (the float product rounded as the scalar loop rounds it), as dot_double.
-double dot_double_wg(const float* w, const float* g, const float* x, int n) {
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 wg = _mm256_mul_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(g + i)), vx = _mm256_loadu_ps(x + i);
-        s0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(wg)), _mm256_cvtps_pd(_mm256_castps256_ps128(vx)), s0);
-        s1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(wg, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(vx, 1)), s1);
-    }
-    alignas(32) double l[8];
-    _mm256_store_pd(l, s0);
-    _mm256_store_pd(l + 4, s1);
-    double s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
-    for (; i < n; ++i) s += double(w[i] * g[i]) * x[i];
+    for (; i < n; ++i) s += double(w ? w[i] * a[i] : a[i]) * b[i];
     return s;
 }
 
@@ -117,7 +103,7 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
             const float* gr = dy + size_t(t) * n;
             float* dxr = dx + size_t(t) * n;
             float r = rstd[t];
-            const double dot = dot_double_wg(w, gr, xr, n);   // sum_i (w_i dy_i) x_i
+            const double dot = dot_double(gr, xr, n, w);      // sum_i (w_i dy_i) x_i
             float c = float(dot / n) * r * r * r;
             for (int i = 0; i < n; ++i) dxr[i] += w[i] * gr[i] * r - xr[i] * c;
         }
