@@ -8,36 +8,66 @@
 
 #include "core/ops.h"
 #include "core/profile.h"
+#include "model/expert_group.h"
 #include "model/expert_parallel.h"
 
 namespace mtp {
 
-void swiglu_forward(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T, int d,
-                    arena& a, bool accumulate) {
+namespace {
+
+// Σ a_i·b_i in double as 4 lane chains combined in a fixed order, then the tail.
+double dot_d(const float* a, const float* b, int n) {
+    double l[4] = {0, 0, 0, 0};
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; ++j) l[j] += double(a[i + j]) * b[i + j];
+    double s = (l[0] + l[2]) + (l[1] + l[3]);
+    for (; i < n; ++i) s += double(a[i]) * b[i];
+    return s;
+}
+
+} // namespace
+
+size_t swiglu_floats(int T, int f) { return size_t(T) * 3 * size_t(f); }
+
+void swiglu_forward_in(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T,
+                       int d, float* cache, bool accumulate) {
     const int f = s.inner;
     m.T = T;
     m.x = x;
-    m.g = a.alloc(size_t(T) * f);
-    m.u = a.alloc(size_t(T) * f);
-    m.act = a.alloc(size_t(T) * f);
+    m.g = cache;
+    m.u = cache + size_t(T) * f;
+    m.act = cache + size_t(T) * 2 * f;
     linear_forward(m.g, x, W + s.gate, T, d, f);
     linear_forward(m.u, x, W + s.up, T, d, f);
     silu_mul_forward(m.act, m.g, m.u, size_t(T) * f);
     linear_forward(y, m.act, W + s.down, T, f, d, accumulate);
 }
 
-void swiglu_backward(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
-                     const float* dy, int d, arena& a) {
+void swiglu_backward_in(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
+                        const float* dy, int d, float* scratch) {
     const int f = s.inner, T = m.T;
     if (T == 0) return;
-    auto mk = a.mark();
-    float* dact = a.alloc_zero(size_t(T) * f);
+    float* dact = scratch;                                               // [T, f] each
+    float* dg = scratch + size_t(T) * f;
+    float* du = scratch + size_t(T) * 2 * f;
+    std::memset(dact, 0, sizeof(float) * size_t(T) * f);
     linear_backward(dact, G + s.down, dy, m.act, W + s.down, T, f, d);
-    float* dg = a.alloc(size_t(T) * f);
-    float* du = a.alloc(size_t(T) * f);
     silu_mul_backward(dg, du, dact, m.g, m.u, size_t(T) * f);
     linear_backward(dx, G + s.gate, dg, m.x, W + s.gate, T, d, f);
     linear_backward(dx, G + s.up, du, m.x, W + s.up, T, d, f);
+}
+
+void swiglu_forward(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T, int d,
+                    arena& a, bool accumulate) {
+    swiglu_forward_in(W, s, m, y, x, T, d, a.alloc(swiglu_floats(T, s.inner)), accumulate);
+}
+
+void swiglu_backward(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
+                     const float* dy, int d, arena& a) {
+    if (m.T == 0) return;
+    auto mk = a.mark();
+    swiglu_backward_in(W, G, s, m, dx, dy, d, a.alloc(swiglu_floats(m.T, s.inner)));
     a.rewind(mk);
 }
 
@@ -138,28 +168,24 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
         }
     m.xe = a.alloc(size_t(R) * K * d);
     m.ye = a.alloc(size_t(R) * K * d);
+    m.where = a.alloc_int(size_t(R) * K);
+    for (int r = 0; r < R * K; ++r) m.where[m.tok[r] * K + m.slot[r]] = r;
+#pragma omp parallel for if (size_t(R) * K * d > 65536)
     for (int r = 0; r < R * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
     ph.set(prof::experts);
-    if (expert_parallel_active()) {
+    if (expert_parallel_active())
         expert_parallel_forward(c, l, W, m, a);                          // owners compute, rows travel
-    } else {
-        for (int e = 0; e < E; ++e) {
-            int n = m.start[e + 1] - m.start[e];
-            swiglu_forward(W, l.experts[e], m.experts[e], m.ye + size_t(m.start[e]) * d, m.xe + size_t(m.start[e]) * d,
-                           n, d, a);
-        }
-    }
+    else
+        expert_group_forward(W, l, m, d, a);                             // each expert on one thread
     // y = shared(x) + Σ_k w_k y_k   (summed in fixed k order per token)
     ph.set(prof::mlp_shared);
     if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, R, d, a);
     else std::memset(y, 0, sizeof(float) * size_t(R) * d);
     ph.set(prof::moe_gather);
-    int* where = a.alloc_int(size_t(R) * K);                             // gathered row of (t, k)
-    for (int r = 0; r < R * K; ++r) where[m.tok[r] * K + m.slot[r]] = r;
 #pragma omp parallel for if (size_t(R) * d > 16384)
     for (int t = 0; t < R; ++t)
         for (int k = 0; k < K; ++k) {
-            const float* yr = m.ye + size_t(where[t * K + k]) * d;
+            const float* yr = m.ye + size_t(m.where[t * K + k]) * d;
             float wk = m.w[t * K + k];
             float* out = y + size_t(t) * d;
             for (int i = 0; i < d; ++i) out[i] += wk * yr[i];
@@ -199,26 +225,26 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
     ph.set(prof::moe_gather);
     float* dw = a.alloc(size_t(R) * K);                                  // dL/dw[t,k]
     float* dye = a.alloc(size_t(R) * K * d);                             // dL/dy_e rows
+#pragma omp parallel for if (size_t(R) * K * d > 65536)
     for (int r = 0; r < R * K; ++r) {
-        int t = m.tok[r], k = m.slot[r];
+        const int t = m.tok[r], k = m.slot[r];
         const float* g = dy + size_t(t) * d;
-        const float* ye = m.ye + size_t(r) * d;
-        float wk = m.w[t * K + k];
+        const float wk = m.w[t * K + k];
         float* o = dye + size_t(r) * d;
-        double dot = 0;
-        for (int i = 0; i < d; ++i) { dot += double(g[i]) * ye[i]; o[i] = wk * g[i]; }
-        dw[t * K + k] = float(dot);
+        for (int i = 0; i < d; ++i) o[i] = wk * g[i];
+        dw[t * K + k] = float(dot_d(g, m.ye + size_t(r) * d, d));
     }
-    float* dxe = a.alloc_zero(size_t(R) * K * d);
+    const bool ep = expert_parallel_active();
+    float* dxe = ep ? a.alloc_zero(size_t(R) * K * d) : a.alloc(size_t(R) * K * d);
     ph.set(prof::experts);
-    if (expert_parallel_active())
+    if (ep)
         expert_parallel_backward(c, l, W, G, m, dye, dxe, a);
     else
-        for (int e = 0; e < E; ++e)
-            swiglu_backward(W, G, l.experts[e], m.experts[e], dxe + size_t(m.start[e]) * d, dye + size_t(m.start[e]) * d,
-                            d, a);
+        expert_group_backward(W, G, l, m, dye, dxe, d, a);
     ph.set(prof::moe_gather);
-    for (int r = 0; r < R * K; ++r) add_inplace(dx + size_t(m.tok[r]) * d, dxe + size_t(r) * d, d);
+#pragma omp parallel for if (size_t(R) * d > 16384)
+    for (int t = 0; t < R; ++t)                                          // in k order per token
+        for (int k = 0; k < K; ++k) add_inplace(dx + size_t(t) * d, dxe + size_t(m.where[t * K + k]) * d, d);
 
     ph.set(prof::router);
     // dw -> ds (through selection weights) and the balance loss -> dlogits of the router.

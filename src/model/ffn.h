@@ -22,6 +22,14 @@ void swiglu_forward(const float* W, const swiglu_offsets& s, swiglu_cache& m, fl
 void swiglu_backward(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
                      const float* dy, int d, arena& a);
 
+// The same on buffers the caller gives (no arena: callable from several threads at once, as expert_group does):
+// cache holds swiglu_floats(T, f) floats and lives as long as m; scratch holds as many, for the backward only.
+size_t swiglu_floats(int T, int f);
+void swiglu_forward_in(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T,
+                       int d, float* cache, bool accumulate = false);
+void swiglu_backward_in(const float* W, float* G, const swiglu_offsets& s, const swiglu_cache& m, float* dx,
+                        const float* dy, int d, float* scratch);
+
 // Shapes for R = B·T rows (B sequences of T positions); the shapes below say T for R.
 struct moe_cache {
     int T = 0;                  // positions per sequence
@@ -35,6 +43,7 @@ struct moe_cache {
     int* slot = nullptr;        // [T*K] k of each gathered row
     float* xe = nullptr;        // [T*K, d] gathered expert inputs
     float* ye = nullptr;        // [T*K, d] expert outputs (before weighting)
+    int* where = nullptr;       // [T, K] gathered row of each (token, k)
     std::vector<swiglu_cache> experts;
     swiglu_cache shared;
     std::vector<float> f;       // [B, E] f_e of each sequence's balance loss (constant for the gradient)
