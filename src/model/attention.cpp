@@ -38,10 +38,17 @@ void causal_softmax(float* s, int T, int n_ctx, Limit limit, float* lse = nullpt
         for (; j < n; ++j) mx = r[j] > mx ? r[j] : mx;
         const __m256 sub = _mm256_set1_ps(mx);
         __m256 s8 = _mm256_setzero_ps(), nan8 = _mm256_setzero_ps();
-        for (j = 0; j < n; j += 8) {
-            const int k = std::min(8, n - j);
+        for (j = 0; j + 8 <= n; j += 8) {
+            const __m256 v = _mm256_loadu_ps(r + j);
+            nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            const __m256 e = exp8(_mm256_sub_ps(v, sub));
+            s8 = _mm256_add_ps(s8, e);
+            _mm256_storeu_ps(r + j, e);
+        }
+        if (j < n) {                                                     // the tail, padded with exp(-inf) = 0
+            const int k = n - j;
             alignas(32) float t[8];
-            for (int q = 0; q < 8; ++q) t[q] = q < k ? r[j + q] : -INFINITY;   // exp(-inf) = 0 in the tail
+            for (int q = 0; q < 8; ++q) t[q] = q < k ? r[j + q] : -INFINITY;
             const __m256 v = _mm256_load_ps(t);
             nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
             const __m256 e = exp8(_mm256_sub_ps(v, sub));
@@ -78,6 +85,18 @@ void probs_from_lse(float* p, int n, float lse) {
         _mm256_store_ps(t, exp8(_mm256_sub_ps(_mm256_load_ps(t), sub)));
         for (int q = 0; j + q < n; ++q) p[j + q] = t[q];
     }
+}
+
+// Σ_j a[j] b[j] for j < n as 8 lane chains combined in a fixed order, then the tail.
+float dot8(const float* a, const float* b, int n) {
+    __m256 s8 = _mm256_setzero_ps();
+    int j = 0;
+    for (; j + 8 <= n; j += 8) s8 = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), s8);
+    alignas(32) float l[8];
+    _mm256_store_ps(l, s8);
+    float s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+    for (; j < n; ++j) s += a[j] * b[j];
+    return s;
 }
 
 // q = q_b(norm(q_a(x))) or q_proj(x); then RoPE on each head's q_pe.
@@ -229,8 +248,7 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
                 float* pr = pb + size_t(r) * nc;
                 float* dr = db + size_t(r) * nc;
                 probs_from_lse(pr, i + 1, lse[i]);
-                float D = 0;                                             // Σ_j P_ij dP_ij over the row's own P
-                for (int j = 0; j <= i; ++j) D += pr[j] * dr[j];
+                const float D = dot8(pr, dr, i + 1);                     // Σ_j P_ij dP_ij over the row's own P
                 for (int j = 0; j <= i; ++j) dr[j] = scale * pr[j] * (dr[j] - D);
                 for (int j = i + 1; j < nc; ++j) pr[j] = dr[j] = 0.0f;
             }
