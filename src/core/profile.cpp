@@ -24,7 +24,7 @@ double since(clk::time_point now) { return std::chrono::duration<double>(now - g
 
 const char* prof_name(prof p) {
     static const char* names[n_phases] = {"attention projections", "attention core",  "dense MLP",
-                                          "shared experts",        "routed experts",  "SiLU x up",
+                                          "shared experts (apart)", "MoE experts",    "SiLU x up",
                                           "router",                "MoE gather/scatter", "RMSNorm",
                                           "RoPE",                  "MTP concat + eh_proj", "lm_head",
                                           "cross-entropy",         "embedding",       "optimizer (norm, clip, AdamW)"};

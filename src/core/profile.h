@@ -11,8 +11,8 @@ enum class prof : uint8_t {
     attn_proj,      // MLA projections: q_a / q_b (or q_proj), kv_a, kv_b, o_proj GEMMs
     attn_core,      // per-head scores, causal softmax, context (and their backward)
     mlp_dense,      // dense SwiGLU GEMMs
-    mlp_shared,     // shared-expert SwiGLU GEMMs
-    experts,        // routed-expert SwiGLU GEMMs
+    mlp_shared,     // shared-expert SwiGLU GEMMs, when they run apart from the routed ones (expert parallelism)
+    experts,        // routed-expert SwiGLU GEMMs, and the shared expert's in the same job (model/expert_group.h)
     act,            // SiLU·up elementwise
     router,         // router GEMM, scores, selection, balance loss
     moe_gather,     // gather of expert inputs, scatter-add of outputs

@@ -172,15 +172,16 @@ void moe_forward(const model_config& c, const layer_offsets& l, const float* W, 
     for (int r = 0; r < R * K; ++r) m.where[m.tok[r] * K + m.slot[r]] = r;
 #pragma omp parallel for if (size_t(R) * K * d > 65536)
     for (int r = 0; r < R * K; ++r) std::memcpy(m.xe + size_t(r) * d, x + size_t(m.tok[r]) * d, sizeof(float) * d);
-    ph.set(prof::experts);
-    if (expert_parallel_active())
-        expert_parallel_forward(c, l, W, m, a);                          // owners compute, rows travel
-    else
-        expert_group_forward(W, l, m, d, a);                             // each expert on one thread
     // y = shared(x) + Σ_k w_k y_k   (summed in fixed k order per token)
-    ph.set(prof::mlp_shared);
-    if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, R, d, a);
-    else std::memset(y, 0, sizeof(float) * size_t(R) * d);
+    ph.set(prof::experts);
+    if (expert_parallel_active()) {
+        expert_parallel_forward(c, l, W, m, a);                          // owners compute, rows travel
+        ph.set(prof::mlp_shared);
+        if (l.shared.inner > 0) swiglu_forward(W, l.shared, m.shared, y, x, R, d, a);
+        else std::memset(y, 0, sizeof(float) * size_t(R) * d);
+    } else {
+        expert_group_forward(W, l, m, y, d, a);                          // each expert (shared too) on one thread
+    }
     ph.set(prof::moe_gather);
 #pragma omp parallel for if (size_t(R) * d > 16384)
     for (int t = 0; t < R; ++t)
@@ -219,8 +220,9 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
                   float* dx, const float* dy, float alpha, float bal_scale, arena& a) {
     const int d = c.hidden_size, E = c.n_routed_experts, K = c.num_experts_per_tok, T = m.T, R = m.B * m.T;
     auto mk = a.mark();
+    const bool ep = expert_parallel_active();
     prof_seq ph(prof::mlp_shared);
-    if (l.shared.inner > 0) swiglu_backward(W, G, l.shared, m.shared, dx, dy, d, a);
+    if (ep && l.shared.inner > 0) swiglu_backward(W, G, l.shared, m.shared, dx, dy, d, a);
 
     ph.set(prof::moe_gather);
     float* dw = a.alloc(size_t(R) * K);                                  // dL/dw[t,k]
@@ -234,13 +236,12 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
         for (int i = 0; i < d; ++i) o[i] = wk * g[i];
         dw[t * K + k] = float(dot_d(g, m.ye + size_t(r) * d, d));
     }
-    const bool ep = expert_parallel_active();
     float* dxe = ep ? a.alloc_zero(size_t(R) * K * d) : a.alloc(size_t(R) * K * d);
     ph.set(prof::experts);
     if (ep)
         expert_parallel_backward(c, l, W, G, m, dye, dxe, a);
     else
-        expert_group_backward(W, G, l, m, dye, dxe, d, a);
+        expert_group_backward(W, G, l, m, dye, dxe, dy, dx, d, a);   // the shared expert adds into dx
     ph.set(prof::moe_gather);
 #pragma omp parallel for if (size_t(R) * d > 16384)
     for (int t = 0; t < R; ++t)                                          // in k order per token

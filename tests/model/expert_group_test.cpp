@@ -1,5 +1,6 @@
-// Tests the grouped routed experts (model/expert_group.cpp): one expert per thread gives the results of running the
-// experts one after another, bitwise, forward and backward, whether an expert runs grouped or alone.
+// Tests the grouped experts (model/expert_group.cpp): one expert per thread gives the results of running the experts
+// one after another, bitwise, forward and backward, whether an expert runs grouped or alone, with and without the
+// shared expert in the job.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -20,7 +21,7 @@ namespace {
 using nlohmann::json;
 using namespace mtp;
 
-json moe_json() {
+json moe_json(int shared) {
     return json{{"vocab_size", 37},         {"hidden_size", 24},        {"num_hidden_layers", 1},
                 {"num_attention_heads", 2}, {"intermediate_size", 40},  {"q_lora_rank", 16},
                 {"kv_lora_rank", 12},       {"qk_nope_head_dim", 8},    {"qk_rope_head_dim", 4},
@@ -28,7 +29,7 @@ json moe_json() {
                 {"num_nextn_predict_layers", 0}, {"n_routed_experts", 8}, {"num_experts_per_tok", 2},
                 {"n_group", 4},             {"topk_group", 2},          {"topk_method", "noaux_tc"},
                 {"scoring_func", "sigmoid"}, {"norm_topk_prob", true},  {"routed_scaling_factor", 2.5},
-                {"n_shared_experts", 1},    {"moe_intermediate_size", 8}, {"first_k_dense_replace", 0}};
+                {"n_shared_experts", shared},    {"moe_intermediate_size", 8}, {"first_k_dense_replace", 0}};
 }
 
 struct moe_run {
@@ -65,10 +66,11 @@ void expect_bitwise(const std::vector<float>& a, const std::vector<float>& b, co
                        << a[first] << " vs " << b[first] << ")";
 }
 
-// 4 threads: expert 0, given every token by its selection bias (half of the rows), has more than its share and
-// runs alone on all threads; the other seven run one per thread. 1 thread runs every expert alone, in turn.
-void check_threads(bool crowd_expert0) {
-    const model_config c = config_from_json(moe_json(), "expert_group_test config");
+// 4 threads: expert 0, given every token by its selection bias (half of the routed rows, a third of all rows with
+// the shared expert's), has more than its share and runs alone on all threads, as does the shared expert; the
+// other seven run one per thread. 1 thread runs every expert alone, in turn.
+void check_threads(bool crowd_expert0, int shared = 1) {
+    const model_config c = config_from_json(moe_json(shared), "expert_group_test config");
     const model_layout L = layout_build(c);
     std::vector<float> W;
     weights_init(c, L, W, 11);
@@ -94,5 +96,7 @@ void check_threads(bool crowd_expert0) {
 
 TEST(ExpertGroup, OneExpertPerThreadEqualsExpertsInTurn) { check_threads(false); }
 TEST(ExpertGroup, AnExpertWithMoreThanItsShareRunsAloneWithTheSameResult) { check_threads(true); }
+TEST(ExpertGroup, WithoutASharedExpert) { check_threads(false, 0); }
+TEST(ExpertGroup, TwoSharedExpertsAsOneWiderSwiglu) { check_threads(false, 2); }
 
 } // namespace
