@@ -113,11 +113,15 @@ void draft_policy::observe_round(int batch, int k, int produced, double seconds)
     const double x = produced / seconds, w = n < 20 ? 1.0 / (n + 1) : 0.05;   // mean of the first 20, then EMA
     t = n == 0 ? x : (1 - w) * t + w * x;
     n += 1;
+    last_tps_[size_t(bucket(batch))][size_t(k)] = x;
 }
 
 draft_policy::draft_policy(pass_cost_table costs, int K, int D) : c_(std::move(costs)), K_(std::max(0, K)), D_(D) {
     meas_tps_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
     meas_n_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
+    last_tps_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
+    backoff_.assign(n_buckets, 0);
+    probes_.assign(n_buckets, 0);
     reached_.assign(size_t(K_), 2.0);            // prior: acceptance 0.5 at every depth, worth two rounds
     accepted_.assign(size_t(K_), 1.0);
 }
@@ -189,21 +193,41 @@ int draft_policy::next(int batch, int refill, int remaining) {
     // Probe rounds come for all sequences together (about `batch` calls per round): a sequence probing alone would
     // make the whole batch wait for module passes that nobody else shares.
     const long long round = rounds_++ / std::max(1, batch);
-    if (round % probe_every != probe_every - 1 || refill > 2 * K_) return k;
+    const int b = bucket(batch);
+    const long long every = static_cast<long long>(probe_every) << backoff_[size_t(b)];
+    if (round % every != every - 1 || refill > 2 * K_) return k;
+    // When the alternative's last round at this load measured slower than the choice's running rate, the probe
+    // doubles the interval to the next one (up to probe_every << max_backoff rounds), so that confirming the choice
+    // costs less and less; when it is not measured yet, or its last round measured faster, the interval is back to
+    // probe_every at once (the running rate would take several probes to follow).
+    const bool second = probes_[size_t(b)]++ % 2 == 1;
+    auto probe = [&](int alt) {
+        const auto& mn = meas_n_[size_t(b)];
+        const bool slower = mn[size_t(alt)] >= 8 && mn[size_t(k)] >= 8 &&
+                            last_tps_[size_t(b)][size_t(alt)] < meas_tps_[size_t(b)][size_t(k)];
+        int& bo = backoff_[size_t(b)];
+        bo = slower ? std::min(bo + 1, max_backoff) : 0;
+        return alt;
+    };
     // Drafting fully: the probe measures a plain round instead. Drafting part-way: every other probe is plain, so
     // that the measured veto of choose() can compare this choice with not drafting at all.
-    if (k == K_ || (k > 0 && (round / probe_every) % 2 == 0)) return 0;
+    if (k == K_ || (k > 0 && !second)) return probe(0);
     // Vetoed part-way choice: every other probe drafts it again, so that the veto lifts once it measures faster (the
     // K probes below would never re-measure it).
-    if (k == 0 && model_k > 0 && model_k < K_ && (round / probe_every) % 2 == 0) return model_k;
+    if (k == 0 && model_k > 0 && model_k < K_ && !second) return probe(model_k);
     // A probe is worth its cost only when drafting could pay at this load with every draft accepted.
     const double plain = B / c_.main(B);
     for (int j = 1; j <= K_; ++j) {
         double t = c_.main(B * (j + 1));
         for (int i = 1; i <= j; ++i) t += i <= D_ ? c_.mtp(B * (j + 1)) : c_.mtp(B);
-        if (B * (j + 1) / t > plain * margin) return K_;
+        if (B * (j + 1) / t > plain * margin) return probe(K_);
     }
     return k;
+}
+
+int draft_policy::probe_interval(int batch) const {
+    std::lock_guard<std::mutex> l(mu_);
+    return probe_every << backoff_[size_t(bucket(batch))];
 }
 
 int draft_policy::choose(int batch) const {

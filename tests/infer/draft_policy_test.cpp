@@ -1,6 +1,7 @@
 // The load-adaptive draft length (src/infer/draft_policy.h): on a cost curve where extra rows are nearly free it
 // drafts at every batch size; where rows cost what they cost (compute-bound) it drafts alone and stops drafting in a
-// batch; with no acceptance it never drafts; it still probes every probe_every-th round; measured costs are sane.
+// batch; with no acceptance it never drafts; it still probes every probe_every-th round, less often while the probes
+// keep measuring slower than the choice, and at once again when one measures faster; measured costs are sane.
 #include <gtest/gtest.h>
 
 #include "infer/draft_policy.h"
@@ -109,6 +110,41 @@ TEST(DraftPolicy, NoAcceptanceNoDraftsButProbes) {
     probes = 0;
     for (int i = 0; i < 10 * draft_policy::probe_every; ++i) probes += q.next(8) != 0;
     EXPECT_EQ(probes, 0);
+}
+
+// Probes that keep confirming the choice (plain rounds faster than drafting K at this load) come less and less often,
+// down to one in probe_every << max_backoff rounds, and never stop; once drafting measures faster, they come every
+// probe_every-th round again and the choice turns to drafting.
+TEST(DraftPolicy, ProbesBackOffWhileTheyConfirmTheChoice) {
+    draft_policy p(table(1.0, 0.01, 0.1, 0.001), 3, 2);
+    for (int i = 0; i < 3000; ++i) p.observe(3, 0);                   // no acceptance: the choice is plain
+    ASSERT_EQ(p.choose(1), 0);
+    auto run = [&](int rounds, double probe_tps) {
+        int probes = 0;
+        for (int i = 0; i < rounds; ++i) {
+            const int k = p.next(1);
+            if (k == 0) {
+                p.observe_round(1, 0, 1, 1.0);                           // plain: 1 token/s
+            } else {
+                ++probes;
+                p.observe_round(1, k, 2, 2.0 / probe_tps);
+                p.observe(k, probe_tps > 1.0 ? k : 0);
+            }
+        }
+        return probes;
+    };
+    const int longest = draft_policy::probe_every << draft_policy::max_backoff;
+    run(64 * draft_policy::probe_every, 0.5);                            // warm-up: 8 of each measured, backing off
+    EXPECT_EQ(p.probe_interval(1), longest);
+    EXPECT_EQ(p.probe_interval(8), draft_policy::probe_every) << "another load bucket backs off on its own";
+    const int late = run(8 * longest, 0.5);
+    EXPECT_EQ(late, 8) << "one probe per longest interval";
+    // Drafting now measures 3 tokens/s: the first probe that sees it faster resets the interval, and drafting wins.
+    int rounds = 0;
+    for (; p.choose(1) == 0 && rounds < 64 * longest; ++rounds) run(1, 3.0);
+    EXPECT_GT(p.choose(1), 0) << "drafting never resumed";
+    EXPECT_LT(rounds, 4 * longest) << "the probes did not come back to every probe_every-th round";
+    std::printf("drafting resumed after %d rounds\n", rounds);
 }
 
 TEST(DraftPolicy, MeasuredCostsAreOrdered) {
