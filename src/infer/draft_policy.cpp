@@ -113,13 +113,11 @@ void draft_policy::observe_round(int batch, int k, int produced, double seconds)
     const double x = produced / seconds, w = n < 20 ? 1.0 / (n + 1) : 0.05;   // mean of the first 20, then EMA
     t = n == 0 ? x : (1 - w) * t + w * x;
     n += 1;
-    last_tps_[size_t(bucket(batch))][size_t(k)] = x;
 }
 
 draft_policy::draft_policy(pass_cost_table costs, int K, int D) : c_(std::move(costs)), K_(std::max(0, K)), D_(D) {
     meas_tps_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
     meas_n_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
-    last_tps_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
     backoff_.assign(n_buckets, 0);
     probes_.assign(n_buckets, 0);
     reached_.assign(size_t(K_), 2.0);            // prior: acceptance 0.5 at every depth, worth two rounds
@@ -196,15 +194,15 @@ int draft_policy::next(int batch, int refill, int remaining) {
     const int b = bucket(batch);
     const long long every = static_cast<long long>(probe_every) << backoff_[size_t(b)];
     if (round % every != every - 1 || refill > 2 * K_) return k;
-    // When the alternative's last round at this load measured slower than the choice's running rate, the probe
-    // doubles the interval to the next one (up to probe_every << max_backoff rounds), so that confirming the choice
-    // costs less and less; when it is not measured yet, or its last round measured faster, the interval is back to
-    // probe_every at once (the running rate would take several probes to follow).
+    // When the alternative's running rate at this load is below the choice's, the probe doubles the interval to the
+    // next one (up to probe_every << max_backoff rounds), so that confirming the choice costs less and less; when it
+    // is not measured yet, or measures faster, the interval is back to probe_every. Running rates, not single rounds:
+    // one round is too noisy to reset the interval on.
     const bool second = probes_[size_t(b)]++ % 2 == 1;
     auto probe = [&](int alt) {
+        const auto& mt = meas_tps_[size_t(b)];
         const auto& mn = meas_n_[size_t(b)];
-        const bool slower = mn[size_t(alt)] >= 8 && mn[size_t(k)] >= 8 &&
-                            last_tps_[size_t(b)][size_t(alt)] < meas_tps_[size_t(b)][size_t(k)];
+        const bool slower = mn[size_t(alt)] >= 8 && mn[size_t(k)] >= 8 && mt[size_t(alt)] < mt[size_t(k)];
         int& bo = backoff_[size_t(b)];
         bo = slower ? std::min(bo + 1, max_backoff) : 0;
         return alt;

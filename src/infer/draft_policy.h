@@ -42,9 +42,9 @@ public:
     // refill: the sequence's refill_rows(K) (its modules' backlog); remaining: tokens it may still produce. A
     // sequence that is not caught up drafts only when the time drafting saves over its remaining tokens exceeds
     // the time of the backlog's module passes (which the whole batch waits for), and is not probed.
-    // A probe whose alternative's last round measured slower than the choice's running rate at this load (8 rounds
-    // of each measured) doubles the interval to the next probe at this load, up to probe_every << max_backoff
-    // rounds; any other probe resets it.
+    // A probe whose alternative's running rate at this load is below the choice's (8 rounds of each measured)
+    // doubles the interval to the next probe at this load, up to probe_every << max_backoff rounds; any other probe
+    // resets it.
     int next(int batch, int refill = 0, int remaining = 1 << 20);
     static constexpr int probe_every = 16;
     static constexpr int max_backoff = 5;
@@ -75,7 +75,6 @@ private:
     static constexpr int n_buckets = 6;          // batch 1, 2, 3-4, 5-8, 9-16, 17+
     static int bucket(int batch);
     std::vector<std::vector<double>> meas_tps_, meas_n_;   // [bucket][k]
-    std::vector<std::vector<double>> last_tps_;  // [bucket][k] tokens/s of the last such round
     std::vector<int> backoff_;                   // [bucket] probe interval = probe_every << backoff_
     std::vector<long long> probes_;              // [bucket] probes so far (every other one alternates)
 };

@@ -856,6 +856,11 @@ void serve_run(const serve_options& o) {
                   << "# TYPE mtp:draft_length_now gauge\n";
                 for (int b = 1; b <= S.eng->parallel(); b = b < 4 ? b + 1 : b * 2)
                     o << "mtp:draft_length_now{slots_busy=\"" << b << "\"} " << p->choose(b) << "\n";
+                o << "# HELP mtp:draft_probe_interval Decode rounds from one probe of another draft length to the next "
+                     "at this many busy slots (longer while the probes confirm the choice).\n"
+                  << "# TYPE mtp:draft_probe_interval gauge\n";
+                for (int b = 1; b <= S.eng->parallel(); b = b < 4 ? b + 1 : b * 2)
+                    o << "mtp:draft_probe_interval{slots_busy=\"" << b << "\"} " << p->probe_interval(b) << "\n";
             }
             out += o.str();
         }

@@ -139,11 +139,11 @@ TEST(DraftPolicy, ProbesBackOffWhileTheyConfirmTheChoice) {
     EXPECT_EQ(p.probe_interval(8), draft_policy::probe_every) << "another load bucket backs off on its own";
     const int late = run(8 * longest, 0.5);
     EXPECT_EQ(late, 8) << "one probe per longest interval";
-    // Drafting now measures 3 tokens/s: the first probe that sees it faster resets the interval, and drafting wins.
+    // Drafting now measures 3 tokens/s: once its running rate passes plain's, the interval resets, and drafting wins.
     int rounds = 0;
     for (; p.choose(1) == 0 && rounds < 64 * longest; ++rounds) run(1, 3.0);
     EXPECT_GT(p.choose(1), 0) << "drafting never resumed";
-    EXPECT_LT(rounds, 4 * longest) << "the probes did not come back to every probe_every-th round";
+    EXPECT_LT(rounds, 8 * longest) << "the probes did not come back to every probe_every-th round";
     std::printf("drafting resumed after %d rounds\n", rounds);
 }
 
