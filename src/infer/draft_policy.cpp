@@ -81,11 +81,15 @@ pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context) {
         s.truncate(stage, context);
         return dt;
     };
-    // One warm-up sweep (page faults, caches), then the best of 5 sweeps per entry: a sweep disturbed by another
-    // process inflates its entries, the minimum over sweeps does not keep that.
+    // One warm-up sweep (page faults, caches), then the best of 5 to 20 sweeps per entry (more while they take under
+    // half a second in all): a sweep disturbed by another process inflates its entries, the minimum over sweeps does
+    // not keep that, and on a busy machine 5 sweeps left the small row counts' entries noisy enough to flip the
+    // choice at one sequence.
     t.main_s.assign(t.rows.size(), 1e30);
     t.mtp_s.assign(t.rows.size(), D > 0 ? 1e30 : 0.0);
-    for (int sweep = 0; sweep < 6; ++sweep)
+    const auto t_start = clk::now();
+    for (int sweep = 0; sweep <= 20; ++sweep) {
+        if (sweep > 5 && std::chrono::duration<double>(clk::now() - t_start).count() > 0.5) break;
         for (size_t i = 0; i < t.rows.size(); ++i) {
             const double a = time(0, t.rows[i]);
             const double b = D > 0 ? time(1, t.rows[i]) : 0.0;
@@ -93,6 +97,7 @@ pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context) {
             t.main_s[i] = std::min(t.main_s[i], a);
             if (D > 0) t.mtp_s[i] = std::min(t.mtp_s[i], b);
         }
+    }
     // A pass never costs less with more rows: smooth timing noise into a non-decreasing curve.
     for (size_t i = 1; i < t.rows.size(); ++i) {
         t.main_s[i] = std::max(t.main_s[i], t.main_s[i - 1]);

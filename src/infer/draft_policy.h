@@ -24,7 +24,7 @@ struct pass_cost_table {
 // a pass of the batcher adds over a direct call, twice (calls in, results out).
 double measure_handoff_seconds();
 
-// Times passes of 1..max_rows rows (a ladder of row counts, best of 5 sweeps) on a fresh sequence of `e` after a
+// Times passes of 1..max_rows rows (a ladder of row counts, best of 5-20 sweeps, about half a second) on a fresh sequence of `e` after a
 // `context`-token prompt. Runs on the caller's thread (before any runner starts).
 pass_cost_table measure_pass_costs(cpu_engine& e, int max_rows, int context = 64);
 
