@@ -125,6 +125,7 @@ draft_policy::draft_policy(pass_cost_table costs, int K, int D) : c_(std::move(c
     meas_n_.assign(n_buckets, std::vector<double>(size_t(K_) + 1, 0.0));
     backoff_.assign(n_buckets, 0);
     probes_.assign(n_buckets, 0);
+    probe_round_.assign(n_buckets, -1);
     reached_.assign(size_t(K_), 2.0);            // prior: acceptance 0.5 at every depth, worth two rounds
     accepted_.assign(size_t(K_), 1.0);
 }
@@ -197,19 +198,25 @@ int draft_policy::next(int batch, int refill, int remaining) {
     // make the whole batch wait for module passes that nobody else shares.
     const long long round = rounds_++ / std::max(1, batch);
     const int b = bucket(batch);
+    // The later calls of a probe round (one per sequence) probe as its first call did, whatever the interval is now.
+    const bool later = round == probe_round_[size_t(b)];
     const long long every = static_cast<long long>(probe_every) << backoff_[size_t(b)];
-    if (round % every != every - 1 || refill > 2 * K_) return k;
-    // When the alternative's running rate at this load is below the choice's, the probe doubles the interval to the
-    // next one (up to probe_every << max_backoff rounds), so that confirming the choice costs less and less; when it
-    // is not measured yet, or measures faster, the interval is back to probe_every. Running rates, not single rounds:
-    // one round is too noisy to reset the interval on.
-    const bool second = probes_[size_t(b)]++ % 2 == 1;
+    if ((!later && round % every != every - 1) || refill > 2 * K_) return k;
+    if (!later) {
+        probe_round_[size_t(b)] = round;
+        ++probes_[size_t(b)];
+    }
+    const bool second = probes_[size_t(b)] % 2 == 0;
+    // When the alternative's running rate at this load is below the choice's, the probe round doubles the interval to
+    // the next one (up to probe_every << max_backoff rounds), so that confirming the choice costs less and less; when
+    // it is not measured yet, or measures faster, the interval is back to probe_every. Running rates, not single
+    // rounds: one round is too noisy to reset the interval on.
     auto probe = [&](int alt) {
         const auto& mt = meas_tps_[size_t(b)];
         const auto& mn = meas_n_[size_t(b)];
         const bool slower = mn[size_t(alt)] >= 8 && mn[size_t(k)] >= 8 && mt[size_t(alt)] < mt[size_t(k)];
         int& bo = backoff_[size_t(b)];
-        bo = slower ? std::min(bo + 1, max_backoff) : 0;
+        if (!later) bo = slower ? std::min(bo + 1, max_backoff) : 0;
         return alt;
     };
     // Drafting fully: the probe measures a plain round instead. Drafting part-way: every other probe is plain, so

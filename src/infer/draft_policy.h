@@ -76,7 +76,8 @@ private:
     static int bucket(int batch);
     std::vector<std::vector<double>> meas_tps_, meas_n_;   // [bucket][k]
     std::vector<int> backoff_;                   // [bucket] probe interval = probe_every << backoff_
-    std::vector<long long> probes_;              // [bucket] probes so far (every other one alternates)
+    std::vector<long long> probes_;              // [bucket] probe rounds so far (every other one alternates)
+    std::vector<long long> probe_round_;         // [bucket] the last probe round
 };
 
 } // namespace mtp

@@ -147,6 +147,30 @@ TEST(DraftPolicy, ProbesBackOffWhileTheyConfirmTheChoice) {
     std::printf("drafting resumed after %d rounds\n", rounds);
 }
 
+// With 4 sequences a round is 4 calls: every call of a probe round gets the probe's draft length, and the interval
+// doubles once per probe round, not once per call.
+TEST(DraftPolicy, ProbesComeInWholeRoundsAndBackOffPerRound) {
+    draft_policy p(table(1.0, 0.01, 0.1, 0.001), 3, 2);
+    for (int i = 0; i < 3000; ++i) p.observe(3, 0);
+    const int B = 4;
+    ASSERT_EQ(p.choose(B), 0);
+    for (int i = 0; i < 16; ++i) {                                       // 8 of each measured: the next probe backs off
+        p.observe_round(B, 0, 1, 1.0);
+        p.observe_round(B, 3, 1, 2.0);
+    }
+    std::vector<int> intervals;
+    for (int round = 0; round < 20 * draft_policy::probe_every; ++round) {
+        std::vector<int> ks;
+        for (int s = 0; s < B; ++s) ks.push_back(p.next(B));
+        for (int s = 1; s < B; ++s) EXPECT_EQ(ks[size_t(s)], ks[0]) << "round " << round << " sequence " << s;
+        if (ks[0] != 0) intervals.push_back(p.probe_interval(B));
+    }
+    ASSERT_GE(intervals.size(), 3u);
+    EXPECT_EQ(intervals[0], 2 * draft_policy::probe_every);
+    EXPECT_EQ(intervals[1], 4 * draft_policy::probe_every);
+    EXPECT_EQ(intervals[2], 8 * draft_policy::probe_every);
+}
+
 TEST(DraftPolicy, MeasuredCostsAreOrdered) {
     single_thread_scope one_thread;
     const model_files m = random_model(small_config(2, true, true, false, 40, 160), 3);
