@@ -17,6 +17,10 @@ void adamw_step_range(const adamw_config& cfg, adamw_state& st, const model_layo
     const float bc1 = 1.0f - std::pow(cfg.beta1, float(st.step));
     const float bc2 = 1.0f - std::pow(cfg.beta2, float(st.step));
     const float b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
+    // As torch.optim.AdamW: w -= (lr / bc1) · m / (sqrt(v) / sqrt(bc2) + eps), with the scalar divisions done once:
+    // one division and one square root per element (the per-element m / bc1 and v / bc2 made the update
+    // division-bound, about 3x the time of its memory traffic with AVX2).
+    const float step_size = lr / bc1, inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
     // The trainable part of [lo, hi) in chunks, so that one parallel loop covers every tensor, small ones included
     // (each element's update is independent: the result does not depend on the chunking or the thread count).
     struct chunk { size_t a, b; float decay; };
@@ -45,8 +49,7 @@ void adamw_step_range(const adamw_config& cfg, adamw_state& st, const model_layo
         for (long i = 0; i < n; ++i) {
             m[i] = b1 * m[i] + (1.0f - b1) * g[i];
             v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-            float mh = m[i] / bc1, vh = v[i] / bc2;
-            w[i] = w[i] * decay - lr * mh / (std::sqrt(vh) + eps);
+            w[i] = w[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
         }
     }
 }
