@@ -282,6 +282,27 @@ void add_inplace(float* y, const float* x, size_t n) {
     for (size_t i = 0; i < n; ++i) y[i] += x[i];
 }
 
+void gather_rows(float* out, const float* table, const int* idx, int T, int d) {
+    const bool fork = par_work(size_t(T) * d);
+#pragma omp parallel for if (fork)
+    for (int t = 0; t < T; ++t) std::memcpy(out + size_t(t) * d, table + size_t(idx[t]) * d, sizeof(float) * d);
+}
+
+void scatter_add_rows(float* table, const float* x, const int* idx, int T, int d) {
+    const bool fork = par_work(size_t(T) * d);
+#pragma omp parallel if (fork)
+    {
+        const int n = omp_get_num_threads(), me = omp_get_thread_num();
+        for (int t = 0; t < T; ++t) {
+            if (idx[t] % n != me) continue;                              // this thread's table rows
+            float* y = table + size_t(idx[t]) * d;
+            const float* r = x + size_t(t) * d;
+#pragma omp simd
+            for (int i = 0; i < d; ++i) y[i] += r[i];
+        }
+    }
+}
+
 void scale_inplace(float* y, float s, size_t n) {
     const bool fork = par_work(n);
 #pragma omp parallel for simd if (fork)

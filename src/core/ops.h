@@ -54,5 +54,10 @@ double cross_entropy(float* dlogits, const float* logits, const int* targets, in
 
 void add_inplace(float* y, const float* x, size_t n);           // y += x
 void scale_inplace(float* y, float s, size_t n);                // y *= s
+// Rows by index: out[t, :] = table[idx[t], :] for t < T (the embedding lookup).
+void gather_rows(float* out, const float* table, const int* idx, int T, int d);
+// table[idx[t], :] += x[t, :] for t < T, each table row's additions in ascending t (the embedding gradient): the
+// threads split the table's rows, not t, so the result is the serial loop's bit for bit.
+void scatter_add_rows(float* table, const float* x, const int* idx, int T, int d);
 
 } // namespace mtp

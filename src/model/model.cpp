@@ -34,8 +34,7 @@ void model_forward(const model_config& c, const model_layout& L, const float* W,
     s.x = a.alloc(size_t(R) * d);
     {
         prof_scope ps(prof::embed);
-        for (int t = 0; t < R; ++t)
-            std::memcpy(s.x + size_t(t) * d, W + L.embed + size_t(tokens[t]) * d, sizeof(float) * d);
+        gather_rows(s.x, W + L.embed, tokens, R, d);
     }
     s.layers.resize(c.num_hidden_layers);
     s.bal_loss = 0;
@@ -180,7 +179,7 @@ loss_stats model_backward(const model_config& c, const model_layout& L, const fl
         layer_backward(c, L.layers[i], W, G, s.layers[i], dx, alpha, weight, a);
     {
         prof_scope ps(prof::embed);
-        for (int t = 0; t < R; ++t) add_inplace(G + L.embed + size_t(s.tokens[t]) * d, dx + size_t(t) * d, d);
+        scatter_add_rows(G + L.embed, dx, s.tokens.data(), R, d);
     }
     a.rewind(mk);
     r.bal = s.bal_loss;

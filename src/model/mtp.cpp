@@ -23,7 +23,7 @@ void mtp_forward(const model_config& c, const model_layout& L, const layer_offse
     m.hprev = hprev;
     m.e = a.alloc(size_t(T) * d);
     std::optional<prof_scope> ph(std::in_place, prof::embed);
-    for (int t = 0; t < T; ++t) std::memcpy(m.e + size_t(t) * d, W + L.embed + size_t(tok[t]) * d, sizeof(float) * d);
+    gather_rows(m.e, W + L.embed, tok, T, d);
     ph.reset();
     ph.emplace(prof::mtp_proj);
     float* en = a.alloc(size_t(T) * d);
@@ -75,7 +75,7 @@ void mtp_backward(const model_config& c, const model_layout& L, const layer_offs
     std::memset(de, 0, sizeof(float) * size_t(T) * d);
     rmsnorm_backward(de, G + l.enorm, den, m.e, W + l.enorm, m.e_rstd, T, d);
     ph.set(prof::embed);
-    for (int t = 0; t < T; ++t) add_inplace(G + L.embed + size_t(m.tok[t]) * d, de + size_t(t) * d, d);
+    scatter_add_rows(G + L.embed, de, m.tok, T, d);
     ph.set(prof::mtp_proj);
     rmsnorm_backward(dhprev, G + l.hnorm, dhn, m.hprev, W + l.hnorm, m.hn_rstd, T, d);
     a.rewind(mk);

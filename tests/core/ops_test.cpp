@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <string>
@@ -101,6 +102,35 @@ double ref_rmsnorm(const float* x, const float* w, int n, float eps, int i) {
     double ss = 0;
     for (int k = 0; k < n; ++k) ss += double(x[k]) * x[k];
     return w[i] * x[i] / std::sqrt(ss / n + eps);
+}
+
+// The embedding rows: the lookup copies each indexed row; the gradient adds every row into its index's table row in
+// ascending t, bit for bit as the serial loop, at any thread count, with indices repeated (and 3 threads, so that
+// the threads' share of the table is uneven).
+TEST(OpsRows, GatherAndScatterAddAsTheSerialLoops) {
+    const int V = 37, T = 300, d = 72;
+    rng r(41);
+    std::vector<float> table(size_t(V) * d), x(size_t(T) * d);
+    for (auto& v : table) v = float(r.normal());
+    for (auto& v : x) v = float(r.normal());
+    std::vector<int> idx(T);
+    for (int t = 0; t < T; ++t) idx[size_t(t)] = int((t * 7 + t * t) % V);
+    std::vector<float> out(size_t(T) * d);
+    mtp::gather_rows(out.data(), table.data(), idx.data(), T, d);
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < d; ++i) ASSERT_EQ(out[size_t(t) * d + i], table[size_t(idx[size_t(t)]) * d + i]);
+    std::vector<float> ref = table;
+    for (int t = 0; t < T; ++t)
+        for (int i = 0; i < d; ++i) ref[size_t(idx[size_t(t)]) * d + i] += x[size_t(t) * d + i];
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        std::vector<float> got = table;
+        mtp::scatter_add_rows(got.data(), x.data(), idx.data(), T, d);
+        for (size_t i = 0; i < got.size(); ++i)
+            ASSERT_EQ(std::memcmp(&got[i], &ref[i], sizeof(float)), 0) << "threads " << threads << " at " << i;
+    }
+    omp_set_num_threads(saved);
 }
 
 TEST(OpsRmsnorm, ForwardMatchesReferenceAndMayAlias) {
