@@ -47,8 +47,15 @@ double dp_grad_norm(const dp_plan& p, const model_layout& L, const std::vector<f
     std::vector<double> part(chunks.size(), 0.0);
 #pragma omp parallel for schedule(static) if (chunks.size() > 2)
     for (size_t c = 0; c < chunks.size(); ++c) {
-        double s = 0;
-        for (size_t i = chunks[c].first; i < chunks[c].second; ++i) s += double(G[i]) * G[i];
+        // 8 lane chains combined in a fixed order, then the tail: one chain was latency-bound (10 ms for 16.6M
+        // floats on 2 threads, against 1.5 ms)
+        double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        size_t i = chunks[c].first;
+        const size_t e = chunks[c].second;
+        for (; i + 8 <= e; i += 8)
+            for (int j = 0; j < 8; ++j) l[j] += double(G[i + j]) * G[i + j];
+        double s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
+        for (; i < e; ++i) s += double(G[i]) * G[i];
         part[c] = s;
     }
     double s = 0;
@@ -58,7 +65,9 @@ double dp_grad_norm(const dp_plan& p, const model_layout& L, const std::vector<f
 }
 
 void dp_scale_gradients(const dp_plan& p, std::vector<float>& G, float s) {
-    for (size_t i = p.lo; i < p.hi; ++i) G[i] *= s;
+    float* g = G.data();
+#pragma omp parallel for simd schedule(static) if (p.hi - p.lo > (size_t(1) << 16))
+    for (size_t i = p.lo; i < p.hi; ++i) g[i] *= s;
 }
 
 void dp_adamw(const dp_plan& p, const adamw_config& c, adamw_state& st, const model_layout& L, std::vector<float>& W,
