@@ -68,8 +68,15 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
     try {
-        if (argc < 3) fail("bench_batch", "usage: bench_batch MODEL SHARD [--levels 1,2,4,8,16] [--n-gen N] "
-                                          "[--n-prompt N] [--reps R] [--rounds R] [--threads T] [--weights f32|bf16|q8_0]");
+        const char* usage = "usage: bench_batch MODEL SHARD [--levels 1,2,4,8,16] [--n-gen N] [--n-prompt N] [--reps R] "
+                            "[--rounds R] [--threads T] [--weights f32|bf16|q8_0]";
+        for (int i = 1; i < argc; ++i)
+            if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
+                std::printf("%s\n", usage);
+                return 0;
+            }
+        if (argc < 3) fail("bench_batch", usage);
+        if ((argc - 3) % 2 != 0) fail(argv[argc - 1], "flag without a value");
         std::vector<int> levels = {1, 2, 4, 8, 16};
         int n_gen = 64, n_prompt = 32, reps = 2, threads = 2, rounds = 5;
         wtype t = wtype::f32;

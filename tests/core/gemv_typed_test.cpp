@@ -222,8 +222,12 @@ TEST(GemvTyped, PicksTheWidestSupportedIsa) {
                             : isa_supported(isa::avx512) ? isa::avx512
                                                          : isa::avx2)     // avx512bf16: only when MTP_ISA names it
         << isa_report();
-    if (isa_supported(isa::avx512bf16)) EXPECT_TRUE(cpu_detect().avx512bf16 && isa_supported(isa::avx512));
-    if (isa_supported(isa::amx)) EXPECT_TRUE(f_amx() && isa_supported(isa::avx512));
+    if (isa_supported(isa::avx512bf16)) {
+        EXPECT_TRUE(cpu_detect().avx512bf16 && isa_supported(isa::avx512));
+    }
+    if (isa_supported(isa::amx)) {
+        EXPECT_TRUE(f_amx() && isa_supported(isa::avx512));
+    }
     const cpu_features& f = cpu_detect();
 #ifdef MTP_HAVE_AVX512_KERNELS
     EXPECT_EQ(isa_supported(isa::avx512), f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni);

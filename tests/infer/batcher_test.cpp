@@ -95,7 +95,9 @@ void check_batched(const nlohmann::json& cfg, uint64_t seed, int n_jobs, int slo
     runner.join();
     for (size_t i = 0; i < js.size(); ++i) EXPECT_EQ(got[i], want[i]) << "job " << i;
     const batch_stats st = b.stats();
-    if (slots > 1) EXPECT_GT(st.max_seqs, 1) << "no pass was shared";
+    if (slots > 1) {
+        EXPECT_GT(st.max_seqs, 1) << "no pass was shared";
+    }
     EXPECT_GE(st.calls, st.passes);
 }
 
@@ -146,7 +148,9 @@ TEST(PromptCache, ReusedPrefixMatchesFreshStart) {
                     if (g.step(15 - int(out.size()), buf) == 0) break;
                     out.insert(out.end(), buf.begin(), buf.end());
                 }
-                if (req == 1 || req == 2 || req == 4) EXPECT_GT(g.n_reused(), 0) << "request " << req;
+                if (req == 1 || req == 2 || req == 4) {
+                    EXPECT_GT(g.n_reused(), 0) << "request " << req;
+                }
                 EXPECT_LT(g.n_reused(), int(p.size()));
                 sampler sf(smp);
                 cpu_model fresh(m);
