@@ -53,12 +53,10 @@ void linear_backward(float* dx, float* dw, const float* dy, const float* x, cons
     if (dw) cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, T, 1.0f, dy, out, x, in, 1.0f, dw, in);
 }
 
-namespace {
-
 // Σ_i a_i * b[i] in double, a_i = a[i], or float(w[i] * a[i]) when w is given (rounded as the scalar product is),
 // as 8 lane chains (two 4-lane double accumulators) combined in a fixed order, then the tail: the same value for
 // the same row wherever it sits. Each a_i * b[i] is exact in double.
-double dot_double(const float* a, const float* b, int n, const float* w = nullptr) {
+double dot_double(const float* a, const float* b, int n, const float* w) {
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
@@ -76,7 +74,6 @@ double dot_double(const float* a, const float* b, int n, const float* w = nullpt
     return s;
 }
 
-} // namespace
 
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int T, int n, float eps) {
     prof_scope ps(prof::norm);

@@ -52,6 +52,9 @@ void silu_mul_backward(float* dg, float* du, const float* da, const float* g, co
 // (ignored rows get 0). dlogits may alias logits.
 double cross_entropy(float* dlogits, const float* logits, const int* targets, int T, int V, float scale);
 
+// Σ_i a_i·b[i] in double, a_i = a[i] (or float(w[i]·a[i]) when w is given), as 8 lane chains combined in a fixed
+// order, then the tail: the same value for the same row wherever it sits.
+double dot_double(const float* a, const float* b, int n, const float* w = nullptr);
 void add_inplace(float* y, const float* x, size_t n);           // y += x
 void scale_inplace(float* y, float s, size_t n);                // y *= s
 // Rows by index: out[t, :] = table[idx[t], :] for t < T (the embedding lookup).

@@ -13,21 +13,6 @@
 
 namespace mtp {
 
-namespace {
-
-// Σ a_i·b_i in double as 4 lane chains combined in a fixed order, then the tail.
-double dot_d(const float* a, const float* b, int n) {
-    double l[4] = {0, 0, 0, 0};
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; ++j) l[j] += double(a[i + j]) * b[i + j];
-    double s = (l[0] + l[2]) + (l[1] + l[3]);
-    for (; i < n; ++i) s += double(a[i]) * b[i];
-    return s;
-}
-
-} // namespace
-
 size_t swiglu_floats(int T, int f) { return size_t(T) * 3 * size_t(f); }
 
 void swiglu_forward_in(const float* W, const swiglu_offsets& s, swiglu_cache& m, float* y, const float* x, int T,
@@ -234,7 +219,7 @@ void moe_backward(const model_config& c, const layer_offsets& l, const float* W,
         const float wk = m.w[t * K + k];
         float* o = dye + size_t(r) * d;
         for (int i = 0; i < d; ++i) o[i] = wk * g[i];
-        dw[t * K + k] = float(dot_d(g, m.ye + size_t(r) * d, d));
+        dw[t * K + k] = float(dot_double(g, m.ye + size_t(r) * d, d));
     }
     float* dxe = ep ? a.alloc_zero(size_t(R) * K * d) : a.alloc(size_t(R) * K * d);
     ph.set(prof::experts);

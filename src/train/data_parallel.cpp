@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "core/ops.h"
+
 #include "core/comm.h"
 
 namespace mtp {
@@ -47,16 +49,9 @@ double dp_grad_norm(const dp_plan& p, const model_layout& L, const std::vector<f
     std::vector<double> part(chunks.size(), 0.0);
 #pragma omp parallel for schedule(static) if (chunks.size() > 2)
     for (size_t c = 0; c < chunks.size(); ++c) {
-        // 8 lane chains combined in a fixed order, then the tail: one chain was latency-bound (10 ms for 16.6M
-        // floats on 2 threads, against 1.5 ms)
-        double l[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        size_t i = chunks[c].first;
-        const size_t e = chunks[c].second;
-        for (; i + 8 <= e; i += 8)
-            for (int j = 0; j < 8; ++j) l[j] += double(G[i + j]) * G[i + j];
-        double s = ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]));
-        for (; i < e; ++i) s += double(G[i]) * G[i];
-        part[c] = s;
+        // 8 lane chains (one chain was latency-bound: 10 ms for 16.6M floats on 2 threads, against 1.5 ms)
+        const float* g = G.data() + chunks[c].first;
+        part[c] = dot_double(g, g, int(chunks[c].second - chunks[c].first));
     }
     double s = 0;
     for (double x : part) s += x;
