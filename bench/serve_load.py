@@ -10,6 +10,8 @@ The ratios (vs c=1, vs plain) are medians of the ratios within each repetition, 
 Every request has a timeout; the run is bounded by levels x requests x clients."""
 import argparse, http.client, json, os, re, statistics, struct, subprocess, sys, threading, time
 
+from serve_start import start_server
+
 ap = argparse.ArgumentParser()
 ap.add_argument("mtp")
 ap.add_argument("model")
@@ -38,21 +40,9 @@ prompts = [ids[i * stride: i * stride + a.n_prompt] for i in range(n_req)]
 
 
 def start(mode):
-    args = [a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel", str(max(levels)),
-            "--spec", mode] + (["--weights", a.weights] if a.weights else []) + a.extra.split()
-    p = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
-    port, lines = None, []
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        l = p.stderr.readline()
-        if not l: break
-        lines.append(l.rstrip())
-        m = re.search(r"http://[^:]+:(\d+)", l)
-        if m: port = int(m.group(1))
-        if "ready" in l: break
-    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-    if port is None: sys.exit("server did not start: " + "\n".join(lines))
-    return p, port, lines
+    return start_server([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
+                         str(max(levels)), "--spec", mode] + (["--weights", a.weights] if a.weights else [])
+                        + a.extra.split())
 
 
 def one(port, prompt):

@@ -5,7 +5,9 @@ policy chose, and its probe interval at each load. One server, `requests` greedy
 from `conc` concurrent clients (loopback only).
   /usr/bin/python3 bench/serve_work.py build/mtp MODEL [--conc 1,2,4,8,16] [--requests 256] [--spec mtp|none]
       [--n-gen 64] [--threads 2] [--parallel 16]"""
-import argparse, http.client, json, re, subprocess, sys, threading
+import argparse, http.client, json, re, threading
+
+from serve_start import start_server
 
 ap = argparse.ArgumentParser()
 ap.add_argument("mtp")
@@ -20,19 +22,8 @@ a = ap.parse_args()
 
 
 def start():
-    p = subprocess.Popen([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
-                          str(a.parallel), "--spec", a.spec], stderr=subprocess.PIPE, text=True)
-    port, lines = None, []
-    while True:
-        l = p.stderr.readline()
-        if not l: break
-        lines.append(l.rstrip())
-        m = re.search(r"http://[^:]+:(\d+)", l)
-        if m: port = int(m.group(1))
-        if "ready" in l: break
-    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
-    if port is None: sys.exit("server did not start: " + "\n".join(lines))
-    return p, port
+    return start_server([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
+                         str(a.parallel), "--spec", a.spec])[:2]
 
 
 def metrics(port):
