@@ -11,6 +11,8 @@
 #   bash bench/train_memory_bound.sh                # everything
 #   STAGES="bench" bash bench/train_memory_bound.sh # only the benchmark of the finished model
 #   MODEL=moe_55m bash bench/train_memory_bound.sh
+# PRECISION=fp32|bf16 (default bf16) sets the training's matrix products; where no bf16 kernel runs, the trainer says
+# so and trains in fp32. A resumed run keeps the precision it was started with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages="${STAGES:-data train distill bench}"
@@ -37,7 +39,7 @@ if has train; then
       nice -n 19 $mtp train --resume "$run/train"
     else
       rm -rf "$run/train"
-      nice -n 19 $mtp train --config "bench/configs/train_$name.json"
+      nice -n 19 $mtp train --config "bench/configs/train_$name.json" --precision "${PRECISION:-bf16}"
     fi
   fi
 fi
@@ -49,7 +51,7 @@ if has distill; then
   if [ ! -f "$dist/config.json" ]; then
     rm -rf "$dist"
     nice -n 19 $mtp distill --model "$model" --data runs/default/data --out "$dist" --steps 200 --lr 1e-3 \
-      --eval-every 50 | tee "$run/distill.log"
+      --eval-every 50 --precision "${PRECISION:-bf16}" | tee "$run/distill.log"
   fi
 fi
 

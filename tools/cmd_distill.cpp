@@ -28,6 +28,9 @@ void add_distill(CLI::App& app) {
     cmd->add_option("--eval-every", o->eval_every, "evaluate every N steps (default 100; 0: only before and after)");
     cmd->add_option("--eval-batches", o->eval_batches, "validation windows per evaluation (default 16)");
     cmd->add_option("--seed", o->seed, "seed of the training windows")->check(non_negative_int());
+    cmd->add_option("--precision", o->precision,
+                    "matrix products: fp32 (default) or bf16 (bf16 inputs, fp32 accumulation, weights and optimizer; "
+                    "fp32 with a message where the CPU has no bf16 kernel)");
     cmd->callback([o] { distill_run(*o); });
 }
 

@@ -10,6 +10,7 @@
 
 #include "core/arena.h"
 #include "core/error.h"
+#include "core/gemm_bf16.h"
 #include "core/ops.h"
 #include "model/model.h"
 #include "train/adamw.h"
@@ -129,6 +130,8 @@ distill_result distill_run(const distill_options& o) {
     if (!(o.grad_clip >= 0)) fail("--grad-clip", "must be >= 0");
     if (o.warmup_steps < 0) fail("--warmup-steps", "must be >= 0");
     if (o.eval_batches < 1) fail("--eval-batches", "must be >= 1");
+    if (o.precision != "fp32" && o.precision != "bf16")
+        fail("--precision", "expected fp32 or bf16, got '" + o.precision + "'");
     if (o.out_dir.empty() && !o.eval_only) fail("--out", "required (unless --eval-only)");
     std::error_code ec;
     if (!o.eval_only && fs::exists(o.out_dir) && fs::equivalent(o.out_dir, o.model_dir, ec))
@@ -165,6 +168,19 @@ distill_result distill_run(const distill_options& o) {
                     "%d steps of %d x %d tokens, lr %.2g\n",
                     o.model_dir.c_str(), D, n_train, o.steps, o.batch_size, o.seq_len, o.lr);
     std::fflush(stdout);
+
+    // Matrix-product precision for this run (restored at exit), as the trainer sets it; the model stays fp32.
+    struct precision_guard {
+        matmul_precision saved = get_matmul_precision();
+        ~precision_guard() { set_matmul_precision(saved); }
+    } precision_restore;
+    const bool bf16 = o.precision == "bf16" && gemm_bf16_native();
+    set_matmul_precision(bf16 ? matmul_precision::bf16 : matmul_precision::fp32);
+    if (o.precision == "bf16" && !bf16)
+        std::printf("precision: bf16 asked, but no AMX-BF16 or AVX-512 BF16 kernel runs here: distilling in fp32\n");
+    else if (bf16)
+        std::printf("precision: bf16 matrix products (%s kernel), fp32 accumulation, weights and optimizer\n",
+                    bf16_kernel_name(gemm_bf16_kernel()));
 
     arena a;
     model_state s;

@@ -22,6 +22,7 @@ struct distill_options {
     int eval_every = 100, eval_batches = 16, log_every = 25;
     unsigned long long seed = 1;
     bool eval_only = false;            // evaluate (res.before) and stop: nothing trained or written
+    std::string precision = "fp32";    // matrix products: fp32, or bf16 (fp32 accumulation, master weights, optimizer)
 };
 
 struct distill_eval {

@@ -85,6 +85,25 @@ if p.returncode == 0:
     check("--eval-only: writes nothing", sorted(os.listdir(work)) == before and
           sorted(os.listdir(model)) == model_before, str(set(os.listdir(work)) ^ set(before)))
 
+# --precision bf16: bf16 products (fp32 accumulation, weights, optimizer); fp32, with a message, where no bf16 kernel
+# runs, and then bitwise the fp32 run
+if p.returncode == 0:
+    out16 = os.path.join(work, "distilled_bf16")
+    q = distill(["--steps", "60", "--lr", "3e-3", "--eval-every", "0", "--precision", "bf16"], out16)
+    check("--precision bf16 runs", q.returncode == 0, q.stderr[-800:])
+    if q.returncode == 0:
+        w16 = st.load(os.path.join(out16, "model.safetensors"))
+        if "distilling in fp32" in q.stdout:
+            check("--precision bf16 without a bf16 kernel: bitwise the fp32 run", all((w1[n] == w16[n]).all() for n in w1))
+        else:
+            e16 = evals(q.stdout)
+            check("--precision bf16 says which kernel", "bf16 matrix products" in q.stdout, q.stdout[:400])
+            check("--precision bf16: the products are bf16 (the weights differ from fp32's)",
+                  any((w1[n] != w16[n]).any() for n in mod))
+            check("--precision bf16: the trunk stays bitwise", all((w0[n] == w16[n]).all() for n in frozen))
+            check("--precision bf16: KL falls by half or more at every depth", len(e16) == 2 and
+                  all(a[0] <= 0.5 * b[0] for b, a in zip(e16[0], e16[1])), str(e16))
+
 def bad(name, args, expect):
     p = subprocess.run([mtp, "distill"] + args, capture_output=True, text=True, timeout=120)
     lines = [l for l in p.stderr.splitlines() if l.strip()]
@@ -97,9 +116,11 @@ subprocess.run([mtp, "init", "--config", os.path.join(work, "d0.json"), "--out",
 bad("a model without MTP modules", ["--model", nm, "--data", data, "--out", os.path.join(work, "x1")], "no MTP modules")
 bad("--out is the model itself", ["--model", model, "--data", data, "--out", model], "--out")
 bad("--out is a non-empty folder", ["--model", model, "--data", data, "--out", data], "--out")
+bad("unknown precision", ["--model", model, "--data", data, "--out", os.path.join(work, "x4"), "--precision", "fp16"],
+    "--precision")
 bad("zero steps", ["--model", model, "--data", data, "--out", os.path.join(work, "x2"), "--steps", "0"], "--steps")
 bad("missing dataset", ["--model", model, "--data", os.path.join(work, "nope"), "--out", os.path.join(work, "x3")], "nope")
-check("no output folder left by failed runs", not any(os.path.exists(os.path.join(work, x)) for x in ("x1", "x2", "x3")))
+check("no output folder left by failed runs", not any(os.path.exists(os.path.join(work, x)) for x in ("x1", "x2", "x3", "x4")))
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
