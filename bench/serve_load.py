@@ -23,7 +23,9 @@ ap.add_argument("--n-prompt", type=int, default=32)
 ap.add_argument("--n-gen", type=int, default=64)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--weights", default="")
-ap.add_argument("--modes", default="none,mtp")
+ap.add_argument("--modes", default="none,mtp",
+                help="servers to compare, by --spec value; NAME@TAG is a second server of the same kind (an A/A "
+                     "control: none,none@b measures what the machine alone makes of two identical servers)")
 ap.add_argument("--extra", default="", help="more server flags, space-separated")
 ap.add_argument("--out", default="runs/serve_load")
 a = ap.parse_args()
@@ -41,7 +43,7 @@ prompts = [ids[i * stride: i * stride + a.n_prompt] for i in range(n_req)]
 
 def start(mode):
     return start_server([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
-                         str(max(levels)), "--spec", mode] + (["--weights", a.weights] if a.weights else [])
+                         str(max(levels)), "--spec", mode.split("@")[0]] + (["--weights", a.weights] if a.weights else [])
                         + a.extra.split())
 
 
