@@ -4,7 +4,7 @@ passes, rows of those passes and per-slot calls per token, the decode rounds by 
 policy chose, and its probe interval at each load. One server, `requests` greedy completions of `--n-gen` tokens
 from `conc` concurrent clients (loopback only).
   /usr/bin/python3 bench/serve_work.py build/mtp MODEL [--conc 1,2,4,8,16] [--requests 256] [--spec mtp|none]
-      [--n-gen 64] [--threads 2] [--parallel 16]"""
+      [--n-gen 64] [--threads 2] [--parallel 16] [--weights f32|bf16|q8_0]"""
 import argparse, http.client, json, re, threading
 
 from serve_start import start_server
@@ -18,12 +18,13 @@ ap.add_argument("--spec", default="mtp")
 ap.add_argument("--n-gen", type=int, default=64)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--parallel", type=int, default=16)
+ap.add_argument("--weights", default="", help="the served weight type (default: as stored)")
 a = ap.parse_args()
 
 
 def start():
     return start_server([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
-                         str(a.parallel), "--spec", a.spec])[:2]
+                         str(a.parallel), "--spec", a.spec] + (["--weights", a.weights] if a.weights else []))[:2]
 
 
 def metrics(port):

@@ -6,6 +6,9 @@ output identical to `mtp generate`. The server is always stopped (finally), ever
 127.0.0.1 is used."""
 import http.client, json, os, re, shutil, signal, socket, subprocess, sys, threading, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_util import make_model  # noqa: E402
+
 mtp, work = sys.argv[1], sys.argv[2]
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
@@ -26,27 +29,8 @@ def run(args, timeout=120):
     return p.returncode, p.stdout, p.stderr
 
 # --- a tokenizer trained here and a small random model with 2 MTP modules whose vocab matches it
-corpus = os.path.join(work, "corpus.txt")
-with open(corpus, "w") as f:
-    f.write(("the quick brown fox jumps over the lazy dog. hello world, hello there. "
-             "a small model serves text over http. ") * 40)
-tok = os.path.join(work, "tokenizer.json")
-rc, so, se = run(["tokenizer", "train", "--vocab-size", "300", "--input", corpus, "--out", tok])
-assert rc == 0, se
-tj = json.load(open(tok))
-V = max(list(tj["model"]["vocab"].values()) + [a["id"] for a in tj.get("added_tokens", [])]) + 1
 CTX = 256
-cfg = {"vocab_size": V, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-       "intermediate_size": 48, "moe_intermediate_size": 16, "n_routed_experts": 4, "n_shared_experts": 1,
-       "num_experts_per_tok": 2, "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 16,
-       "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "num_nextn_predict_layers": 2,
-       "initializer_range": 0.2, "max_position_embeddings": CTX}
-cfgp = os.path.join(work, "cfg.json")
-json.dump(cfg, open(cfgp, "w"))
-model = os.path.join(work, "model")
-rc, so, se = run(["init", "--config", cfgp, "--seed", "7", "--out", model])
-assert rc == 0, se
-shutil.copy(tok, os.path.join(model, "tokenizer.json"))
+model, V = make_model(mtp, work, env, ctx=CTX, D=2, seed=7)
 
 MAX_BODY = 65536
 port = None
