@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The work `mtp serve` does per generated token, counted from /metrics (timing noise does not change it): shared
 passes, rows of those passes and per-slot calls per token, the decode rounds by the draft length the load-adaptive
-policy chose, and its probe interval at each load. One server, `requests` greedy completions of `--n-gen` tokens
-from `conc` concurrent clients (loopback only).
+policy chose, the rounds whose sequences were given different lengths (mixed), and its probe interval at each load.
+One server, `requests` greedy completions of `--n-gen` tokens from `conc` concurrent clients (loopback only).
   /usr/bin/python3 bench/serve_work.py build/mtp MODEL [--conc 1,2,4,8,16] [--requests 256] [--spec mtp|none]
       [--n-gen 64] [--threads 2] [--parallel 16] [--weights f32|bf16|q8_0]"""
 import argparse, http.client, json, re, threading
@@ -43,8 +43,9 @@ def complete(port, i):
     return json.loads(r.read())["usage"]["completion_tokens"]
 
 
-print("| c | tokens | passes/token | rows/token | calls/token | decode rounds by draft length | probe interval by busy slots |")
-print("|---:|---:|---:|---:|---:|---|---|")
+print("| c | tokens | passes/token | rows/token | calls/token | decode rounds by draft length | mixed rounds | "
+      "probe interval by busy slots |")
+print("|---:|---:|---:|---:|---:|---|---:|---|")
 for conc in [int(x) for x in a.conc.split(",")]:
     p, port = start()
     try:
@@ -67,4 +68,5 @@ for conc in [int(x) for x in a.conc.split(",")]:
     probes = " ".join(f"{label(k)}: {m1[k]:.0f}" for k in m1 if k.startswith("mtp:draft_probe_interval"))
     n = max(1, toks[0])
     print(f"| {conc} | {toks[0]} | {d('mtp:batch_passes_total') / n:.4f} | {d('mtp:batch_rows_total') / n:.4f} | "
-          f"{d('mtp:batch_calls_total') / n:.4f} | {rounds or '-'} | {probes or '-'} |", flush=True)
+          f"{d('mtp:batch_calls_total') / n:.4f} | {rounds or '-'} | {d('mtp:draft_rounds_mixed_total'):.0f} | "
+          f"{probes or '-'} |", flush=True)

@@ -110,9 +110,13 @@ int draft_policy::bucket(int batch) {
     return batch <= 1 ? 0 : batch <= 2 ? 1 : batch <= 4 ? 2 : batch <= 8 ? 3 : batch <= 16 ? 4 : 5;
 }
 
-void draft_policy::observe_round(int batch, int k, int produced, double seconds) {
+void draft_policy::observe_round(int batch, int k, int produced, double seconds, long long round_id) {
     if (k < 0 || k > K_ || !(seconds > 0) || produced <= 0) return;
     std::lock_guard<std::mutex> l(mu_);
+    if (round_id >= 0) {
+        const round_caps& rc = recent_[round_id % n_recent];
+        if (rc.round == round_id) k = std::max(k, rc.max_cap);
+    }
     double& t = meas_tps_[size_t(bucket(batch))][size_t(k)];
     double& n = meas_n_[size_t(bucket(batch))][size_t(k)];
     const double x = produced / seconds, w = n < 20 ? 1.0 / (n + 1) : 0.05;   // mean of the first 20, then EMA
@@ -181,18 +185,38 @@ double draft_policy::round_seconds_locked(int batch, int k) const {
     return t;
 }
 
-int draft_policy::next(int batch, int refill, int remaining) {
+long long draft_policy::mixed_rounds() const {
     std::lock_guard<std::mutex> l(mu_);
+    return mixed_;
+}
+
+int draft_policy::next(int batch, int refill, int remaining, long long* round_id) {
+    std::lock_guard<std::mutex> l(mu_);
+    const long long call_round = rounds_ / std::max(1, batch);
+    const int k = next_locked(batch, refill, remaining);
+    round_caps& rc = recent_[call_round % n_recent];
+    if (rc.round != call_round) rc = {call_round, k, k};
+    else {
+        if ((k != rc.max_cap || k != rc.min_cap) && rc.max_cap == rc.min_cap) ++mixed_;   // the round turns mixed
+        rc.max_cap = std::max(rc.max_cap, k);
+        rc.min_cap = std::min(rc.min_cap, k);
+    }
+    if (round_id) *round_id = call_round;
+    return k;
+}
+
+int draft_policy::next_locked(int batch, int refill, int remaining) {
     int model_k = 0;
     int k = choose_locked(batch, &model_k);
     const double B = std::max(1, batch);
+    bool held = false;                           // not caught up, and drafting would not repay the backlog
     if (k > 0 && refill > 0) {
         // seconds per token of this sequence at k and at 0 (a round serves B sequences)
         const double per_k = round_seconds_locked(batch, k) / (B * expected_tokens_locked(k));
         const double per_0 = c_.main(B) / B;
         const double saving = std::max(0.0, per_0 - per_k) * std::max(0, remaining);
         const double backlog = std::min(k, D_) * c_.mtp(double(refill) / std::max(1, std::min(k, D_)));
-        if (saving < backlog) k = 0;
+        if (saving < backlog) k = 0, held = true;
     }
     // Probe rounds come for all sequences together (about `batch` calls per round): a sequence probing alone would
     // make the whole batch wait for module passes that nobody else shares.
@@ -201,7 +225,7 @@ int draft_policy::next(int batch, int refill, int remaining) {
     // The later calls of a probe round (one per sequence) probe as its first call did, whatever the interval is now.
     const bool later = round == probe_round_[size_t(b)];
     const long long every = static_cast<long long>(probe_every) << backoff_[size_t(b)];
-    if ((!later && round % every != every - 1) || refill > 2 * K_) return k;
+    if ((!later && round % every != every - 1) || refill > 2 * K_ || held) return k;
     if (!later) {
         probe_round_[size_t(b)] = round;
         ++probes_[size_t(b)];

@@ -45,7 +45,8 @@ public:
     // A probe whose alternative's running rate at this load is below the choice's (8 rounds of each measured)
     // doubles the interval to the next probe at this load, up to probe_every << max_backoff rounds; any other probe
     // resets it.
-    int next(int batch, int refill = 0, int remaining = 1 << 20);
+    // round_id (when given) receives the round this call belongs to, for observe_round.
+    int next(int batch, int refill = 0, int remaining = 1 << 20, long long* round_id = nullptr);
     static constexpr int probe_every = 16;
     static constexpr int max_backoff = 5;
     int probe_interval(int batch) const;         // rounds from one probe to the next at this load, now
@@ -55,7 +56,11 @@ public:
     // `produced` tokens in `seconds` of wall time. Per batch-size bucket and k, the running tokens/s of such rounds
     // veto a draft length that the cost model favours but that has measured slower than not drafting (costs the
     // model does not see: sampling, thread hand-offs, caches shared with other processes).
-    void observe_round(int batch, int k, int produced, double seconds);
+    // A round counts under the longest cap any sequence of it was given (round_id from next()): in a shared pass a
+    // sequence that does not draft waits for its batch-mates' drafts and module passes, so its round is a cost of
+    // drafting, not a plain round. Counted per sequence, such rounds made not drafting look slower than it is.
+    void observe_round(int batch, int k, int produced, double seconds, long long round_id = -1);
+    long long mixed_rounds() const;              // rounds whose sequences were given different caps (for /metrics)
     std::vector<double> acceptance() const;      // [K]: running P(at least j+1 drafts accepted | j+1 drafted)
     // Model of the choice (for tests and /metrics).
     double expected_tokens(int k) const;         // per sequence and round: 1 + Σ_{j<k} acceptance[j]
@@ -64,6 +69,7 @@ public:
 
 private:
     int choose_locked(int batch, int* model_best) const;   // model_best: the cost model's choice before the veto
+    int next_locked(int batch, int refill, int remaining);
     double expected_tokens_locked(int k) const;
     double round_seconds_locked(int batch, int k) const;
     static constexpr double margin = 1.05;       // a longer draft must promise 5% more tokens/s to be chosen
@@ -78,6 +84,12 @@ private:
     std::vector<int> backoff_;                   // [bucket] probe interval = probe_every << backoff_
     std::vector<long long> probes_;              // [bucket] probe rounds so far (every other one alternates)
     std::vector<long long> probe_round_;         // [bucket] the last probe round
+    // The longest cap and the smallest given in recent rounds (a ring: a round's observations come in before
+    // the ring wraps, since every sequence of a round waits for that round's pass).
+    struct round_caps { long long round = -1; int max_cap = 0, min_cap = 0; };
+    static constexpr int n_recent = 16;
+    round_caps recent_[n_recent];
+    long long mixed_ = 0;
 };
 
 } // namespace mtp

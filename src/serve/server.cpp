@@ -336,8 +336,9 @@ private:
                 buf.clear();
                 if (step_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_delay_ms_));
                 int cap = 0;
+                long long round_id = -1;
                 if (pol_) {
-                    cap = pol_->next(n_load_.load(), g.refill_rows(g.draft_max()), limit - n_gen);
+                    cap = pol_->next(n_load_.load(), g.refill_rows(g.draft_max()), limit - n_gen, &round_id);
                     g.set_draft_cap(cap);
                     met_.draft_chosen(cap);
                 }
@@ -346,7 +347,7 @@ private:
                 if (k == 0) break;   // context full
                 if (pol_) {
                     pol_->observe(int(g.last_drafts().size()), k - 1);
-                    pol_->observe_round(n_load_.load(), cap, k, secs(ts, clk::now()));
+                    pol_->observe_round(n_load_.load(), cap, k, secs(ts, clk::now()), round_id);
                 }
                 for (int t = 0; t < k && !end; ++t) end = take(buf[size_t(t)]);
             }
@@ -861,6 +862,9 @@ void serve_run(const serve_options& o) {
                   << "# TYPE mtp:draft_probe_interval gauge\n";
                 for (int b = 1; b <= S.eng->parallel(); b = b < 4 ? b + 1 : b * 2)
                     o << "mtp:draft_probe_interval{slots_busy=\"" << b << "\"} " << p->probe_interval(b) << "\n";
+                one("mtp:draft_rounds_mixed_total", "counter",
+                    "Decode rounds whose sequences were given different draft lengths (counted under the longest).",
+                    double(p->mixed_rounds()));
             }
             out += o.str();
         }

@@ -189,3 +189,31 @@ TEST(DraftPolicy, MeasuredCostsAreOrdered) {
     }
     EXPECT_GE(t.main(48), t.main(24));   // extrapolated past the last entry, never down
 }
+
+// Two sequences share each pass: one drafts the choice (K = 2), the other is held at 0 (not caught up, no tokens left
+// to repay its backlog), so every round is mixed, and the held sequence waits for its batch-mate's drafts. Those
+// rounds are a cost of drafting: counted under the round's longest cap, they measure the batch's drafting against
+// the probes' truly plain rounds and veto it when it is slower; counted under the held sequence's own cap, they made
+// plain look slow and kept drafting on. Where drafting is faster for the batch, no veto.
+TEST(DraftPolicy, MixedRoundsCountAsDrafting) {
+    auto simulate = [](double mixed_seconds) {
+        draft_policy p(table(1.0, 0.01, 0.1, 0.001), 2, 2);
+        accept_all(p, 2, 0.8, 2000);
+        const int B = 2;
+        EXPECT_EQ(p.choose(B), 2);
+        for (int i = 0; i < 64 * draft_policy::probe_every; ++i) {
+            long long ra = -1, rb = -1;
+            const int ka = p.next(B, 0, 1 << 20, &ra);
+            const int kb = p.next(B, 4, 0, &rb);                   // held: a backlog and nothing left to repay it
+            EXPECT_EQ(ra, rb);
+            const double s = std::max(ka, kb) > 0 ? mixed_seconds : 1.0;   // everybody waits for the pass
+            p.observe_round(B, ka, ka > 0 ? 3 : 1, s, ra);
+            p.observe_round(B, kb, kb > 0 ? 3 : 1, s, rb);
+            if (ka > 0) p.observe(ka, ka);
+        }
+        EXPECT_GT(p.mixed_rounds(), 0);
+        return p.choose(B);
+    };
+    EXPECT_EQ(simulate(2.5), 0) << "the batch's drafting rounds (4 tokens in 2.5 s) are slower than plain (2 in 1 s)";
+    EXPECT_EQ(simulate(1.2), 2) << "drafting pays for the batch (4 tokens in 1.2 s)";
+}

@@ -96,6 +96,7 @@ for name, args in (("speculation, fixed drafts", ["--no-draft-adapt"]), ("specul
             check("adaptive drafts: chosen draft lengths reported in /metrics", sum(chosen.values()) > 0, chosen)
             check("adaptive drafts: the policy's choice per load in /metrics",
                   any(k.startswith("mtp:draft_length_now") for k in m), list(m)[:50])
+            check("adaptive drafts: mixed rounds counted in /metrics", "mtp:draft_rounds_mixed_total" in m, list(m)[:50])
     finally:
         rc = srv.stop()
     check(f"{name}: clean exit on SIGTERM", rc == 0, (rc, srv.lines[-3:]))
