@@ -129,4 +129,10 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, const float* A, 
 void set_matmul_precision(matmul_precision p) { g_precision.store(p, std::memory_order_relaxed); }
 matmul_precision get_matmul_precision() { return g_precision.load(std::memory_order_relaxed); }
 
+matmul_precision_scope::matmul_precision_scope(bool want_bf16)
+    : bf16(want_bf16 && gemm_bf16_native()), saved(get_matmul_precision()) {
+    set_matmul_precision(bf16 ? matmul_precision::bf16 : matmul_precision::fp32);
+}
+matmul_precision_scope::~matmul_precision_scope() { set_matmul_precision(saved); }
+
 } // namespace mtp

@@ -45,5 +45,15 @@ void gemm_bf16_reference(bool trans_a, bool trans_b, int M, int N, int K, const 
 enum class matmul_precision { fp32, bf16 };
 void set_matmul_precision(matmul_precision p);
 matmul_precision get_matmul_precision();
+// A run's precision ("bf16" asks for bf16 products; anything else is fp32), set for the scope's lifetime and the one
+// before restored after it. bf16 is true when bf16 products run: asked for, and a hardware kernel exists here.
+struct matmul_precision_scope {
+    explicit matmul_precision_scope(bool want_bf16);
+    ~matmul_precision_scope();
+    matmul_precision_scope(const matmul_precision_scope&) = delete;
+    matmul_precision_scope& operator=(const matmul_precision_scope&) = delete;
+    const bool bf16;
+    const matmul_precision saved;
+};
 
 } // namespace mtp

@@ -170,12 +170,8 @@ distill_result distill_run(const distill_options& o) {
     std::fflush(stdout);
 
     // Matrix-product precision for this run (restored at exit), as the trainer sets it; the model stays fp32.
-    struct precision_guard {
-        matmul_precision saved = get_matmul_precision();
-        ~precision_guard() { set_matmul_precision(saved); }
-    } precision_restore;
-    const bool bf16 = o.precision == "bf16" && gemm_bf16_native();
-    set_matmul_precision(bf16 ? matmul_precision::bf16 : matmul_precision::fp32);
+    const matmul_precision_scope precision(o.precision == "bf16");
+    const bool bf16 = precision.bf16;
     if (o.precision == "bf16" && !bf16)
         std::printf("precision: bf16 asked, but no AMX-BF16 or AVX-512 BF16 kernel runs here: distilling in fp32\n");
     else if (bf16)

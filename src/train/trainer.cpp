@@ -232,12 +232,8 @@ train_result train_run(const train_config& tc_in, const std::string& resume,
         expert_parallel_enable(true);
     }
     // Matrix-product precision for this run (restored at exit); checkpoints stay fp32 either way.
-    struct precision_guard {
-        matmul_precision saved = get_matmul_precision();
-        ~precision_guard() { set_matmul_precision(saved); }
-    } precision_restore;
-    const bool bf16 = tc.precision == "bf16" && gemm_bf16_native();
-    set_matmul_precision(bf16 ? matmul_precision::bf16 : matmul_precision::fp32);
+    const matmul_precision_scope precision(tc.precision == "bf16");
+    const bool bf16 = precision.bf16;
     if (tc.precision == "bf16" && !bf16)
         say("precision: bf16 asked, but no AMX-BF16 or AVX-512 BF16 kernel runs here (CPU, build or MTP_BF16_KERNEL): training in fp32\n");
     else if (bf16)
