@@ -3,6 +3,7 @@
 # speculative decoding on held-out prompts. Not part of CI. MODEL picks bench/configs/{model,train}_MODEL.json and
 # the folder runs/MODEL:
 #   dense_30m (default): dense, d 384, 12 layers, D = 2, 29.5M decode parameters = 118 MB at f32; ~70 minutes
+#            in fp32, 15-35 in bf16
 #   moe_55m: MoE, d 384, 10 layers, 16 routed experts (top 2) + 1 shared, D = 1 (one MoE MTP layer, the form
 #            llama.cpp's draft-mtp runs: bench/compare_llama_spec.sh); ~60 minutes
 #
@@ -11,8 +12,8 @@
 #   bash bench/train_memory_bound.sh                # everything
 #   STAGES="bench" bash bench/train_memory_bound.sh # only the benchmark of the finished model
 #   MODEL=moe_55m bash bench/train_memory_bound.sh
-# PRECISION=fp32|bf16 (default bf16) sets the training's matrix products; where no bf16 kernel runs, the trainer says
-# so and trains in fp32. A resumed run keeps the precision it was started with.
+# PRECISION=fp32|bf16 (default bf16) sets the matrix products of training and distillation; where no bf16 kernel runs,
+# they say so and run in fp32. A resumed training keeps the precision it was started with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages="${STAGES:-data train distill bench}"
