@@ -42,8 +42,9 @@ prompts = [ids[i * stride: i * stride + a.n_prompt] for i in range(n_req)]
 
 
 def start(mode):
+    spec = mode.split("@")[0]                    # NAME@TAG: another server of --spec NAME
     return start_server([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
-                         str(max(levels)), "--spec", mode.split("@")[0]] + (["--weights", a.weights] if a.weights else [])
+                         str(max(levels)), "--spec", spec] + (["--weights", a.weights] if a.weights else [])
                         + a.extra.split())
 
 

@@ -279,8 +279,10 @@ def run_config(run, path, work, tol, lam):
     # sits near the tolerance while PyTorch's own float32 error is close to it is meeting the config's rounding
     # floor, not a bug (informational; the pass/fail bound stays `tol`).
     _, g32 = R.loss_and_grads(cfg, W, tokens, lam, dtype=torch.float32)
-    worst = max((rel_err(got[n], ref_grads[n])[0], n) for n in ref_grads if n in got and np.any(ref_grads[n]))
-    floor = max(rel_err(g32[n], ref_grads[n])[0] for n in ref_grads if np.any(ref_grads[n]))
+    # (tensors missing or of the wrong shape were reported above; they are left out here)
+    worst = max(((rel_err(got[n], ref_grads[n])[0], n) for n in ref_grads if n in got and np.any(ref_grads[n])
+                 and np.shape(got[n]) == np.shape(ref_grads[n])), default=(0.0, "-"))
+    floor = max((rel_err(g32[n], ref_grads[n])[0] for n in ref_grads if np.any(ref_grads[n])), default=0.0)
     print(f"[{name}] note: worst gradient {worst[0]:.2e} ({worst[1]}); PyTorch float32's own worst {floor:.2e} "
           f"(x{worst[0] / max(floor, 1e-30):.1f})", flush=True)
 
