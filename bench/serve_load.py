@@ -26,10 +26,14 @@ ap.add_argument("--weights", default="")
 ap.add_argument("--modes", default="none,mtp",
                 help="servers to compare, by --spec value; NAME@TAG is a second server of the same kind (an A/A "
                      "control: none,none@b measures what the machine alone makes of two identical servers)")
+ap.add_argument("--bin", action="append", default=[], metavar="TAG=PATH",
+                help="modes NAME@TAG run the mtp binary at PATH (an A/B of two builds: --modes none,mtp,mtp@old "
+                     "--bin old=/tmp/base/build/mtp)")
 ap.add_argument("--extra", default="", help="more server flags, space-separated")
 ap.add_argument("--out", default="runs/serve_load")
 a = ap.parse_args()
 levels = [int(x) for x in a.levels.split(",")]
+bins = dict(b.split("=", 1) for b in a.bin)
 os.makedirs(a.out, exist_ok=True)
 
 raw = open(a.prompt_shard, "rb").read()
@@ -42,8 +46,8 @@ prompts = [ids[i * stride: i * stride + a.n_prompt] for i in range(n_req)]
 
 
 def start(mode):
-    spec = mode.split("@")[0]                    # NAME@TAG: another server of --spec NAME
-    return start_server([a.mtp, "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
+    spec, _, tag = mode.partition("@")           # NAME@TAG: another server of --spec NAME
+    return start_server([bins.get(tag, a.mtp), "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
                          str(max(levels)), "--spec", spec] + (["--weights", a.weights] if a.weights else [])
                         + a.extra.split())
 
@@ -128,7 +132,8 @@ def ratio(num, den):
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 head = (f"model {a.model}; {a.threads} threads; --parallel {max(levels)}; prompts {a.n_prompt} tokens from "
         f"{a.prompt_shard}, {a.n_gen} generated, {a.requests} per client per level; median of {a.reps} repetitions "
-        f"(modes alternating); weights {a.weights or 'as stored'}; cpu {cpu}\n\n")
+        f"(modes alternating); weights {a.weights or 'as stored'}; cpu {cpu}"
+        + "".join(f"; @{t}: {p}" for t, p in bins.items()) + "\n\n")
 md = head + ("| speculation | concurrency | aggregate tok/s | vs c=1 | (range) | vs plain | (range) | per request tok/s | "
              "TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |\n"
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")

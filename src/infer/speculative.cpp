@@ -264,7 +264,7 @@ int generator::start(const std::vector<int>& prompt, bool reuse_prefix) {
     // MTP modules over the positions whose inputs are all committed, except the one at n-k that the first
     // round's draft computes (it yields that depth's frontier logits): positions 0..n-k-1 (parallel heads:
     // 0..n-2, the frontier n-1 being every head's draft row).
-    // With a draft cap of 0 (a server under load) this waits: the first round that drafts catches up.
+    // With a draft cap of 0 (a server with a draft policy) this waits: the first round that drafts catches up.
     if (spec_ && cap_ > 0)
         for (int k = 1; k <= D_; ++k) run_module(k, n, std::max(0, n - std::max(1, lag(k))), false);
     st_.n_prompt = P;

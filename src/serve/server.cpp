@@ -39,6 +39,8 @@ namespace mtp::serve {
 namespace {
 // Test hooks (the serving tests only): a model load or each decode round held back by this many milliseconds, so
 // that /health's 503 and a client leaving mid-generation can be observed on a tiny model. 0 when unset.
+// MTP_SERVE_TEST_DRAFTS_FREE (set): the draft policy's cost table says a pass of any row count costs one row, a module
+// pass nothing and a hand-off nothing, so that a tiny compute-bound model drafts under the policy until measured rounds veto it.
 int test_delay_ms(const char* name) {
     const char* v = std::getenv(name);
     return v ? std::max(0, std::min(60000, std::atoi(v))) : 0;
@@ -229,6 +231,11 @@ private:
                 const int Kt = std::max(K, int(sp_.tree.size()));
                 pass_cost_table costs = measure_pass_costs(b_.engine(), std::min(256, o_.parallel * (Kt + 1)), 64);
                 costs.pass_overhead_s = 2 * measure_handoff_seconds();   // calls to the runner and results back
+                if (std::getenv("MTP_SERVE_TEST_DRAFTS_FREE")) {   // test hook: drafting looks free until measured
+                    for (double& x : costs.main_s) x = costs.main_s[0];
+                    for (double& x : costs.mtp_s) x = 0;
+                    costs.pass_overhead_s = 0;
+                }
                 pol_ = std::make_unique<draft_policy>(std::move(costs), Kt, D);
                 cost_s_ = secs(t0, clk::now());
             }
@@ -303,7 +310,11 @@ private:
         try {
             sampler s(r.sampling);
             g.set_sampler(s);
-            g.set_draft_cap(pol_ ? pol_->choose(n_load_.load()) : 1 << 30);   // 0: the MTP prefill waits
+            // With a policy the MTP modules' pass over the prompt waits for the first round that drafts: next() weighs
+            // it as this sequence's backlog (refill_rows) against what drafting would save over its remaining tokens,
+            // and the round that pays it is timed as a drafting round. Done in start() it was a cost of speculation
+            // that no round saw (a 64-token request on the default model took 2 ms longer to its first token).
+            g.set_draft_cap(pol_ ? 0 : 1 << 30);
             text_stream ts(r.stop);
             const int n_ctx = b_.seq(i).n_ctx();
             const int limit = r.max_tokens > 0 ? r.max_tokens : n_ctx - int(r.prompt.size());

@@ -57,10 +57,30 @@ def concurrently(fns):
     return out
 
 # --- identity under batching: three servers, concurrency 1, 3 and 8, then follow-ups that hit the prompt cache
-for name, args in (("speculation, fixed drafts", ["--no-draft-adapt"]), ("speculation, adaptive drafts", []),
-                   ("no speculation", ["--spec", "none"])):
-    srv = Server(mtp, ["--model", model, "-t", "1", "--parallel", "8", "--prefill-chunk", "16"] + args, env)
+# "drafting priced free": the draft policy's cost table says drafting costs nothing (a test hook), so that this tiny
+# compute-bound model drafts under the policy (mixed rounds, backlogs, probes) until measured rounds veto it
+free = dict(env, MTP_SERVE_TEST_DRAFTS_FREE="1")
+for name, args, senv in (("speculation, fixed drafts", ["--no-draft-adapt"], env),
+                         ("speculation, adaptive drafts", [], env),
+                         ("speculation, adaptive drafts priced free", [], free),
+                         ("no speculation", ["--spec", "none"], env)):
+    srv = Server(mtp, ["--model", model, "-t", "1", "--parallel", "8", "--prefill-chunk", "16"] + args, senv)
     try:
+        if name != "no speculation":
+            # a one-token request does no decode round. With a draft policy the MTP modules' pass over the prompt
+            # waits for a round that drafts (none here), so only the prompt's rows are computed, even where the
+            # policy would draft; with fixed drafts the modules run over the prompt at the start.
+            r0 = srv.metrics().get("mtp:batch_rows_total", 0)
+            st, j = srv.post("/v1/completions", {"prompt": PROMPTS[6], "max_tokens": 1, "cache_prompt": False})
+            rows = srv.metrics().get("mtp:batch_rows_total", 0) - r0
+            P = j.get("timings", {}).get("prompt_n", -1) if st == 200 else -1
+            adaptive = "adaptive" in name
+            check(f"{name}: a one-token request computes {'only' if adaptive else 'more than'} its prompt's rows",
+                  P > 0 and (rows == P if adaptive else rows > P), (st, P, rows))
+            if name.endswith("priced free"):
+                m = srv.metrics()
+                check(f"{name}: the policy would draft at one busy slot",
+                      m.get('mtp:draft_length_now{slots_busy="1"}', 0) > 0, {k: v for k, v in m.items() if "draft" in k})
         for conc in (1, 3, 8):
             ps = [PROMPTS[(i + conc) % len(PROMPTS)] for i in range(conc)]
             ns = [20 + 7 * i for i in range(conc)]
@@ -91,7 +111,9 @@ for name, args in (("speculation, fixed drafts", ["--no-draft-adapt"]), ("specul
             want = [alone(PROMPTS[s], 24, ("--temp", "0.8", "--seed", str(40 + s))) for s in range(4)]
             check("seeded sampling, 4 at once == `mtp generate --temp 0.8 --seed S`", texts == want, (texts, want))
             check("fixed drafts: draft tokens were verified", m.get("llamacpp:n_drafted_total", 0) > 0, m)
-        if name == "speculation, adaptive drafts":
+        if name.endswith("priced free"):
+            check(f"{name}: draft tokens were verified", m.get("llamacpp:n_drafted_total", 0) > 0, m)
+        if "adaptive" in name:
             chosen = {k: v for k, v in m.items() if k.startswith("mtp:draft_length_chosen_total")}
             check("adaptive drafts: chosen draft lengths reported in /metrics", sum(chosen.values()) > 0, chosen)
             check("adaptive drafts: the policy's choice per load in /metrics",
