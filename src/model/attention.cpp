@@ -99,19 +99,25 @@ float dot8(const float* a, const float* b, int n) {
     return s;
 }
 
+// The buffers of the q path, from the arena (which is not thread-safe: allocated before the paths run).
+void alloc_q(const model_config& c, mla_cache& m, int R, arena& a) {
+    m.q = a.alloc(size_t(R) * c.num_attention_heads * c.qk_head_dim());
+    if (c.q_lora_rank > 0) {
+        m.qa = a.alloc(size_t(R) * c.q_lora_rank);
+        m.qa_rstd = a.alloc(R);
+        m.qan = a.alloc(size_t(R) * c.q_lora_rank);
+    }
+}
+
 // q = q_b(norm(q_a(x))) or q_proj(x); then RoPE on each head's q_pe.
-// x is [B·T, d] (B sequences of the positions in m.cos / m.sin).
+// x is [B·T, d] (B sequences of the positions in m.cos / m.sin); the buffers from alloc_q.
 void project_q(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, const float* x, int T,
-               arena& a, int B = 1) {
+               int B = 1) {
     const int d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim();
     const int Tp = T;                                                   // positions per sequence
     T *= B;                                                             // rows
-    m.q = a.alloc(size_t(T) * H * dq);
     if (c.q_lora_rank > 0) {
         const int ql = c.q_lora_rank;
-        m.qa = a.alloc(size_t(T) * ql);
-        m.qa_rstd = a.alloc(T);
-        m.qan = a.alloc(size_t(T) * ql);
         linear_forward(m.qa, x, W + l.q_a, T, d, ql);
         rmsnorm_forward(m.qan, m.qa_rstd, m.qa, W + l.q_a_norm, T, ql, float(c.rms_norm_eps));
         linear_forward(m.q, m.qan, W + l.q_b, T, ql, H * dq);
@@ -123,26 +129,37 @@ void project_q(const model_config& c, const layer_offsets& l, const float* W, ml
                      m.sin);
 }
 
-// [c | k_pe] = kv_a(x); ckv = norm(c); k_pe rotated.
+// The buffers of the kv latent path; kva [R, kvl+rope] is its scratch.
+float* alloc_kv_latent(const model_config& c, mla_cache& m, int R, arena& a) {
+    const int kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim;
+    float* kva = a.alloc(size_t(R) * (kvl + rope));
+    m.c = a.alloc(size_t(R) * kvl);
+    m.kpe = a.alloc(size_t(R) * rope);
+    m.c_rstd = a.alloc(R);
+    m.ckv = a.alloc(size_t(R) * kvl);
+    return kva;
+}
+
+// [c | k_pe] = kv_a(x); ckv = norm(c); k_pe rotated. The buffers from alloc_kv_latent.
 void project_kv_latent(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, const float* x,
-                       int T, arena& a, int B = 1) {
+                       int T, float* kva, int B = 1) {
     const int d = c.hidden_size, kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim;
     const int Tp = T;
     T *= B;
-    float* kva = a.alloc(size_t(T) * (kvl + rope));                    // [T, kvl+rope]
     linear_forward(kva, x, W + l.kv_a, T, d, kvl + rope);
-    m.c = a.alloc(size_t(T) * kvl);
-    m.kpe = a.alloc(size_t(T) * rope);
     for (int t = 0; t < T; ++t) {
         std::memcpy(m.c + size_t(t) * kvl, kva + size_t(t) * (kvl + rope), sizeof(float) * kvl);
         std::memcpy(m.kpe + size_t(t) * rope, kva + size_t(t) * (kvl + rope) + kvl, sizeof(float) * rope);
     }
-    m.c_rstd = a.alloc(T);
-    m.ckv = a.alloc(size_t(T) * kvl);
     rmsnorm_forward(m.ckv, m.c_rstd, m.c, W + l.kv_a_norm, T, kvl, float(c.rms_norm_eps));
     for (int b = 0; b < B; ++b)
         rope_forward(m.kpe + size_t(b) * Tp * rope, Tp, rope, 1, rope, 0, rope, m.cos, m.sin);
 }
+
+// With exactly two threads, the q path and the kv path of a layer run at once, one thread each: their products are
+// thin (N = 80..256 columns, K = 64..256) and lose more splitting each one across two threads than running one per
+// thread (each GEMM then single-threaded, OpenBLAS inside an OpenMP region). Otherwise one after the other.
+bool two_paths(int R) { return omp_get_max_threads() == 2 && !omp_in_parallel() && R >= 64; }
 
 } // namespace
 
@@ -158,10 +175,26 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
     m.x = x;
     m.cos = cos;
     m.sin = sin;
-    project_q(c, l, W, m, x, T, a, B);
-    project_kv_latent(c, l, W, m, x, T, a, B);
+    alloc_q(c, m, R, a);
+    float* kva = alloc_kv_latent(c, m, R, a);
     m.kv = a.alloc(size_t(R) * H * dkv);
-    linear_forward(m.kv, m.ckv, W + l.kv_b, R, kvl, H * dkv);
+    auto kv_path = [&] {
+        project_kv_latent(c, l, W, m, x, T, kva, B);
+        linear_forward(m.kv, m.ckv, W + l.kv_b, R, kvl, H * dkv);
+    };
+    if (two_paths(R)) {
+        const int d = c.hidden_size, ql = c.q_lora_rank;
+        prof_add_flops(2.0 * R * ((ql > 0 ? double(d) * ql + double(ql) * H * dq : double(d) * H * dq) +
+                                  double(d) * (kvl + rope) + double(kvl) * H * dkv));
+#pragma omp parallel num_threads(2)
+        {
+            if (omp_get_thread_num() == 0) project_q(c, l, W, m, x, T, B);
+            else kv_path();
+        }
+    } else {
+        project_q(c, l, W, m, x, T, B);
+        kv_path();
+    }
 
     m.k = a.alloc(size_t(B) * H * T * dq);
     m.lse = a.alloc(size_t(B) * H * T);
@@ -279,28 +312,47 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
         rope_backward(dkpe + size_t(b) * T * rope, T, rope, 1, rope, 0, rope, m.cos, m.sin);
     }
 
-    // kv path: kv = kv_b(ckv), ckv = norm(c), [c | k_pe] = kv_a(x)
+    // kv path: kv = kv_b(ckv), ckv = norm(c), [c | k_pe] = kv_a(x); q path: q = q_b(norm(q_a(x))) or q_proj(x).
+    // With two threads they run at once (as in the forward); the q path's dL/dx then goes to a buffer of its own,
+    // added after.
+    const int ql = c.q_lora_rank;
     float* dckv = a.alloc_zero(size_t(R) * kvl);
-    linear_backward(dckv, G + l.kv_b, dkv_, m.ckv, W + l.kv_b, R, kvl, H * dkv);
     float* dkva = a.alloc_zero(size_t(R) * (kvl + rope));                // [R, kvl+rope]
     float* dc = a.alloc_zero(size_t(R) * kvl);
-    rmsnorm_backward(dc, G + l.kv_a_norm, dckv, m.c, W + l.kv_a_norm, m.c_rstd, R, kvl);
-    for (int t = 0; t < R; ++t) {
-        std::memcpy(dkva + size_t(t) * (kvl + rope), dc + size_t(t) * kvl, sizeof(float) * kvl);
-        std::memcpy(dkva + size_t(t) * (kvl + rope) + kvl, dkpe + size_t(t) * rope, sizeof(float) * rope);
-    }
-    linear_backward(dx, G + l.kv_a, dkva, m.x, W + l.kv_a, R, d, kvl + rope);
-
-    // q path
-    if (c.q_lora_rank > 0) {
-        const int ql = c.q_lora_rank;
-        float* dqan = a.alloc_zero(size_t(R) * ql);
-        linear_backward(dqan, G + l.q_b, dq_, m.qan, W + l.q_b, R, ql, H * dq);
-        float* dqa = a.alloc_zero(size_t(R) * ql);
-        rmsnorm_backward(dqa, G + l.q_a_norm, dqan, m.qa, W + l.q_a_norm, m.qa_rstd, R, ql);
-        linear_backward(dx, G + l.q_a, dqa, m.x, W + l.q_a, R, d, ql);
+    float* dqan = ql > 0 ? a.alloc_zero(size_t(R) * ql) : nullptr;
+    float* dqa = ql > 0 ? a.alloc_zero(size_t(R) * ql) : nullptr;
+    const bool both = two_paths(R);
+    float* dxq = both ? a.alloc_zero(size_t(R) * d) : dx;
+    auto kv_path = [&] {
+        linear_backward(dckv, G + l.kv_b, dkv_, m.ckv, W + l.kv_b, R, kvl, H * dkv);
+        rmsnorm_backward(dc, G + l.kv_a_norm, dckv, m.c, W + l.kv_a_norm, m.c_rstd, R, kvl);
+        for (int t = 0; t < R; ++t) {
+            std::memcpy(dkva + size_t(t) * (kvl + rope), dc + size_t(t) * kvl, sizeof(float) * kvl);
+            std::memcpy(dkva + size_t(t) * (kvl + rope) + kvl, dkpe + size_t(t) * rope, sizeof(float) * rope);
+        }
+        linear_backward(dx, G + l.kv_a, dkva, m.x, W + l.kv_a, R, d, kvl + rope);
+    };
+    auto q_path = [&] {
+        if (ql > 0) {
+            linear_backward(dqan, G + l.q_b, dq_, m.qan, W + l.q_b, R, ql, H * dq);
+            rmsnorm_backward(dqa, G + l.q_a_norm, dqan, m.qa, W + l.q_a_norm, m.qa_rstd, R, ql);
+            linear_backward(dxq, G + l.q_a, dqa, m.x, W + l.q_a, R, d, ql);
+        } else {
+            linear_backward(dxq, G + l.q_proj, dq_, m.x, W + l.q_proj, R, d, H * dq);
+        }
+    };
+    if (both) {
+        prof_add_flops(4.0 * R * ((ql > 0 ? double(d) * ql + double(ql) * H * dq : double(d) * H * dq) +
+                                  double(d) * (kvl + rope) + double(kvl) * H * dkv));
+#pragma omp parallel num_threads(2)
+        {
+            if (omp_get_thread_num() == 0) q_path();
+            else kv_path();
+        }
+        add_inplace(dx, dxq, size_t(R) * d);
     } else {
-        linear_backward(dx, G + l.q_proj, dq_, m.x, W + l.q_proj, R, d, H * dq);
+        kv_path();
+        q_path();
     }
     a.rewind(mk);
 }
@@ -314,8 +366,10 @@ void mla_absorbed_forward(const model_config& c, const layer_offsets& l, const f
     mla_cache m;
     m.cos = cos;
     m.sin = sin;
-    project_q(c, l, W, m, x, T, a);
-    project_kv_latent(c, l, W, m, x, T, a);
+    alloc_q(c, m, T, a);
+    float* kva = alloc_kv_latent(c, m, T, a);
+    project_q(c, l, W, m, x, T);
+    project_kv_latent(c, l, W, m, x, T, kva);
 
     const int n0 = lc.n, n = n0 + T;                                      // cache entries after appending
     if (lc.ckv.size() < size_t(n) * kvl) {

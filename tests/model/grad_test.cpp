@@ -270,7 +270,13 @@ void condition_inputs(int T, double tau, const std::function<double(int)>& margi
 // MLA
 // ---------------------------------------------------------------------------------------------------------------
 
-void check_mla(const json& j, const std::string& what, uint64_t seed, int T = 7) {
+// threads > 0: run with that many OpenMP threads (restored after).
+void check_mla(const json& j, const std::string& what, uint64_t seed, int T = 7, int threads = 0) {
+    struct thread_guard {
+        int saved = omp_get_max_threads();
+        explicit thread_guard(int n) { if (n > 0) omp_set_num_threads(n); }
+        ~thread_guard() { omp_set_num_threads(saved); }
+    } tg(threads);
     fixture fx(j, seed);
     const int d = fx.c.hidden_size;
     const layer_offsets& l = fx.L.layers[0];
@@ -361,6 +367,12 @@ TEST(GradMla, NanScoresGiveNanOutput) {
 }
 
 TEST(GradMla, SequenceOfSeveralCausalBlocks) { check_mla(base_json(), "mla q_lora T 150", 105, 150); }
+// With two threads (and 64 rows or more) the q path and the kv path run at once, one thread each, and the q path's
+// dL/dx is added after: checked with and without q_lora.
+TEST(GradMla, TwoPathsAtOnceWithTwoThreads) {
+    check_mla(base_json(), "mla q_lora T 96, 2 threads", 110, 96, 2);
+    check_mla(without_q_lora(base_json()), "mla q_proj T 96, 2 threads", 111, 96, 2);
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // SwiGLU
