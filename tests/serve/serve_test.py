@@ -7,7 +7,7 @@ output identical to `mtp generate`. The server is always stopped (finally), ever
 import http.client, json, os, re, shutil, signal, socket, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve_util import make_model  # noqa: E402
+from serve_util import make_model, sse_request  # noqa: E402
 
 mtp, work = sys.argv[1], sys.argv[2]
 shutil.rmtree(work, ignore_errors=True)
@@ -64,25 +64,7 @@ def post(path, body):
         return st, {"_raw": b[:200]}
 
 def sse(path, body, timeout=T):
-    """Returns (status, events): each event a parsed JSON object or the string '[DONE]'."""
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        c.request("POST", path, body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        if r.status != 200:
-            return r.status, [r.read()]
-        events = []
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            line = r.readline()
-            if not line: break
-            line = line.decode("utf-8").strip()
-            if not line.startswith("data: "): continue
-            d = line[6:]
-            events.append("[DONE]" if d == "[DONE]" else json.loads(d))
-        return r.status, events
-    finally:
-        c.close()
+    return sse_request(port, path, body, timeout=timeout, until_close=True)
 
 def abandon_stream():
     """Starts a long streaming completion, reads the first bytes, and hangs up; returns those bytes."""

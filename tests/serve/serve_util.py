@@ -31,6 +31,32 @@ def make_model(mtp, work, env, ctx=256, D=2, seed=7):
     return model, V
 
 
+def sse_request(port, path, body, headers=None, timeout=60, until_close=False):
+    """(status, events) of a streaming POST: each event a parsed JSON object or the string '[DONE]'. Reading stops at
+    [DONE], or with until_close at the end of the response (so that an event after [DONE] shows)."""
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        c.request("POST", path, body=json.dumps(body).encode(), headers=h)
+        r = c.getresponse()
+        if r.status != 200:
+            return r.status, [r.read()]
+        events = []
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            line = r.readline()
+            if not line: break
+            line = line.decode("utf-8").strip()
+            if line.startswith("data: "):
+                d = line[6:]
+                events.append(d if d == "[DONE]" else json.loads(d))
+                if d == "[DONE]" and not until_close: break
+        return r.status, events
+    finally:
+        c.close()
+
+
 class Server:
     """`mtp serve` on 127.0.0.1 and a free port; stderr lines collected in .lines."""
 
@@ -93,28 +119,7 @@ class Server:
             return st, {"_raw": b[:200]}
 
     def sse(self, path, body, headers=None, timeout=60):
-        """(status, events): each event a parsed JSON object or the string '[DONE]'."""
-        c = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            h = {"Content-Type": "application/json"}
-            h.update(headers or {})
-            c.request("POST", path, body=json.dumps(body).encode(), headers=h)
-            r = c.getresponse()
-            if r.status != 200:
-                return r.status, [r.read()]
-            events = []
-            deadline = time.time() + timeout
-            while time.time() < deadline:
-                line = r.readline()
-                if not line: break
-                line = line.decode().strip()
-                if line.startswith("data: "):
-                    d = line[6:]
-                    events.append(d if d == "[DONE]" else json.loads(d))
-                    if d == "[DONE]": break
-            return r.status, events
-        finally:
-            c.close()
+        return sse_request(self.port, path, body, headers, timeout)
 
     def metrics(self, headers=None):
         st, h, b = self.request("GET", "/metrics", headers=headers)
