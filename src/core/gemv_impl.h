@@ -204,9 +204,10 @@ struct impl {
     // Tile shapes, 8-12 accumulators each. f32 / bf16: T = 1: 1 x 8; 2: 2 x 6; 3: 3 x 4; 4: 4 x 3; more rows: blocks
     // of 3 (and 2) rows x 4 panels, never a lone row (too few independent FMA chains). q8_0 (an int32 and an fp32
     // accumulator each): 1 x 4, 2 x 2, 3 x 2, more rows: blocks of 3 (and 2) x 2.
-    // With 32 vector registers (V::wide, AVX-512), f32 / bf16 calls of 4+ rows use 4 panels and row blocks of 3 to 6
-    // (12-24 accumulators; 6 x 4 has half the weight loads per FMA of 3 x 4). Any tile shape computes each output with
-    // the same in-order chain, so results do not depend on the shape.
+    // With 32 vector registers (V::wide, AVX-512), f32 / bf16 calls of 4 to 6 rows use 4 panels and one row block
+    // (16-24 accumulators; 6 x 4 has half the weight loads per FMA of 3 x 4); of 7 rows or more, 3 panels and row
+    // blocks of up to 8 (8 x 3: 24 accumulators, 3 weight registers, 1 broadcast). Any tile shape computes each output
+    // with the same in-order chain, so results do not depend on the shape.
     static constexpr bool wide = requires { requires V::wide; };
     template <class WT>
     static fp_fn pick_fp(int rb, int pb) {
@@ -215,12 +216,15 @@ struct impl {
             case 2: return pick_fp_n<WT, 2>(pb, std::make_integer_sequence<int, 6>{});
             case 3: return pick_fp_n<WT, 3>(pb, std::make_integer_sequence<int, 4>{});
             case 4: return pick_fp_n<WT, 4>(pb, std::make_integer_sequence<int, wide ? 4 : 3>{});
-            default:                                   // 5 or 6 rows: wide only (row_blocks)
-                if constexpr (wide)
-                    return rb == 5 ? pick_fp_n<WT, 5>(pb, std::make_integer_sequence<int, 4>{})
-                                   : pick_fp_n<WT, 6>(pb, std::make_integer_sequence<int, 4>{});
-                else
+            default:                                   // 5 to 8 rows: wide only (row_blocks)
+                if constexpr (wide) {
+                    if (rb == 5) return pick_fp_n<WT, 5>(pb, std::make_integer_sequence<int, 4>{});
+                    if (rb == 6) return pick_fp_n<WT, 6>(pb, std::make_integer_sequence<int, 4>{});
+                    if (rb == 7) return pick_fp_n<WT, 7>(pb, std::make_integer_sequence<int, 3>{});
+                    return pick_fp_n<WT, 8>(pb, std::make_integer_sequence<int, 3>{});
+                } else {
                     return nullptr;
+                }
         }
     }
     static q8_fn pick_q8(int rb, int pb) {
@@ -232,6 +236,7 @@ struct impl {
     }
     static int pb_for(wtype t, int T) {
         if (t == wtype::q8_0) return T == 1 ? 4 : 2;
+        if (wide && T >= 7) return 3;
         if (wide && T >= 4) return 4;
         return T == 1 ? 8 : T == 2 ? 6 : T == 4 ? 3 : 4;
     }
@@ -240,7 +245,11 @@ struct impl {
     static int row_blocks(wtype t, int T, int* blocks) {
         int nb = 0;
         if (wide && t != wtype::q8_0 && T >= 5) {
-            const int n = (T + 5) / 6;              // as few blocks as 6 rows allow, balanced (8 = 4 + 4, not 6 + 2)
+            // 5-6 rows: one block (4 panels). 7 rows or more: as few blocks as 8 rows allow, balanced (16 = 8 + 8,
+            // 12 = 6 + 6), on 3 panels. One block streams the weights from memory once for all its rows; every
+            // further block of a tile re-reads them from L2, so 8 rows as 4 + 4 cost a memory pass plus a second
+            // pass of FMAs, 8 rows as one block a memory pass with twice the FMAs per weight loaded.
+            const int n = T <= 6 ? 1 : (T + 7) / 8;
             for (int b = 0; b < n; ++b) blocks[nb++] = T / n + (b < T % n ? 1 : 0);
             return nb;
         }
