@@ -33,6 +33,7 @@ ap.add_argument("--extra", default="", help="more server flags, space-separated"
 ap.add_argument("--out", default="runs/serve_load")
 a = ap.parse_args()
 levels = [int(x) for x in a.levels.split(",")]
+if any("=" not in b for b in a.bin): ap.error("--bin takes TAG=PATH")
 bins = dict(b.split("=", 1) for b in a.bin)
 os.makedirs(a.out, exist_ok=True)
 
@@ -47,8 +48,8 @@ prompts = [ids[i * stride: i * stride + a.n_prompt] for i in range(n_req)]
 
 def start(mode):
     spec, _, tag = mode.partition("@")           # NAME@TAG: another server of --spec NAME
-    return start_server([bins.get(tag, a.mtp), "serve", "--model", a.model, "--port", "0", "-t", str(a.threads), "--parallel",
-                         str(max(levels)), "--spec", spec] + (["--weights", a.weights] if a.weights else [])
+    return start_server([bins.get(tag, a.mtp), "serve", "--model", a.model, "--port", "0", "-t", str(a.threads),
+                         "--parallel", str(max(levels)), "--spec", spec] + (["--weights", a.weights] if a.weights else [])
                         + a.extra.split())
 
 

@@ -39,8 +39,9 @@ namespace mtp::serve {
 namespace {
 // Test hooks (the serving tests only): a model load or each decode round held back by this many milliseconds, so
 // that /health's 503 and a client leaving mid-generation can be observed on a tiny model. 0 when unset.
-// MTP_SERVE_TEST_DRAFTS_FREE (set): the draft policy's cost table says a pass of any row count costs one row, a module
-// pass nothing and a hand-off nothing, so that a tiny compute-bound model drafts under the policy until measured rounds veto it.
+// MTP_SERVE_TEST_DRAFTS_FREE (set): the draft policy's cost table says a pass of any row count costs one row, a
+// module pass nothing and a hand-off nothing, so that a tiny compute-bound model drafts under the policy until
+// measured rounds veto it.
 int test_delay_ms(const char* name) {
     const char* v = std::getenv(name);
     return v ? std::max(0, std::min(60000, std::atoi(v))) : 0;
@@ -312,8 +313,8 @@ private:
             g.set_sampler(s);
             // With a policy the MTP modules' pass over the prompt waits for the first round that drafts: next() weighs
             // it as this sequence's backlog (refill_rows) against what drafting would save over its remaining tokens,
-            // and the round that pays it is timed as a drafting round. Done in start() it was a cost of speculation
-            // that no round saw (a 64-token request on the default model took 2 ms longer to its first token).
+            // and the round that pays it is timed as a drafting round. Done in start(), it was a cost of speculation
+            // that no round's timing saw.
             g.set_draft_cap(pol_ ? 0 : 1 << 30);
             text_stream ts(r.stop);
             const int n_ctx = b_.seq(i).n_ctx();

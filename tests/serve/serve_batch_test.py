@@ -56,7 +56,7 @@ def concurrently(fns):
     for t in ths: t.join(120)
     return out
 
-# --- identity under batching: three servers, concurrency 1, 3 and 8, then follow-ups that hit the prompt cache
+# --- identity under batching: four servers, concurrency 1, 3 and 8, then follow-ups that hit the prompt cache
 # "drafting priced free": the draft policy's cost table says drafting costs nothing (a test hook), so that this tiny
 # compute-bound model drafts under the policy (mixed rounds, backlogs, probes) until measured rounds veto it
 free = dict(env, MTP_SERVE_TEST_DRAFTS_FREE="1")
