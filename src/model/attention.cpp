@@ -161,6 +161,14 @@ void project_kv_latent(const model_config& c, const layer_offsets& l, const floa
 // thread (each GEMM then single-threaded, OpenBLAS inside an OpenMP region). Otherwise one after the other.
 bool two_paths(int R) { return omp_get_max_threads() == 2 && !omp_in_parallel() && R >= 64; }
 
+// FLOPs of one pass of both paths' products over R rows (forward; the backward is twice this). Inside the
+// two-path region the profile does not count them itself.
+double two_path_flops(const model_config& c, int R) {
+    const double d = c.hidden_size, H = c.num_attention_heads, dq = c.qk_head_dim(), ql = c.q_lora_rank;
+    const double kvl = c.kv_lora_rank, rope = c.qk_rope_head_dim, dkv = c.qk_nope_head_dim + c.v_head_dim;
+    return 2.0 * R * ((ql > 0 ? d * ql + ql * H * dq : d * H * dq) + d * (kvl + rope) + kvl * H * dkv);
+}
+
 } // namespace
 
 void mla_forward(const model_config& c, const layer_offsets& l, const float* W, mla_cache& m, float* y,
@@ -183,9 +191,7 @@ void mla_forward(const model_config& c, const layer_offsets& l, const float* W, 
         linear_forward(m.kv, m.ckv, W + l.kv_b, R, kvl, H * dkv);
     };
     if (two_paths(R)) {
-        const int d = c.hidden_size, ql = c.q_lora_rank;
-        prof_add_flops(2.0 * R * ((ql > 0 ? double(d) * ql + double(ql) * H * dq : double(d) * H * dq) +
-                                  double(d) * (kvl + rope) + double(kvl) * H * dkv));
+        prof_add_flops(two_path_flops(c, R));
 #pragma omp parallel num_threads(2)
         {
             if (omp_get_thread_num() == 0) project_q(c, l, W, m, x, T, B);
@@ -342,8 +348,7 @@ void mla_backward(const model_config& c, const layer_offsets& l, const float* W,
         }
     };
     if (both) {
-        prof_add_flops(4.0 * R * ((ql > 0 ? double(d) * ql + double(ql) * H * dq : double(d) * H * dq) +
-                                  double(d) * (kvl + rope) + double(kvl) * H * dkv));
+        prof_add_flops(2.0 * two_path_flops(c, R));
 #pragma omp parallel num_threads(2)
         {
             if (omp_get_thread_num() == 0) q_path();
