@@ -62,9 +62,11 @@ isa choose() {
         if (!isa_supported(want)) fail("MTP_ISA", v + " is not supported by this CPU");
         return want;
     }
-    // avx512bf16 only when asked for: measured slower than avx512 at 2+ rows on a Xeon where vdpbf16ps runs at half
-    // the multiply-add rate of fp32 FMAs (docs/results.md); not measured on a CPU with AVX-512 BF16 but no AMX.
-    for (isa k : {isa::amx, isa::avx512})
+    // AMX where present (its bf16 tiles; on those Xeons vdpbf16ps runs at half the multiply-add rate of fp32 FMAs and
+    // was measured slower than avx512). Otherwise avx512bf16 where the CPU has it: on an AMD Zen 4 vdpbf16ps does two
+    // multiply-adds per lane at the FMA rate, and bf16 decoding at 8-16 rows was measured 20-35% faster than widening
+    // bf16 weights to fp32 (docs/results.md); f32 and q8_0 weights run the avx512 kernels under both.
+    for (isa k : {isa::amx, isa::avx512bf16, isa::avx512})
         if (isa_supported(k)) return k;
     return isa::avx2;
 }

@@ -251,12 +251,20 @@ gemv_detail::plan plan_for(isa k, const gemv_detail::args& a) {
 
 // Runs a prepared call of at most max_rows_per_call rows: tiles on the calling thread, or shared with helper
 // threads when the call is large.
-void run_rows(const gemv_detail::args& a, isa k) {
-    const gemv_detail::plan pl = plan_for(k, a);
-    const int panels = (a.out + a.lanes - 1) / a.lanes;
-    const int n_tiles = (panels + pl.pb - 1) / pl.pb;
+void run_rows(const gemv_detail::args& a0, isa k) {
+    constexpr int min_tiles = 8;                             // fewer: not worth a hand-off (or too uneven)
+    const gemv_detail::plan pl = plan_for(k, a0);
+    const int panels = (a0.out + a0.lanes - 1) / a0.lanes;
     const int threads = task_helpers() + 1;                  // 1 inside a task or an OpenMP team
-    if (threads <= 1 || size_t(a.out) * a.in * size_t(a.T) < (size_t(1) << 17) || n_tiles < 8) {
+    const bool big = size_t(a0.out) * a0.in * size_t(a0.T) >= (size_t(1) << 17);
+    gemv_detail::args a = a0;
+    a.pb = pl.pb;
+    // A large call whose outputs make fewer than min_tiles of the kernel's tiles (e.g. d = 384 outputs at 8 x 16
+    // per tile: 3 tiles) would run on one thread; narrower tiles share it out instead.
+    if (threads > 1 && big && pl.narrows && (panels + a.pb - 1) / a.pb < min_tiles)
+        a.pb = std::max(1, std::min(pl.pb, panels / min_tiles));
+    const int n_tiles = (panels + a.pb - 1) / a.pb;
+    if (threads <= 1 || !big || n_tiles < min_tiles) {
         pl.run(a, 0, n_tiles);
         return;
     }

@@ -29,12 +29,17 @@ struct args {
     const void* w;             // panel data
     int out, in, lanes;
     size_t pstride, istride;   // f32 / bf16: elements between panels / inputs; q8_0: pstride = bytes per panel
+    int pb;                    // panels per output tile; 0: the kernel's own choice (plan.pb). The driver asks for
+                               // fewer (never more) when a call has too few tiles to share out among the threads
 };
 
-// How a call is split: output tiles of `pb` panels; run(a, t0, t1) computes tiles [t0, t1) for all rows.
+// How a call is split: output tiles of `pb` panels; run(a, t0, t1) computes tiles [t0, t1) for all rows. With
+// `narrows`, run honours any args::pb from 1 to pb (the tile shapes of fewer panels exist), so the driver may ask for
+// narrower tiles; the results do not change (each output is the same chain whatever the tile).
 struct plan {
     int pb;
     void (*run)(const args&, int, int);
+    bool narrows = false;
 };
 
 plan plan_avx2(const args& a);     // 8 lanes
@@ -266,7 +271,7 @@ struct impl {
     }
 
     static void run(const args& a, int t0, int t1) {
-        const int PB = pb_for(a.type, a.T);
+        const int PB = a.pb > 0 ? a.pb : pb_for(a.type, a.T);
         const int panels = (a.out + L - 1) / L;
         int blocks[64];
         const int nb = row_blocks(a.type, a.T, blocks);
@@ -298,7 +303,7 @@ struct impl {
         }
     }
 
-    static plan make(const args& a) { return plan{pb_for(a.type, a.T), &run}; }
+    static plan make(const args& a) { return plan{pb_for(a.type, a.T), &run, true}; }
 };
 
 } // namespace

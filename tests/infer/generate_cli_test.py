@@ -170,7 +170,7 @@ for wt in ("bf16", "q8_0"):
 rc, so, se = run(["bench", "--model", model, "-p", "8", "-n", "8", "-r", "2", "--temp", "0", "--no-costs",
                   "--weights", "f32", "bf16", "q8_0"])
 check("bench --weights f32 bf16 q8_0: one row each, ratios against f32, kernels named",
-      rc == 0 and all(f"| {w} |" in so for w in ("f32", "bf16", "q8_0")) and re.search(r"kernels (avx2|avx512|amx) ", so) is not None and
+      rc == 0 and all(f"| {w} |" in so for w in ("f32", "bf16", "q8_0")) and re.search(r"kernels (avx2|avx512|avx512bf16|amx) ", so) is not None and
       "weights f32:" in so, so[:1500] + se)
 
 # --- EOS through the CLI: a copy of the model whose eos_token_id is the 8th greedy token stops right after its
