@@ -32,8 +32,10 @@ public:
             const int id = int(threads_.size());
             threads_.emplace_back([this, id] { work(id); });
             threads_.back().detach();
+            started_.fetch_add(1);
         }
         const uint64_t gen = (state_.load() >> 32) + 1;
+        park_.store(false);
         n_.store(n);
         fn_.store(fn);
         ctx_.store(ctx);
@@ -85,15 +87,22 @@ private:
         }
     }
 
+public:
+    void park() { park_.store(true); }
+    int awake() const { return started_.load() - sleeping_.load(); }
+    void set_spin(long long us) { spin_us_.store(us); }
+
+private:
     void work(int id) {
         uint64_t seen = state_.load() >> 32;
         for (;;) {
-            // Wait for a new job: spin ~200 µs, then sleep.
+            // Wait for a new job: spin ~200 µs (or until park()), then sleep.
             const auto t0 = std::chrono::steady_clock::now();
             int spins = 0;
             while ((state_.load() >> 32) == seen) {
                 cpu_relax();
-                if (++spins % 256 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(200)) {
+                if (++spins % 256 == 0 &&
+                    (park_.load() || std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(spin_us_.load()))) {
                     std::unique_lock<std::mutex> lk(mu_);
                     sleeping_.fetch_add(1);
                     cv_.wait(lk, [&] { return (state_.load() >> 32) != seen; });
@@ -110,7 +119,9 @@ private:
     std::condition_variable cv_;
     std::vector<std::thread> threads_;
     std::atomic<uint64_t> state_{closed};                             // job generation << 32 | next task
-    std::atomic<int> n_{0}, done_{0}, want_{0}, sleeping_{0};
+    std::atomic<int> n_{0}, done_{0}, want_{0}, sleeping_{0}, started_{0};
+    std::atomic<bool> park_{false};                                   // helpers sleep now instead of spinning
+    std::atomic<long long> spin_us_{200};
     std::atomic<void (*)(void*, int)> fn_{nullptr};
     std::atomic<void*> ctx_{nullptr};
 };
@@ -118,6 +129,12 @@ private:
 } // namespace
 
 bool in_task() { return t_in_task > 0; }
+
+void park_helpers() { helper_pool::get().park(); }
+
+int helpers_awake() { return helper_pool::get().awake(); }
+
+void set_helper_spin(long long us) { helper_pool::get().set_spin(us); }
 
 int task_worker() { return t_worker; }
 

@@ -16,6 +16,15 @@ namespace mtp {
 // Helpers spin ~200 µs after a job (decode issues jobs microseconds apart), then sleep.
 void run_tasks(int n, void (*fn)(void*, int), void* ctx, int helpers = -1);
 
+// Helpers spinning for the next job go to sleep now instead (the next job wakes them, as after a long idle). For a
+// caller about to leave the CPU to other threads of its own (a batch runner waking its sequences' threads), so that a
+// spinning helper does not hold a core they need.
+void park_helpers();
+// Helpers not asleep now (working or spinning), and how long they spin after a job before they sleep (200 µs unless
+// set): for tests.
+int helpers_awake();
+void set_helper_spin(long long microseconds);
+
 // True on a thread that is running a task of run_tasks (nested parallel work then runs inline).
 bool in_task();
 

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "core/task_pool.h"
 
 namespace mtp {
 
@@ -105,7 +106,11 @@ void batcher::submit(int i, const eval_call& x) {
 
 bool batcher::run_round() {
     std::unique_lock<std::mutex> l(mu_);
-    cv_runner_.wait(l, [&] { return stopping_ || (n_pending_ > 0 && n_pending_ == n_attached_); });
+    auto ready = [&] { return stopping_ || (n_pending_ > 0 && n_pending_ == n_attached_); };
+    // The runner is about to wait for the sequences' threads, which sample, stream and post their next calls: with
+    // two or more of them, the kernels' helper threads spinning for the next pass would hold cores those threads need.
+    if (!ready() && n_attached_ >= 2) park_helpers();
+    cv_runner_.wait(l, ready);
     if (stopping_) return false;
     // Drain this round: passes until no call is pending (callers woken after their pass may post again; those wait
     // for the next round unless every attached sequence is pending once more, which the loop re-checks).

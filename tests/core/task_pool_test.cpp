@@ -1,9 +1,10 @@
 // Tests core/task_pool: every task runs once, each running thread has its own worker slot, nesting runs inline
 // (except under a one-task job, whose kernels may still use the helpers), a task's exception reaches the caller and
-// leaves the pool usable.
+// leaves the pool usable, and parked helpers stop spinning at once.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -124,6 +125,32 @@ TEST(TaskPool, ExceptionReachesTheCallerAndThePoolStaysUsable) {
     mtp::for_tasks(32, [&](int) { again++; });
     EXPECT_EQ(again.load(), 32);
     EXPECT_FALSE(mtp::in_task());
+}
+
+// After a job the helpers spin for the next one (here made 60 s, so that only parking can end it), then sleep;
+// park_helpers() sends them to sleep at once, and the next job still wakes them and runs every task.
+TEST(TaskPool, ParkedHelpersSleepAtOnceAndWakeForTheNextJob) {
+    threads_scope ts(3);
+    mtp::set_helper_spin(60'000'000);
+    auto awake_within = [](bool want, int ms) {   // true if (helpers_awake() > 0) == want at some point within ms
+        const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+        while ((mtp::helpers_awake() > 0) != want && std::chrono::steady_clock::now() < end)
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        return (mtp::helpers_awake() > 0) == want;
+    };
+    for (int rep = 0; rep < 3; ++rep) {
+        std::atomic<int> ran{0};
+        mtp::for_tasks(64, [&](int) { ran++; });
+        ASSERT_EQ(ran.load(), 64);
+        EXPECT_TRUE(awake_within(true, 1000)) << "no helper woke for the job";
+        EXPECT_FALSE(awake_within(false, 50)) << "the helpers slept before they were parked";
+        mtp::park_helpers();
+        EXPECT_TRUE(awake_within(false, 5000)) << "parked helpers still awake: " << mtp::helpers_awake();
+    }
+    mtp::set_helper_spin(200);
+    std::atomic<int> again{0};
+    mtp::for_tasks(64, [&](int) { again++; });
+    EXPECT_EQ(again.load(), 64);
 }
 
 } // namespace
