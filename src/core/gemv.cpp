@@ -351,7 +351,8 @@ void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
 }
 
 void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* W, int out, int in,
-                 size_t pstride, size_t istride) {
+                 size_t pstride, size_t istride, int lanes) {
+    if (lanes != 8 && lanes != 16) fail("gemv_panels", "lanes must be 8 or 16, got " + std::to_string(lanes));
     if (T <= 0 || out <= 0) return;
     gemv_detail::args a{};
     a.y = y;
@@ -363,10 +364,10 @@ void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const 
     a.w = W;
     a.out = out;
     a.in = in;
-    a.lanes = 8;
+    a.lanes = lanes;
     a.pstride = pstride;
     a.istride = istride;
-    run_args(a, isa::avx2);
+    run_args(a, lanes == 8 ? isa::avx2 : isa_active() == isa::avx2 ? isa::avx2x2 : isa_active());
 }
 
 } // namespace mtp

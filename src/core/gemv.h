@@ -73,11 +73,13 @@ std::vector<float> unpack_weight(const packed_weight& p);
 // computed by one thread with the same chain, so results do not change.
 void gemv_packed(float* y, size_t ldy, const float* x, size_t ldx, int T, const packed_weight& p);
 
-// The f32 kernel on any panel-of-8 layout: W[o, i] = w[(o / 8) * pstride + i * istride + o % 8] (the packed layout
-// is pstride = in * 8, istride = 8; a row-major [in, out] matrix with out % 8 == 0 is pstride = 8, istride = out,
-// i.e. y = x · M without packing). Lanes of a partial last panel are read (they must be readable) but not stored.
+// The f32 kernel on any layout of panels of L = 8 or 16 outputs: W[o, i] = w[(o / L) * pstride + i * istride + o % L]
+// (the packed layout is pstride = in * L, istride = L; a row-major [in, out] matrix with out % L == 0 is pstride = L,
+// istride = out, i.e. y = x · M without packing). Lanes of a partial last panel are read (they must be readable) but
+// not stored. L = 16 runs the avx512 tiles, or pairs of AVX2 registers (avx2x2) where the process runs avx2; the
+// results are the same for either L (one chain per output).
 void gemv_panels(float* y, size_t ldy, const float* x, size_t ldx, int T, const float* w, int out, int in,
-                 size_t pstride, size_t istride);
+                 size_t pstride, size_t istride, int lanes = 8);
 
 // The definitions the kernels must match bitwise, from the fp32 weights w[out, in] (row-major):
 // f32: the std::fma chain; bf16: the chain over bf16-rounded weights; q8_0: weights quantised per row as Q8_0

@@ -194,16 +194,17 @@ inline void silu_mul_row(float* a, const float* g, const float* u, int f) {
 
 // Copies cache entries [n0, n) of a layer into its position panels (grown as needed, whole panels).
 void fill_panels(latent_panels& lp, const mla_latent_cache& lc, int n0, int n, int kvl, int rope) {
-    const size_t need_k = size_t((n + 7) / 8) * 8 * kvl, need_r = size_t((n + 7) / 8) * 8 * rope;
+    constexpr int P = latent_panel_width;
+    const size_t need_k = size_t((n + P - 1) / P) * P * kvl, need_r = size_t((n + P - 1) / P) * P * rope;
     if (lp.ckv.size() < need_k) lp.ckv.resize(std::max(need_k, 2 * lp.ckv.size()));
     if (lp.kpe.size() < need_r) lp.kpe.resize(std::max(need_r, 2 * lp.kpe.size()));
     for (int j = n0; j < n; ++j) {
-        float* pk = lp.ckv.data() + size_t(j / 8) * kvl * 8 + (j % 8);
+        float* pk = lp.ckv.data() + size_t(j / P) * kvl * P + (j % P);
         const float* sk = lc.ckv.data() + size_t(j) * kvl;
-        for (int c = 0; c < kvl; ++c) pk[size_t(c) * 8] = sk[c];
-        float* pr = lp.kpe.data() + size_t(j / 8) * rope * 8 + (j % 8);
+        for (int c = 0; c < kvl; ++c) pk[size_t(c) * P] = sk[c];
+        float* pr = lp.kpe.data() + size_t(j / P) * rope * P + (j % P);
         const float* sr = lc.kpe.data() + size_t(j) * rope;
-        for (int c = 0; c < rope; ++c) pr[size_t(c) * 8] = sr[c];
+        for (int c = 0; c < rope; ++c) pr[size_t(c) * P] = sr[c];
     }
 }
 
@@ -316,8 +317,9 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
         float* sb = sa + sblock;
         float* g = sb + sblock;
         const size_t q0 = size_t(row0) * H;                              // first (t, h) row of the block
-        gemv_panels(sa, np, qabs + q0 * kvl, kvl, RB, lp.ckv.data(), n, kvl, size_t(kvl) * 8, 8);
-        gemv_panels(sb, np, q + size_t(row0) * H * dq + nope, dq, RB, lp.kpe.data(), n, rope, size_t(rope) * 8, 8);
+        constexpr int P = latent_panel_width;
+        gemv_panels(sa, np, qabs + q0 * kvl, kvl, RB, lp.ckv.data(), n, kvl, size_t(kvl) * P, P, P);
+        gemv_panels(sb, np, q + size_t(row0) * H * dq + nope, dq, RB, lp.kpe.data(), n, rope, size_t(rope) * P, P, P);
         for (int tb = 0; tb < nb; ++tb) {
             const int tr = b0 + tb;                                      // row within the sequence's pass
             for (int h = 0; h < H; ++h) {
@@ -351,7 +353,8 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
                 }
             }
         }
-        gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 8, kvl);
+        if (kvl % 16 == 0) gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 16, kvl, 16);
+        else gemv_panels(olat + q0 * kvl, kvl, sa, np, RB, lc.ckv.data(), kvl, n, 8, kvl);
     };
     if (as_tasks) for_tasks(n_tasks, [&](int task) { attend(task, task_worker()); });
     else for (int task = 0; task < n_tasks; ++task) attend(task, 0);

@@ -24,8 +24,9 @@ namespace mtp {
 
 constexpr int decode_rows_max = 80;
 
-// The latent cache of one layer again, in panels of 8 positions ([n/8][kv_lora][8] and [n/8][rope][8], the
+// The latent cache of one layer again, in panels of 16 positions ([n/16][kv_lora][16] and [n/16][rope][16], the
 // gemv_panels layout), so that the attention scores of all heads and rows are one multi-row GEMV over the cache.
+constexpr int latent_panel_width = 16;
 struct latent_panels {
     std::vector<float> ckv, kpe;
 };
