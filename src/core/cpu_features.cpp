@@ -25,6 +25,8 @@ uint64_t xgetbv0() {
 cpu_features detect() {
     cpu_features f;
     unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
+    f.amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;   // "Auth" "enti" "cAMD"
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     const bool osxsave = c & (1u << 27);
     f.fma = c & (1u << 12);
@@ -63,11 +65,14 @@ isa choose() {
         return want;
     }
     // AMX where present (its bf16 tiles; on those Xeons vdpbf16ps runs at half the multiply-add rate of fp32 FMAs and
-    // was measured slower than avx512). Otherwise avx512bf16 where the CPU has it: on an AMD Zen 4 vdpbf16ps does two
-    // multiply-adds per lane at the FMA rate, and bf16 decoding at 8-16 rows was measured 20-35% faster than widening
-    // bf16 weights to fp32 (docs/results.md); f32 and q8_0 weights run the avx512 kernels under both.
-    for (isa k : {isa::amx, isa::avx512bf16, isa::avx512})
-        if (isa_supported(k)) return k;
+    // the avx512bf16 family was measured slower than avx512 at 2 or more rows). On an AMD CPU with AVX-512 BF16 (Zen 4)
+    // vdpbf16ps does two multiply-adds per lane at the FMA rate, and bf16 calls of 8-16 rows took 21-36% less time
+    // than with the widening avx512 kernels (docs/results.md), so avx512bf16 there; not measured on Intel CPUs
+    // without usable AMX (Cooper Lake, or AMX the OS does not grant), which keep avx512. f32 and q8_0 weights run
+    // the avx512 kernels under all three.
+    if (isa_supported(isa::amx)) return isa::amx;
+    if (cpu_detect().amd && isa_supported(isa::avx512bf16)) return isa::avx512bf16;
+    if (isa_supported(isa::avx512)) return isa::avx512;
     return isa::avx2;
 }
 

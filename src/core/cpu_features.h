@@ -11,6 +11,7 @@ struct cpu_features {
     bool avx512dq = false;
     bool avx512vnni = false, avx512bf16 = false, avx_vnni = false;
     bool amx_bf16 = false;                                       // AMX tiles + BF16, with the OS saving tile state
+    bool amd = false;                                            // vendor AuthenticAMD
 };
 const cpu_features& cpu_detect();
 
@@ -23,9 +24,9 @@ enum class isa { avx2, avx2x2, avx512, avx512bf16, amx };
 const char* isa_name(isa i);
 bool isa_supported(isa i);                 // on this CPU
 // The kernels the process uses, chosen at the first call: amx when the CPU also has AMX-BF16 and AVX-512 BF16 (and the
-// OS grants the tile state), else avx512 when it has AVX-512 F/BW/VL + VNNI, else avx2; avx512bf16 only when
-// MTP_ISA names it. MTP_ISA=avx2|avx512|avx512bf16|amx overrides (an unsupported or unknown value is an error naming
-// MTP_ISA).
+// OS grants the tile state), else avx512bf16 on an AMD CPU with AVX-512 BF16 (Zen 4 and later, where it was measured
+// faster), else avx512 when it has AVX-512 F/BW/VL + VNNI, else avx2. MTP_ISA=avx2|avx512|avx512bf16|amx overrides
+// (an unsupported or unknown value is an error naming MTP_ISA).
 isa isa_active();
 // One line for `mtp bench`: the chosen kernels and the CPU's relevant features.
 std::string isa_report();

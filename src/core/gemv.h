@@ -6,7 +6,9 @@
 //   f32   panel [in][L] floats;
 //   bf16  panel [in][L] bf16 (the fp32 value rounded to nearest even), widened to fp32 exactly in the kernel;
 //         with the amx kernels instead panels of 32 outputs in AMX tile order, and the activations are rounded to
-//         bf16 too: the products of the tiles (bf16 x bf16, fp32 sums in the tile's own order);
+//         bf16 too: the products of the tiles (bf16 x bf16, fp32 sums in the tile's own order); with the avx512bf16
+//         kernels panels of 16 outputs as input pairs [in/2][16][2], the activations rounded to bf16 too, one chain
+//         of vdpbf16ps pair products per output (bitwise the bf16 GEMM's definition, gemm_bf16_reference);
 //   q8_0  ggml's Q8_0: blocks of 32 inputs with one fp16 scale per output (in padded with zeros to a multiple of
 //         32); panel [in/32 blocks]{ [L] fp16 scales | [8 groups of 4 inputs][L][4] int8 }. The activations are
 //         quantised to Q8_0 too (core/quant.h, per row), and a block's dot product is computed in exact integers.
@@ -21,7 +23,8 @@
 // — with no horizontal sums or split accumulators. Its value therefore does not depend on T, on the tile shapes, on
 // the lane width L, on the ISA (the integer block sums are exact on every path), or on the number of threads: a row
 // computed alone and the same row computed with others are bitwise equal, and equal to gemv_reference*() below.
-// The one exception is bf16 under the amx kernels: each row is computed by the same tile instructions whatever the
+// bf16 under avx512bf16 is its own definition too (the pair products above), still independent of T, the tiles and
+// the threads. The one looser case is bf16 under the amx kernels: each row is computed by the same tile instructions whatever the
 // other rows (so a row alone still equals the row in a batch, bitwise, and speculation stays lossless), but the tile
 // sums in an order of its own, so the result is within fp32 summation error of gemv_reference_bf16_both(), not
 // bitwise equal to it, and differs from the avx2/avx512 bf16 result.

@@ -122,10 +122,13 @@ TEST(Gemv, PanelsOverRowMajorMatrix) {
             for (int T = 1; T <= 7; ++T) {
                 gemv_panels(got.data(), out, x.data(), in, T, m.data(), out, in, 8, out);
                 for (int i = 0; i < T * out; ++i) ASSERT_EQ(got[i], ref[i]) << "out " << out << " in " << in << " T " << T;
-                std::fill(got.begin(), got.end(), -1.0f);
-                gemv_panels(got.data(), out, x.data(), in, T, m.data(), out, in, 16, out, 16);
-                for (int i = 0; i < T * out; ++i)
-                    ASSERT_EQ(got[i], ref[i]) << "16 lanes: out " << out << " in " << in << " T " << T;
+                const size_t ldy = size_t(out) + 3;                              // sentinels past each row
+                std::vector<float> g16(size_t(T) * ldy, -1.0f);
+                gemv_panels(g16.data(), ldy, x.data(), in, T, m.data(), out, in, 16, out, 16);
+                for (int t = 0; t < T; ++t)
+                    for (size_t o = 0; o < ldy; ++o)
+                        ASSERT_EQ(g16[t * ldy + o], o < size_t(out) ? ref[size_t(t) * out + o] : -1.0f)
+                            << "16 lanes: out " << out << " in " << in << " T " << T << " row " << t << " col " << o;
             }
         }
     }

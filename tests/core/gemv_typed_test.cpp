@@ -222,7 +222,7 @@ bool f_amx() { return cpu_detect().amx_bf16 && cpu_detect().avx512bf16; }
 TEST(GemvTyped, PicksTheWidestSupportedIsa) {
     if (std::getenv("MTP_ISA")) GTEST_SKIP() << "MTP_ISA set";
     EXPECT_EQ(isa_active(), isa_supported(isa::amx)          ? isa::amx
-                            : isa_supported(isa::avx512bf16) ? isa::avx512bf16
+                            : cpu_detect().amd && isa_supported(isa::avx512bf16) ? isa::avx512bf16
                             : isa_supported(isa::avx512)     ? isa::avx512
                                                              : isa::avx2)
         << isa_report();

@@ -131,7 +131,10 @@ TEST(TaskPool, ExceptionReachesTheCallerAndThePoolStaysUsable) {
 // park_helpers() sends them to sleep at once, and the next job still wakes them and runs every task.
 TEST(TaskPool, ParkedHelpersSleepAtOnceAndWakeForTheNextJob) {
     threads_scope ts(3);
-    mtp::set_helper_spin(60'000'000);
+    struct spin_scope {                                              // restored however the test ends
+        spin_scope() { mtp::set_helper_spin(60'000'000); }
+        ~spin_scope() { mtp::set_helper_spin(200); }
+    } spin;
     auto awake_within = [](bool want, int ms) {   // true if (helpers_awake() > 0) == want at some point within ms
         const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
         while ((mtp::helpers_awake() > 0) != want && std::chrono::steady_clock::now() < end)
@@ -147,7 +150,6 @@ TEST(TaskPool, ParkedHelpersSleepAtOnceAndWakeForTheNextJob) {
         mtp::park_helpers();
         EXPECT_TRUE(awake_within(false, 5000)) << "parked helpers still awake: " << mtp::helpers_awake();
     }
-    mtp::set_helper_spin(200);
     std::atomic<int> again{0};
     mtp::for_tasks(64, [&](int) { again++; });
     EXPECT_EQ(again.load(), 64);
