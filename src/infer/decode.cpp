@@ -3,6 +3,7 @@
 #include "infer/decode.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -192,6 +193,24 @@ inline void silu_mul_row(float* a, const float* g, const float* u, int f) {
 #endif
 }
 
+// f(r0, r1) over blocks of the rows [0, M): one block per thread (this one and the task_pool helpers) when the rows
+// hold at least row_split_min elements of work, else f(0, M) here. For the row-wise steps between the products
+// (norms, residual adds, activations), which would otherwise keep the helpers waiting; every row's result is the
+// same however the rows are split. A block on a helper must not fork OpenMP either (serial_ops_scope).
+std::atomic<size_t> row_split_min{4096};
+
+template <class F>
+void row_blocks(int M, size_t work_per_row, F&& f) {
+    const int threads = task_helpers() + 1;
+    if (threads < 2 || M < 2 || size_t(M) * work_per_row < row_split_min.load(std::memory_order_relaxed))
+        return f(0, M);
+    const int nb = std::min(M, threads);
+    for_tasks(nb, [&](int b) {
+        serial_ops_scope serial;
+        f(int(int64_t(M) * b / nb), int(int64_t(M) * (b + 1) / nb));
+    });
+}
+
 // Copies cache entries [n0, n) of a layer into its position panels (grown as needed, whole panels).
 void fill_panels(latent_panels& lp, const mla_latent_cache& lc, int n0, int n, int kvl, int rope) {
     constexpr int P = latent_panel_width;
@@ -221,7 +240,10 @@ void silu_rows(float* a, const float* gu, int T, int f) {
 // y[T, d] = down(silu(gate x) * up x), packed; gu[T, 2*inner] and act[T, inner] are scratch.
 void ffn_packed(const decode_ffn& f, float* y, const float* x, int T, int d, float* gu, float* act) {
     gemv_packed(gu, 2 * f.inner, x, d, T, f.gate_up);
-    silu_rows(act, gu, T, f.inner);
+    const int fi = f.inner;
+    row_blocks(T, size_t(4) * fi, [&](int r0, int r1) {                // exp costs a few elements' work
+        silu_rows(act + size_t(r0) * fi, gu + size_t(r0) * 2 * fi, r1 - r0, fi);
+    });
     gemv_packed(y, d, act, f.inner, T, f.down);
 }
 
@@ -254,44 +276,47 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
     float* rstd = a.alloc(M);
     if (ql > 0) {
         float* qa = a.alloc(size_t(M) * ql);
-        gather_cols(qa, proj, nin, M, 0, ql);
-        rmsnorm_forward(qa, rstd, qa, W + l.q_a_norm, M, ql, eps);
+        row_blocks(M, ql, [&](int r0, int r1) {
+            gather_cols(qa + size_t(r0) * ql, proj + size_t(r0) * nin, nin, r1 - r0, 0, ql);
+            rmsnorm_forward(qa + size_t(r0) * ql, rstd + r0, qa + size_t(r0) * ql, W + l.q_a_norm, r1 - r0, ql, eps);
+        });
         gemv_packed(q, H * dq, qa, ql, M, lw.q_b);
     } else {
         gather_cols(q, proj, nin, M, 0, H * dq);
     }
-    rope_forward(q, M, H * dq, H, dq, nope, rope, cos, sin);
+    row_blocks(M, size_t(H) * rope, [&](int r0, int r1) {
+        rope_forward(q + size_t(r0) * H * dq, r1 - r0, H * dq, H, dq, nope, rope, cos + size_t(r0) * half,
+                     sin + size_t(r0) * half);
+    });
     const int R = M * H;                                                 // rows (t, h) at t*H + h
     float* qabs = a.alloc(size_t(R) * kvl);                              // [M, H, kvl]
-    for (int h = 0; h < H; ++h) gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, M, lw.uk[h]);
     float* olat = a.alloc(size_t(R) * kvl);                              // [M, H, kvl] = P · c_kv
+    const int helpers = task_helpers();
+    // The per-head products are small at a few rows: each head is a task of its own (the heads run side by side)
+    // unless the products are large enough to share out their own tiles and the heads would not divide evenly.
+    const bool heads_as_tasks = helpers > 0 && H >= 2 &&
+        (H % (helpers + 1) == 0 || size_t(M) * kvl * std::max(nope, dv) < (size_t(1) << 17));
 
-    // Append every sequence's new latents to its cache (cheap; done first, so that no cache moves while the
-    // attention below reads them), then the attention of each block of up to TB rows of a sequence as one task
-    // (core/task_pool) when there are at least as many blocks as threads: blocks read only their own sequence's cache
-    // and write only their own rows of olat. With fewer, the blocks run one after the other on this thread and their
-    // products share out their own work, as a single sequence's long context needs.
+    // Append every sequence's new latents to its cache (done first, so that no cache moves while the attention below
+    // reads them; one task per sequence, beside the heads' absorptions of q), then the attention of each block of up
+    // to TB rows of a sequence as one task (core/task_pool) when there are at least as many blocks as threads: blocks
+    // read only their own sequence's cache and write only their own rows of olat. With fewer, the blocks run one
+    // after the other on this thread and their products share out their own work, as a single sequence's long
+    // context needs.
     constexpr int TB = 16;
     int* tk = a.alloc_int(size_t(M) * 6 + 6);                            // tasks: {si, row0, nb, b0, n0, n}
+    int* r0s = a.alloc_int(size_t(ns) + 1);                              // first row of each sequence
     int n_tasks = 0, n_max = 0, tb_max = 1;
     for (int si = 0, r0 = 0; si < ns; r0 += seqs[si].m, ++si) {
         const seq_pass& sp = seqs[si];
         const int T = sp.m;
         mla_latent_cache& lc = sp.kv->layers[size_t(li)];
-        latent_panels& lp = sp.kv->panels[size_t(li)];
-        const int n0 = lc.n, n = n0 + T;                                 // append the latents
+        const int n0 = lc.n, n = n0 + T;
         if (lc.ckv.size() < size_t(n) * kvl + 8) {                       // + slack: gemv_panels reads whole panels
             lc.ckv.resize(size_t(n) * kvl * 2 + 8);
             lc.kpe.resize(size_t(n) * rope * 2 + 8);
         }
-        float* ckv_new = lc.ckv.data() + size_t(n0) * kvl;
-        float* kpe_new = lc.kpe.data() + size_t(n0) * rope;
-        gather_cols(ckv_new, proj + size_t(r0) * nin, nin, T, qw, kvl);
-        rmsnorm_forward(ckv_new, rstd, ckv_new, W + l.kv_a_norm, T, kvl, eps);
-        gather_cols(kpe_new, proj + size_t(r0) * nin, nin, T, qw + kvl, rope);
-        rope_forward(kpe_new, T, rope, 1, rope, 0, rope, cos + size_t(r0) * half, sin + size_t(r0) * half);
-        lc.n = n;
-        fill_panels(lp, lc, n0, n, kvl, rope);
+        r0s[si] = r0;
         n_max = std::max(n_max, n);
         tb_max = std::max(tb_max, std::min(TB, T));
         for (int b0 = 0; b0 < T; b0 += TB, ++n_tasks) {
@@ -299,8 +324,36 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
             t[0] = si, t[1] = r0 + b0, t[2] = std::min(TB, T - b0), t[3] = b0, t[4] = n0, t[5] = n;
         }
     }
+    auto append = [&](int si) {                                          // the latents of sequence si's rows
+        const seq_pass& sp = seqs[si];
+        const int T = sp.m, r0 = r0s[si];
+        mla_latent_cache& lc = sp.kv->layers[size_t(li)];
+        const int n0 = lc.n, n = n0 + T;
+        float* ckv_new = lc.ckv.data() + size_t(n0) * kvl;
+        float* kpe_new = lc.kpe.data() + size_t(n0) * rope;
+        gather_cols(ckv_new, proj + size_t(r0) * nin, nin, T, qw, kvl);
+        rmsnorm_forward(ckv_new, rstd + r0, ckv_new, W + l.kv_a_norm, T, kvl, eps);
+        gather_cols(kpe_new, proj + size_t(r0) * nin, nin, T, qw + kvl, rope);
+        rope_forward(kpe_new, T, rope, 1, rope, 0, rope, cos + size_t(r0) * half, sin + size_t(r0) * half);
+        lc.n = n;
+        fill_panels(sp.kv->panels[size_t(li)], lc, n0, n, kvl, rope);
+    };
+    auto absorb = [&](int h) {
+        gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, M, lw.uk[h]);
+    };
+    if (heads_as_tasks) {
+        for_tasks(H + ns, [&](int i) {
+            serial_ops_scope serial;
+            if (i < H) absorb(i);
+            else append(i - H);
+        });
+    } else {
+        for (int h = 0; h < H; ++h) absorb(h);
+        if (helpers > 0 && ns >= 2) for_tasks(ns, [&](int si) { serial_ops_scope serial; append(si); });
+        else for (int si = 0; si < ns; ++si) append(si);
+    }
     // Per-thread scratch: two score blocks [tb_max*H, np] and the gathered tree row.
-    const int helpers = task_helpers(), np_max = (n_max + 7) / 8 * 8;
+    const int np_max = (n_max + 7) / 8 * 8;
     const bool as_tasks = helpers > 0 && n_tasks >= helpers + 1;
     const int n_workers = as_tasks ? helpers + 1 : 1;
     const size_t sblock = size_t(tb_max) * H * np_max;
@@ -359,7 +412,11 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
     if (as_tasks) for_tasks(n_tasks, [&](int task) { attend(task, task_worker()); });
     else for (int task = 0; task < n_tasks; ++task) attend(task, 0);
     float* o = a.alloc(size_t(M) * H * dv);                              // [M, H*dv]
-    for (int h = 0; h < H; ++h) gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, M, lw.uv[h]);
+    auto value = [&](int h) {
+        gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, M, lw.uv[h]);
+    };
+    if (heads_as_tasks) for_tasks(H, value);
+    else for (int h = 0; h < H; ++h) value(h);
     gemv_packed(y, d, o, H * dv, M, lw.o_proj);
     a.rewind(mk);
 }
@@ -437,8 +494,10 @@ int moe_packed(const model_config& c, const layer_offsets& l, const decode_layer
         }
         if (shared) ffn_packed(lw.shared, y, x, T, d, a);
     }
-    for (int t = 0; t < T; ++t)                                          // y += Σ_k w_k y_k, fixed k order
-        for (int k = 0; k < K; ++k) axpy_fixed(y + size_t(t) * d, w[t * K + k], ye + size_t(where[t * K + k]) * d, d);
+    row_blocks(T, size_t(K) * d, [&](int t0, int t1) {                 // y += Σ_k w_k y_k, fixed k order
+        for (int t = t0; t < t1; ++t)
+            for (int k = 0; k < K; ++k) axpy_fixed(y + size_t(t) * d, w[t * K + k], ye + size_t(where[t * K + k]) * d, d);
+    });
     a.rewind(mk);
     return used;
 }
@@ -454,13 +513,21 @@ void decode_layer(const model_config& c, const layer_offsets& l, const decode_la
     float* xn = a.alloc(n);
     float* rstd = a.alloc(M);
     float* tmp = a.alloc(n);
-    rmsnorm_forward(xn, rstd, x, W + l.input_norm, M, d, eps);
+    row_blocks(M, d, [&](int r0, int r1) {
+        const size_t o = size_t(r0) * d;
+        rmsnorm_forward(xn + o, rstd + r0, x + o, W + l.input_norm, r1 - r0, d, eps);
+    });
     mla_packed(c, l, lw, W, li, seqs, ns, tmp, xn, M, cos, sin, a);
-    add_inplace(x, tmp, n);
-    rmsnorm_forward(xn, rstd, x, W + l.post_norm, M, d, eps);
+    row_blocks(M, 2 * size_t(d), [&](int r0, int r1) {                  // x += attention; xn = norm(x)
+        const size_t o = size_t(r0) * d;
+        add_inplace(x + o, tmp + o, size_t(r1 - r0) * d);
+        rmsnorm_forward(xn + o, rstd + r0, x + o, W + l.post_norm, r1 - r0, d, eps);
+    });
     if (l.moe) experts += moe_packed(c, l, lw, W, tmp, xn, M, a);
     else ffn_packed(lw.mlp, tmp, xn, M, d, a);
-    add_inplace(x, tmp, n);
+    row_blocks(M, d, [&](int r0, int r1) {
+        add_inplace(x + size_t(r0) * d, tmp + size_t(r0) * d, size_t(r1 - r0) * d);
+    });
     a.rewind(mk);
 }
 
@@ -526,6 +593,8 @@ int gather_rows(const model_config& c, const model_layout& L, const float* W, co
 }
 
 } // namespace
+
+void decode_set_row_split_min(size_t elements) { row_split_min.store(elements); }
 
 void decode_trunk_batch(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw,
                         const seq_pass* seqs, int ns, decode_scratch& s, arena& a) {

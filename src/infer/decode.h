@@ -24,6 +24,11 @@ namespace mtp {
 
 constexpr int decode_rows_max = 80;
 
+// The row-wise steps between a pass's products (norms, residual adds, activations) are shared with the task_pool
+// helpers in blocks of rows once the rows hold this many elements of work (default 4096). For tests: 0 splits
+// every pass of two or more rows.
+void decode_set_row_split_min(size_t elements);
+
 // The latent cache of one layer again, in panels of 16 positions ([n/16][kv_lora][16] and [n/16][rope][16], the
 // gemv_panels layout), so that the attention scores of all heads and rows are one multi-row GEMV over the cache.
 constexpr int latent_panel_width = 16;

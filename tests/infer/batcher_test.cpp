@@ -105,6 +105,12 @@ void check_batched(const nlohmann::json& cfg, uint64_t seed, int n_jobs, int slo
 
 TEST(Batcher, MoeD2EightSlotsMatchAlone) { check_batched(small_config(2, true, true, true), 3, 16, 8, 128); }
 TEST(Batcher, DenseD1ThreeSlotsSmallPasses) { check_batched(small_config(1, false, true, false), 5, 9, 3, 24); }
+// The batch runner's passes use the helpers (its thread has the default thread count): with the row-wise steps
+// split too, every row-wise step of a shared pass runs in blocks on both threads.
+TEST(Batcher, MoeD2EightSlotsRowStepsSplit) {
+    row_split_scope split;
+    check_batched(small_config(2, true, true, true), 13, 12, 8, 128);
+}
 TEST(Batcher, OneSlot) { check_batched(small_config(2, true, false, false), 7, 4, 1, 128); }
 
 // A generator kept across requests reuses the longest common prefix of its previous tokens and the new prompt, and

@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include "core/rng.h"
+#include "infer/decode.h"
 #include "model/config.h"
 #include "model/weights.h"
 
@@ -68,6 +69,13 @@ struct single_thread_scope {
     int saved = omp_get_max_threads();
     single_thread_scope() { omp_set_num_threads(1); }
     ~single_thread_scope() { omp_set_num_threads(saved); }
+};
+
+// Decode passes of two or more rows split their row-wise steps across the helpers (at the default threshold these
+// small models never do).
+struct row_split_scope {
+    row_split_scope() { mtp::decode_set_row_split_min(0); }
+    ~row_split_scope() { mtp::decode_set_row_split_min(4096); }
 };
 
 // Model from $MTP_TRAINED_MODEL when set (the lead's trained-model check), else nullptr-like empty.

@@ -244,6 +244,14 @@ TEST(KvCache, RowsBitwiseIndependentOfBatchAndThreads) {
     check_rows_independent(small_config(1, false, false, false, 40), 7, 3);
 }
 
+// The same with the row-wise steps between the products (norms, adds, activations, RoPE) split into blocks of rows
+// on two threads at every pass of two or more rows (at the default threshold these small models never split).
+TEST(KvCache, RowsBitwiseWithRowStepsSplitAcrossThreads) {
+    row_split_scope split;
+    check_rows_independent(small_config(2, true, true, true, 40), 6, 2);
+    check_rows_independent(small_config(1, false, false, false, 40), 7, 2);
+}
+
 TEST(KvCache, ContractViolationsThrow) {
     const model_files m = random_model(small_config(1, false, true, false, 40, 16), 4);
     cpu_model cm(m);
