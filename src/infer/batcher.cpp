@@ -94,7 +94,11 @@ void batcher::submit(int i, const eval_call& x) {
     c.err = nullptr;
     c.pending = true;
     ++n_pending_;
-    if (n_pending_ == n_attached_) cv_runner_.notify_one();   // the runner waits for every attached sequence
+    if (n_pending_ == n_attached_) {             // the runner waits for every attached sequence: wake it unlocked
+        l.unlock();
+        cv_runner_.notify_one();
+        l.lock();
+    }
     c.cv.wait(l, [&] { return !c.pending || stopping_; });
     if (c.pending) {                                   // stopped before the call ran
         c.pending = false;
@@ -159,15 +163,18 @@ bool batcher::run_round() {
         l.lock();
         if (run_err)
             for (int i : in_pass) calls_[size_t(i)].err = run_err;
-        for (int i : chosen_) {
-            calls_[size_t(i)].pending = false;
-            calls_[size_t(i)].cv.notify_one();
-        }
+        for (int i : chosen_) calls_[size_t(i)].pending = false;
         n_pending_ -= int(chosen_.size());
         ++st_.passes;
         st_.rows += rows;
         st_.calls += int64_t(chosen_.size());
         st_.max_seqs = std::max<int64_t>(st_.max_seqs, int64_t(chosen_.size()));
+        // Wake the callers with the lock released: a caller woken while it is held would only block on it again
+        // (two context switches per caller instead of one). A late notify that meets a caller's next call is
+        // harmless: its wait re-checks `pending`.
+        l.unlock();
+        for (int i : chosen_) calls_[size_t(i)].cv.notify_one();
+        l.lock();
         // The woken callers have not posted yet: give the rest of this stage order a chance only when every
         // attached sequence is still pending (the loop condition).
     }
