@@ -72,15 +72,21 @@ struct job {
     std::string error;             // non-empty: generation failed
     int error_status = 500;        // 503: not started (shutdown, timed out in the queue)
 
+    // The waiting HTTP thread is woken with the lock released, so that it does not wake only to block on it (the
+    // slot thread holds a reference to the job throughout).
     void push(std::string s) {
         if (s.empty()) return;
-        std::lock_guard<std::mutex> l(mu);
-        pieces.push_back(std::move(s));
+        {
+            std::lock_guard<std::mutex> l(mu);
+            pieces.push_back(std::move(s));
+        }
         cv.notify_all();
     }
     void finish() {
-        std::lock_guard<std::mutex> l(mu);
-        done = true;
+        {
+            std::lock_guard<std::mutex> l(mu);
+            done = true;
+        }
         cv.notify_all();
     }
 };
