@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <omp.h>
@@ -181,6 +182,58 @@ TEST(GemvTyped, ActivationQuantiserDefinition) {
     z[3] = NAN;                                          // never undefined behaviour: NaN codes are 0
     q8_act_quantize(z.data(), 40, q.data(), d.data());
     EXPECT_EQ(q[3], 0);
+}
+
+// The vectorised quantiser equals its scalar definition bit for bit (codes and scales): every length 1-130 (full
+// blocks and a partial tail), magnitudes from denormal to 1e30, zeros and -0, NaN and ±inf, and exact rounding ties
+// (a block whose max is 127 has scale 1: 2.5 -> 2, 3.5 -> 4, -2.5 -> -2, nearest even).
+TEST(GemvTyped, ActivationQuantiserEqualsScalarDefinitionBitwise) {
+    auto reference = [](const std::vector<float>& x, std::vector<int8_t>& q, std::vector<float>& d) {
+        const int n = int(x.size()), nb = (n + 31) / 32;
+        q.assign(size_t(nb) * 32, 0);
+        d.assign(size_t(nb), 0.0f);
+        for (int b = 0; b < nb; ++b) {
+            float amax = 0.0f;
+            for (int i = b * 32; i < std::min(n, b * 32 + 32); ++i) amax = std::max(amax, std::fabs(x[size_t(i)]));
+            d[size_t(b)] = amax / 127.0f;
+            const float id = d[size_t(b)] != 0.0f ? 1.0f / d[size_t(b)] : 0.0f;
+            for (int i = b * 32; i < std::min(n, b * 32 + 32); ++i) {
+                float v = std::nearbyint(x[size_t(i)] * id);
+                if (std::isnan(v)) v = 0.0f;
+                q[size_t(i)] = int8_t(std::clamp(v, -127.0f, 127.0f));
+            }
+        }
+    };
+    mtp::rng r(41);
+    int checked = 0;
+    for (int n = 1; n <= 130; ++n)
+        for (int variant = 0; variant < 6; ++variant) {
+            std::vector<float> x(static_cast<size_t>(n));
+            const float scale = std::pow(10.0f, float(int(r.below(61)) - 40));   // 1e-40 (denormal) .. 1e20
+            for (float& v : x) v = scale * float(r.normal());
+            if (variant == 1) for (size_t i = 0; i < x.size(); i += 3) x[i] = (i % 2) ? -0.0f : 0.0f;
+            if (variant == 2) x[r.below(uint64_t(n))] = NAN;
+            if (variant == 3) x[r.below(uint64_t(n))] = (n % 2) ? INFINITY : -INFINITY;
+            if (variant == 4) {                                                   // ties at scale 1
+                for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(r.below(120)) - 60) + 0.5f;
+                x[0] = 127.0f;
+                if (n > 32) x[32] = -127.0f;
+                if (n > 64) x[64] = 127.0f;
+                if (n > 96) x[96] = 127.0f;
+                if (n > 128) x[128] = 127.0f;
+            }
+            if (variant == 5) std::fill(x.begin(), x.end(), 1e30f);
+            std::vector<int8_t> want_q, got_q(size_t((n + 31) / 32) * 32, 99);
+            std::vector<float> want_d, got_d(size_t((n + 31) / 32), -1.0f);
+            reference(x, want_q, want_d);
+            q8_act_quantize(x.data(), n, got_q.data(), got_d.data());
+            for (size_t b = 0; b < want_d.size(); ++b)
+                ASSERT_EQ(std::memcmp(&got_d[b], &want_d[b], sizeof(float)), 0) << "n " << n << " variant " << variant
+                                                                               << " block " << b;
+            ASSERT_EQ(got_q, want_q) << "n " << n << " variant " << variant;
+            ++checked;
+        }
+    EXPECT_EQ(checked, 130 * 6);
 }
 
 TEST(GemvTyped, QuantisedResultsStayCloseToF32) {
