@@ -43,7 +43,8 @@ namespace {
 
 #if defined(__AVX2__)
 // One full block of 32 as the scalar loop below computes it: the same max (vmaxps(|x|, m) keeps m when |x| is NaN,
-// as std::max(m, |x|) does), the same scale, the same product and round-to-nearest-even, NaN to 0, then the clamp.
+// as std::max(m, |x|) does), the same scale, the same product and round-to-nearest-even (std::nearbyint below in
+// the default rounding mode, which nothing here changes), NaN to 0, then the clamp.
 // Returns the block's scale.
 float q8_act_block_avx2(const float* x, int8_t* q) {
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));

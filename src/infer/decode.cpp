@@ -415,7 +415,7 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
     auto value = [&](int h) {
         gemv_packed(o + size_t(h) * dv, size_t(H) * dv, olat + size_t(h) * kvl, size_t(H) * kvl, M, lw.uv[h]);
     };
-    if (heads_as_tasks) for_tasks(H, value);
+    if (heads_as_tasks) for_tasks(H, [&](int h) { serial_ops_scope serial; value(h); });
     else for (int h = 0; h < H; ++h) value(h);
     gemv_packed(y, d, o, H * dv, M, lw.o_proj);
     a.rewind(mk);
@@ -594,7 +594,7 @@ int gather_rows(const model_config& c, const model_layout& L, const float* W, co
 
 } // namespace
 
-void decode_set_row_split_min(size_t elements) { row_split_min.store(elements); }
+size_t decode_set_row_split_min(size_t elements) { return row_split_min.exchange(elements); }
 
 void decode_trunk_batch(const model_config& c, const model_layout& L, const float* W, const decode_weights& dw,
                         const seq_pass* seqs, int ns, decode_scratch& s, arena& a) {

@@ -26,8 +26,8 @@ constexpr int decode_rows_max = 80;
 
 // The row-wise steps between a pass's products (norms, residual adds, activations) are shared with the task_pool
 // helpers in blocks of rows once the rows hold this many elements of work (default 4096). For tests: 0 splits
-// every pass of two or more rows.
-void decode_set_row_split_min(size_t elements);
+// every pass of two or more rows. Returns the previous value.
+size_t decode_set_row_split_min(size_t elements);
 
 // The latent cache of one layer again, in panels of 16 positions ([n/16][kv_lora][16] and [n/16][rope][16], the
 // gemv_panels layout), so that the attention scores of all heads and rows are one multi-row GEMV over the cache.
@@ -114,6 +114,7 @@ enum class head_kind { full, draft };
 // One sequence's rows in a batched pass: m tokens appended as entries kv->n.. of its cache. cos/sin: rows for their
 // positions [m, rope/2]; rows: a token tree (null: the causal chain). Writes h[m, d] and, when logits is non-null,
 // logits[m - logits_from, V] for rows logits_from..m-1 (V = the draft vocabulary size with head_kind::draft).
+// The sequences of one pass have distinct caches (their appends run side by side).
 struct seq_pass {
     kv_cache* kv = nullptr;
     int m = 0;

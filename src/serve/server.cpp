@@ -73,7 +73,7 @@ struct job {
     int error_status = 500;        // 503: not started (shutdown, timed out in the queue)
 
     // The waiting HTTP thread is woken with the lock released, so that it does not wake only to block on it (the
-    // slot thread holds a reference to the job throughout).
+    // caller holds a shared_ptr to the job throughout).
     void push(std::string s) {
         if (s.empty()) return;
         {

@@ -74,8 +74,8 @@ struct single_thread_scope {
 // Decode passes of two or more rows split their row-wise steps across the helpers (at the default threshold these
 // small models never do).
 struct row_split_scope {
-    row_split_scope() { mtp::decode_set_row_split_min(0); }
-    ~row_split_scope() { mtp::decode_set_row_split_min(4096); }
+    size_t saved = mtp::decode_set_row_split_min(0);
+    ~row_split_scope() { mtp::decode_set_row_split_min(saved); }
 };
 
 // Model from $MTP_TRAINED_MODEL when set (the lead's trained-model check), else nullptr-like empty.
