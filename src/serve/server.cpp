@@ -288,7 +288,18 @@ private:
                 met_.request_running();
                 ++n_busy_;
                 run(i, s, *j);
+                if (release_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(release_delay_ms_));
+                {
+                    // The slot is free, with its cached tokens, before the client sees the end of the response: a
+                    // follow-up sent at once then finds its prefix here (not a busy slot and a cold one instead).
+                    std::lock_guard<std::mutex> l(mu_);
+                    s.cached = s.g->tokens();
+                    s.cur.reset();
+                    --n_load_;
+                }
+                j->finish();
                 --n_busy_;
+                continue;
             }
             std::lock_guard<std::mutex> l(mu_);
             s.cached = s.g->tokens();
@@ -389,7 +400,6 @@ private:
         j.tm.draft_n_accepted = st.n_accepted;
         met_.request_finished(ok && !j.cancelled, j.n_prompt, j.n_gen, secs(t0, t1), secs(t1, t2), st.n_drafts,
                               st.n_draft_tokens, st.n_accepted, st.accepted_at, st.n_rounds);
-        j.finish();
     }
 
     model_files m_;
@@ -397,6 +407,7 @@ private:
     spec_params sp_;
     serve_options o_;
     int step_delay_ms_ = test_delay_ms("MTP_SERVE_TEST_STEP_DELAY_MS");
+    int release_delay_ms_ = test_delay_ms("MTP_SERVE_TEST_RELEASE_DELAY_MS");   // between a request and its slot's release
     metrics& met_;
     batcher b_;
     std::unique_ptr<draft_policy> pol_;

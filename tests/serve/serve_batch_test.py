@@ -123,6 +123,21 @@ for name, args, senv in (("speculation, fixed drafts", ["--no-draft-adapt"], env
         rc = srv.stop()
     check(f"{name}: clean exit on SIGTERM", rc == 0, (rc, srv.lines[-3:]))
 
+# --- a follow-up sent the moment a response ends finds its prefix: the slot is released, with its cached tokens,
+# before the client sees the end (a test hook holds each request's slot 300 ms between its last token and the
+# release; released after the response instead, the follow-up would find that slot busy and take a cold one)
+held = dict(env, MTP_SERVE_TEST_RELEASE_DELAY_MS="300")
+srv = Server(mtp, ["--model", model, "-t", "1", "--parallel", "3", "--spec", "none"], held)
+try:
+    for stream in (False, True):
+        first = PROMPTS[1 + int(stream)]
+        out, _ = text_of(srv, first, 8, stream)
+        t, tm = text_of(srv, first + out + " the quick", 8, stream)
+        check(f"follow-up at once ({'streaming' if stream else 'not streaming'}) hits the prompt cache",
+              tm.get("tokens_cached", 0) > 0, tm)
+finally:
+    srv.stop()
+
 # --- API keys
 keyfile = os.path.join(work, "keys.txt")
 open(keyfile, "w").write("# accepted keys\n\n  key-from-file-2  \n")
