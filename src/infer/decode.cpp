@@ -341,17 +341,13 @@ void mla_packed(const model_config& c, const layer_offsets& l, const decode_laye
     auto absorb = [&](int h) {
         gemv_packed(qabs + size_t(h) * kvl, size_t(H) * kvl, q + size_t(h) * dq, H * dq, M, lw.uk[h]);
     };
-    if (heads_as_tasks) {
-        for_tasks(H + ns, [&](int i) {
-            serial_ops_scope serial;
-            if (i < H) absorb(i);
-            else append(i - H);
-        });
-    } else {
-        for (int h = 0; h < H; ++h) absorb(h);
-        if (helpers > 0 && ns >= 2) for_tasks(ns, [&](int si) { serial_ops_scope serial; append(si); });
-        else for (int si = 0; si < ns; ++si) append(si);
-    }
+    const int nh = heads_as_tasks ? H : 0;                               // heads among the tasks
+    for (int h = nh; h < H; ++h) absorb(h);                              // large: they share out their own tiles
+    for_tasks(nh + ns, [&](int i) {                                      // inline in order without helpers
+        serial_ops_scope serial;
+        if (i < nh) absorb(i);
+        else append(i - nh);
+    });
     // Per-thread scratch: two score blocks [tb_max*H, np] and the gathered tree row.
     const int np_max = (n_max + 7) / 8 * 8;
     const bool as_tasks = helpers > 0 && n_tasks >= helpers + 1;

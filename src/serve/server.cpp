@@ -280,31 +280,29 @@ private:
             const auto now = clk::now();
             j->tm.queue_ms = 1e3 * secs(j->arrived, now);
             j->tm.slot = i;
+            const bool ran = !j->cancelled && now < j->deadline;
             if (j->cancelled) {
                 fail_unstarted(*j, "cancelled before it started");
-            } else if (now >= j->deadline) {
+            } else if (!ran) {
                 fail_unstarted(*j, "timed out waiting for a free slot (--request-timeout)");
             } else {
                 met_.request_running();
                 ++n_busy_;
                 run(i, s, *j);
                 if (release_delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::milliseconds(release_delay_ms_));
-                {
-                    // The slot is free, with its cached tokens, before the client sees the end of the response: a
-                    // follow-up sent at once then finds its prefix here (not a busy slot and a cold one instead).
-                    std::lock_guard<std::mutex> l(mu_);
-                    s.cached = s.g->tokens();
-                    s.cur.reset();
-                    --n_load_;
-                }
+            }
+            {
+                // The slot is free, with its cached tokens, before the client sees the end of the response: a
+                // follow-up sent at once then finds its prefix here (not a busy slot and a cold one instead).
+                std::lock_guard<std::mutex> l(mu_);
+                s.cached = s.g->tokens();
+                s.cur.reset();
+                --n_load_;
+            }
+            if (ran) {
                 j->finish();
                 --n_busy_;
-                continue;
             }
-            std::lock_guard<std::mutex> l(mu_);
-            s.cached = s.g->tokens();
-            s.cur.reset();
-            --n_load_;
         }
     }
 
