@@ -280,12 +280,13 @@ private:
             const auto now = clk::now();
             j->tm.queue_ms = 1e3 * secs(j->arrived, now);
             j->tm.slot = i;
-            const bool ran = !j->cancelled && now < j->deadline;
+            bool ran = false;                    // `cancelled` may change meanwhile: read it once
             if (j->cancelled) {
                 fail_unstarted(*j, "cancelled before it started");
-            } else if (!ran) {
+            } else if (now >= j->deadline) {
                 fail_unstarted(*j, "timed out waiting for a free slot (--request-timeout)");
             } else {
+                ran = true;
                 met_.request_running();
                 ++n_busy_;
                 run(i, s, *j);
